@@ -1,0 +1,29 @@
+"""cosmos_kernels: fused Triton / CUDA / CPU kernels for Cosmos-style video diffusion transformers.
+
+Every op takes `backend=None` (auto), "reference", "cpu", "cuda" or "triton"; see README.md. Importing
+the package never initialises CUDA.
+"""
+
+from cosmos_kernels import _ext
+
+_ext.load_all()
+
+from cosmos_kernels import _alloc  # noqa: E402
+from cosmos_kernels._alloc import nan_filled_outputs, set_nan_fill  # noqa: E402
+from cosmos_kernels.adaptive_norm import (  # noqa: E402
+    gated_residual_layer_norm_modulate,
+    layer_norm_modulate,
+    rms_norm,
+)
+
+_alloc.set_nan_fill(_alloc.nan_fill_enabled())
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "gated_residual_layer_norm_modulate",
+    "layer_norm_modulate",
+    "nan_filled_outputs",
+    "rms_norm",
+    "set_nan_fill",
+]

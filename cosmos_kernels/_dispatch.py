@@ -1,0 +1,146 @@
+"""Backend choice for every op: explicit argument > environment > automatic.
+
+Automatic choice is a fixed order per device (documented in README), so it never depends on timing,
+except for attention, which owns its timed choice. On a GPU each fast backend is checked once per
+process against the reference on a small probe input before first use; a mismatch disables it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+
+from cosmos_kernels import _ext
+
+BACKEND_ENV = "COSMOS_KERNELS_BACKEND"
+DETERMINISTIC_ENV = "COSMOS_KERNELS_DETERMINISTIC"
+KERNEL_BACKENDS = ("reference", "cpu", "cuda", "triton")
+
+_warned: set[str] = set()
+_probe_fns: dict[tuple[str, str], Callable[[torch.device], bool]] = {}
+_probe_results: dict[tuple[str, str, str], bool] = {}
+
+
+def warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def triton_available(device: torch.device) -> bool:
+    """Triton runs CUDA tensors on a GPU, and CPU tensors only through its interpreter."""
+    if device.type == "cuda":
+        pass
+    elif device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET", "0") != "1":
+            return False
+    else:
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def backend_available(backend: str, device: torch.device) -> bool:
+    if backend == "reference":
+        return True
+    if backend == "cpu":
+        return device.type == "cpu" and _ext.has_cpu_extension()
+    if backend == "cuda":
+        return device.type == "cuda" and _ext.has_cuda_extension()
+    if backend == "triton":
+        return triton_available(device)
+    return False
+
+
+def register_probe(op_name: str, backend: str, probe: Callable[[torch.device], bool]) -> None:
+    """`probe(device)` runs the backend on a small input and returns whether it matches the reference."""
+    _probe_fns[(op_name, backend)] = probe
+
+
+def probe_passed(op_name: str, backend: str, device: torch.device) -> bool:
+    """Run (once per process and device) the probe of a fast GPU backend; CPU backends are not probed."""
+    if device.type != "cuda":
+        return True
+    key = (op_name, backend, str(device))
+    if key in _probe_results:
+        return _probe_results[key]
+    probe = _probe_fns.get((op_name, backend))
+    if probe is None:
+        return True
+    if torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
+        # Cannot run a probe while tracing or capturing; it runs at the first eager call instead.
+        return True
+    try:
+        ok = bool(probe(device))
+        reason = "its output does not match the reference"
+    except Exception as exc:  # a backend that crashes on the probe is just as unusable
+        ok, reason = False, f"{type(exc).__name__}: {exc}"
+    _probe_results[key] = ok
+    if not ok:
+        warn_once(key[0] + key[1], f"cosmos_kernels: backend {backend!r} of {op_name} disabled on {device}: "
+                  f"{reason}. Falling back.")
+    return ok
+
+
+def _env_choice(env_var: str) -> str | None:
+    value = os.environ.get(env_var, "").strip().lower()
+    return None if value in ("", "auto") else value
+
+
+def resolve_backend(
+    op_name: str,
+    device: torch.device,
+    requested: str | None,
+    *,
+    supported: Sequence[str] = KERNEL_BACKENDS,
+    cuda_order: Sequence[str] = ("cuda", "triton"),
+    env_var: str = BACKEND_ENV,
+    dtype: torch.dtype | None = None,
+) -> str:
+    """The backend an op runs: `requested` if given, else the environment's pin, else auto.
+
+    An explicit but unusable backend is a ValueError; an environment pin that does not fit the tensors
+    (say, "cuda" for CPU tensors) warns once and falls back to auto.
+    """
+    if requested is not None:
+        if requested == "auto":
+            requested = None
+        elif requested not in supported:
+            raise ValueError(f"{op_name}: backend must be one of {tuple(supported)} or None, got {requested!r}")
+        elif not backend_available(requested, device):
+            raise ValueError(
+                f"{op_name}: backend {requested!r} is not available for tensors on {device}"
+                + (" (Triton on CPU tensors needs TRITON_INTERPRET=1)" if requested == "triton" else "")
+            )
+        else:
+            return requested
+    pinned = _env_choice(env_var)
+    if pinned is not None:
+        if pinned in supported and backend_available(pinned, device):
+            return pinned
+        warn_once(f"{env_var}={pinned}:{device.type}",
+                  f"{env_var}={pinned!r} is not usable for {op_name} on {device}; using automatic choice")
+    if dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return "reference"  # float64 and friends: the reference is the only implementation
+    if device.type == "cpu":
+        return "cpu" if "cpu" in supported and backend_available("cpu", device) else "reference"
+    if device.type == "cuda":
+        for name in cuda_order:
+            if name in supported and backend_available(name, device) and probe_passed(op_name, name, device):
+                return name
+    return "reference"
+
+
+def needs_autograd(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def warn_autograd(op_name: str) -> None:
+    warn_once("grad:" + op_name, f"{op_name}: inputs require grad; running the differentiable reference "
+              "(the fused kernels are inference-only)")

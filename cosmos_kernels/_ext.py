@@ -1,0 +1,52 @@
+"""Loading of the compiled extensions.
+
+`_C` holds the op schemas (TORCH_LIBRARY) and the CPU kernels; `_C_cuda` the CUDA kernels. Either may be
+missing (a pure-Python checkout, a CPU-only build): the ops then fall back to Triton or the reference.
+Loading `_C_cuda` links against libtorch_cuda but does not initialise a CUDA context.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+_loaded: dict[str, bool] = {}
+_errors: dict[str, str] = {}
+
+
+def _load(name: str) -> bool:
+    if name not in _loaded:
+        try:
+            importlib.import_module(f"cosmos_kernels.{name}")
+            _loaded[name] = True
+        except (ImportError, OSError) as exc:  # not built, or built against another torch
+            _loaded[name] = False
+            _errors[name] = f"{type(exc).__name__}: {exc}"
+    return _loaded[name]
+
+
+def has_cpu_extension() -> bool:
+    """True when the C++ extension (op schemas + CPU kernels) is importable."""
+    return _load("_C")
+
+
+def has_cuda_extension() -> bool:
+    """True when the CUDA kernels are built and loaded (needs `_C` for the schemas)."""
+    return has_cpu_extension() and _load("_C_cuda")
+
+
+def extension_error(name: str) -> str | None:
+    """Why an extension failed to load, or None."""
+    return _errors.get(name)
+
+
+def load_all() -> None:
+    if not has_cpu_extension():
+        warnings.warn(
+            "cosmos_kernels._C is not available (" + (extension_error("_C") or "not built") + "); "
+            "ops run on the Triton or reference backends.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return
+    has_cuda_extension()

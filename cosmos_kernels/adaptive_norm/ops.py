@@ -1,0 +1,197 @@
+"""Public adaptive-norm ops: input checks, backend choice, and the `torch.ops.cosmos_kernels` registrations.
+
+The C++ op `cosmos_kernels::<name>` (CPU and CUDA kernels) and the Python custom op
+`cosmos_kernels::<name>_triton` take (N0, N1, N2, D) row grids of one dtype; the functions here take
+PyTorch-broadcastable tensors, build those grids without copying (see `_layout.py`) and reshape back.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cosmos_kernels import _checks, _dispatch, _ext
+from cosmos_kernels._layout import as_row_grid
+from cosmos_kernels.adaptive_norm import reference
+from cosmos_kernels.adaptive_norm import triton as triton_kernels
+
+_NS = "cosmos_kernels"
+
+
+# -- Triton custom ops ---------------------------------------------------------------------------------
+
+@torch.library.custom_op(f"{_NS}::layer_norm_modulate_triton", mutates_args=())
+def _layer_norm_modulate_triton(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    return triton_kernels.layer_norm_modulate(x, shift, scale, eps)
+
+
+@torch.library.custom_op(f"{_NS}::gated_residual_layer_norm_modulate_triton", mutates_args=())
+def _gated_residual_layer_norm_modulate_triton(
+    residual: torch.Tensor, x: torch.Tensor, gate: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return triton_kernels.layer_norm_modulate(x, shift, scale, eps, residual=residual, gate=gate)
+
+
+@torch.library.custom_op(f"{_NS}::rms_norm_triton", mutates_args=())
+def _rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return triton_kernels.rms_norm(x, weight, eps)
+
+
+# -- fake (meta) implementations, shared by the native and the Triton ops ------------------------------
+
+def _fake_like(x: torch.Tensor, *args: object) -> torch.Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+def _fake_gated(residual: torch.Tensor, *args: object) -> tuple[torch.Tensor, torch.Tensor]:
+    return _fake_like(residual), _fake_like(residual)
+
+
+_layer_norm_modulate_triton.register_fake(_fake_like)
+_gated_residual_layer_norm_modulate_triton.register_fake(_fake_gated)
+_rms_norm_triton.register_fake(_fake_like)
+
+if _ext.has_cpu_extension():
+    torch.library.register_fake(f"{_NS}::layer_norm_modulate")(_fake_like)
+    torch.library.register_fake(f"{_NS}::gated_residual_layer_norm_modulate")(_fake_gated)
+    torch.library.register_fake(f"{_NS}::rms_norm")(_fake_like)
+
+
+def _grid_op(name: str, backend: str):
+    if backend == "triton":
+        return getattr(torch.ops.cosmos_kernels, f"{name}_triton").default
+    return getattr(torch.ops.cosmos_kernels, name).default
+
+
+def _check_same_dtype(op: str, anchor: str, t: torch.Tensor, **others: torch.Tensor) -> None:
+    for name, o in others.items():
+        if o.dtype != t.dtype:
+            raise TypeError(f"{op}: {name} has dtype {o.dtype} but {anchor} has {t.dtype}; the fused backends "
+                            "take operands of one dtype")
+
+
+# -- public ops ------------------------------------------------------------------------------------------
+
+def layer_norm_modulate(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6, *, backend: str | None = None
+) -> torch.Tensor:
+    """`F.layer_norm(x, (D,), eps=eps) * (1 + scale) + shift`, in one pass.
+
+    `shift` and `scale` broadcast against `x` (per-frame `(B, T, 1, D)` and per-sample `(B, 1, 1, D)` against
+    `(B, T, S, D)`, per-sample `(B, 1, D)` against `(B, L, D)`, or per token); strided views such as
+    `mod.chunk(3, dim=-1)` are read in place. Returns a new tensor of `x`'s shape and dtype.
+    """
+    op = "layer_norm_modulate"
+    _checks.check_float_tensor(op, "x", x)
+    _checks.check_float_tensor(op, "shift", shift)
+    _checks.check_float_tensor(op, "scale", scale)
+    device = _checks.check_same_device(op, x=x, shift=shift, scale=scale)
+    d = x.shape[-1]
+    _checks.check_hidden_size(op, "x", d)
+    _checks.check_last_dim(op, "shift", shift, d, "x")
+    _checks.check_last_dim(op, "scale", scale, d, "x")
+    _checks.broadcast_shape(op, "x", x.shape, shift=shift, scale=scale)
+    if _dispatch.needs_autograd(x, shift, scale):
+        _dispatch.warn_autograd(op)
+        return reference.layer_norm_modulate(x, shift, scale, eps)
+    name = _dispatch.resolve_backend(op, device, backend, dtype=x.dtype)
+    if name == "reference" or x.numel() == 0:
+        return reference.layer_norm_modulate(x, shift, scale, eps)
+    _checks.check_backend_dtype(op, name, x)
+    _check_same_dtype(op, "x", x, shift=shift, scale=scale)
+    grids = as_row_grid(x.shape, x, shift, scale)
+    return _grid_op(op, name)(*grids, float(eps)).view(x.shape)
+
+
+def gated_residual_layer_norm_modulate(
+    residual: torch.Tensor,
+    x: torch.Tensor,
+    gate: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float = 1e-6,
+    *,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`new_residual = residual + gate * x` and `layer_norm_modulate(new_residual, shift, scale, eps)` in one pass.
+
+    `x`, `gate`, `shift` and `scale` broadcast against `residual`. Returns `(new_residual, normed)`, new
+    tensors of `residual`'s shape and dtype; `normed` is computed from the rounded `new_residual`.
+    """
+    op = "gated_residual_layer_norm_modulate"
+    named = {"residual": residual, "x": x, "gate": gate, "shift": shift, "scale": scale}
+    for arg, t in named.items():
+        _checks.check_float_tensor(op, arg, t)
+    device = _checks.check_same_device(op, **named)
+    d = residual.shape[-1]
+    _checks.check_hidden_size(op, "residual", d)
+    for arg in ("x", "gate", "shift", "scale"):
+        _checks.check_last_dim(op, arg, named[arg], d, "residual")
+    _checks.broadcast_shape(op, "residual", residual.shape, x=x, gate=gate, shift=shift, scale=scale)
+    if _dispatch.needs_autograd(*named.values()):
+        _dispatch.warn_autograd(op)
+        return reference.gated_residual_layer_norm_modulate(residual, x, gate, shift, scale, eps)
+    name = _dispatch.resolve_backend(op, device, backend, dtype=residual.dtype)
+    if name == "reference" or residual.numel() == 0:
+        return reference.gated_residual_layer_norm_modulate(residual, x, gate, shift, scale, eps)
+    _checks.check_backend_dtype(op, name, residual)
+    _check_same_dtype(op, "residual", residual, x=x, gate=gate, shift=shift, scale=scale)
+    grids = as_row_grid(residual.shape, residual, x, gate, shift, scale)
+    new_residual, normed = _grid_op(op, name)(*grids, float(eps))
+    return new_residual.view(residual.shape), normed.view(residual.shape)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *, backend: str | None = None) -> torch.Tensor:
+    """`x * rsqrt(mean(x**2, -1) + eps) * weight` over the last dim, computed in fp32; `weight` is `(D,)`."""
+    op = "rms_norm"
+    _checks.check_float_tensor(op, "x", x)
+    _checks.check_float_tensor(op, "weight", weight)
+    device = _checks.check_same_device(op, x=x, weight=weight)
+    d = x.shape[-1]
+    _checks.check_hidden_size(op, "x", d)
+    if weight.dim() != 1 or weight.shape[0] != d:
+        raise ValueError(f"{op}: weight must have shape ({d},) to match x's last dim, got {tuple(weight.shape)}")
+    if _dispatch.needs_autograd(x, weight):
+        _dispatch.warn_autograd(op)
+        return reference.rms_norm(x, weight, eps)
+    name = _dispatch.resolve_backend(op, device, backend, dtype=x.dtype)
+    if name == "reference" or x.numel() == 0:
+        return reference.rms_norm(x, weight, eps)
+    _checks.check_backend_dtype(op, name, x)
+    _check_same_dtype(op, "x", x, weight=weight)
+    grids = as_row_grid(x.shape, x, weight)
+    return _grid_op(op, name)(*grids, float(eps)).view(x.shape)
+
+
+# -- run-time probes of the GPU backends ------------------------------------------------------------------
+
+def _probe(op_fn, ref_fn, make_inputs):
+    def run(device: torch.device) -> bool:
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        args = [t.to(device) for t in make_inputs(gen)]
+        got = op_fn(*args)
+        want = ref_fn(*[a.double() for a in args])
+        got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+        return all(torch.allclose(g.double(), w, atol=1e-4, rtol=1e-4) for g, w in zip(got, want))
+    return run
+
+
+def _register_probes() -> None:
+    def rows(gen):
+        x = torch.randn(2, 3, 5, 256, generator=gen)
+        mod = torch.randn(2, 3, 1, 768, generator=gen)
+        return [x, *mod.chunk(3, dim=-1)]
+
+    for backend in ("cuda", "triton"):
+        _dispatch.register_probe("layer_norm_modulate", backend, _probe(
+            lambda x, s, c, _b=backend: layer_norm_modulate(x, s, c, backend=_b),
+            lambda x, s, c: reference.layer_norm_modulate(x, s, c), lambda g: rows(g)[:3]))
+        _dispatch.register_probe("gated_residual_layer_norm_modulate", backend, _probe(
+            lambda r, x, g, s, c, _b=backend: gated_residual_layer_norm_modulate(r, x, g, s, c, backend=_b),
+            reference.gated_residual_layer_norm_modulate,
+            lambda gen: [torch.randn(2, 3, 5, 256, generator=gen), *rows(gen)[:1], *rows(gen)[1:]]))
+        _dispatch.register_probe("rms_norm", backend, _probe(
+            lambda x, w, _b=backend: rms_norm(x, w, backend=_b), reference.rms_norm,
+            lambda gen: [torch.randn(7, 3, 128, generator=gen), torch.randn(128, generator=gen)]))
+
+
+_register_probes()
