@@ -262,3 +262,28 @@ def test_bad_device_mismatch(gen):
 def test_bad_backend_name(gen):
     with pytest.raises(ValueError, match="backend must be one of"):
         _call(**_good(gen), backend="sdpa")
+
+
+# -- GPU -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [(1, 1764, 1764, 16, 128, True, True), (1, 1764, 512, 16, 128, True, False),
+                                  (2, 37, 37, 3, 96, True, True), (1, 5, 9, 2, 16, False, False)],
+                         ids=lambda c: "x".join(map(str, c)))
+def test_gpu_backends(backend, dtype, case, gen):
+    B, Lq, Lk, H, D, norm, rope = case
+    dev = torch.device("cuda")
+    q, k = (t.to(dev) for t in packed_qk(gen, B, Lq, Lk, H, D, dtype))
+    qw = torch.randn(D, generator=gen).to(dev) if norm else None
+    cos, sin = (t.to(dev) for t in random_tables(gen, Lq, D)) if rope else (None, None)
+    want = reference.qk_norm_rope(*_as64(q, k, qw, qw, cos, sin))
+    ref = reference.qk_norm_rope(q, k, qw, qw, cos, sin)
+    assert_within_reference_error(ck.qk_norm_rope(q, k, qw, qw, cos, sin, backend=backend), ref, want, dtype)
+    # misaligned views (offset by one element) take the scalar path of the CUDA kernel
+    flat = torch.randn(B * Lq * H * D + 1, generator=gen).to(dtype).to(dev)
+    q1 = flat[1:].view(B, Lq, H, D)
+    got = ck.qk_norm_rope(q1, q1, qw, qw, cos, sin, backend=backend)
+    want = reference.qk_norm_rope(*_as64(q1, q1, qw, qw, cos, sin))
+    assert_within_reference_error(got, reference.qk_norm_rope(q1, q1, qw, qw, cos, sin), want, dtype)
