@@ -53,6 +53,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, q_norm_weigh
     return out.transpose(1, 2)
 
 
+def _version(t: torch.Tensor) -> int:
+    """The tensor's in-place version counter; inference-mode tensors have none (0)."""
+    return 0 if t.is_inference() else t._version
+
+
 def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
@@ -66,10 +71,13 @@ class CosmosDiT(nn.Module):
 
     The fused backend's caches are exact: cross-attention K/V are keyed by the text-embedding tensor's
     identity and PyTorch version counter (an in-place change through PyTorch is seen; a write that bypasses
-    the counter, through `.numpy()` or `.data`, is not: call `clear_caches()` after one), and every cache
-    entry that depends on the weights is keyed by the parameters' version counters too. The modulation cache
-    is used when the timesteps come as a CPU tensor (keyed by value, no device sync); device timesteps are
-    computed directly.
+    the counter, through `.numpy()` or `.data`, is not: call `clear_caches()` after one; inference-mode
+    tensors, which have no counter, are checked by content on each hit), and every entry that depends on the
+    weights is keyed by the parameters' version counters too. Keep one tensor per instruction: a new tensor
+    (say `emb.to(device)` on every call) is a new key. The modulation cache is used when the timesteps come
+    as a CPU tensor (keyed by value, no device sync); device timesteps are computed directly. While autograd
+    records, nothing is cached. Under CUDA-graph capture, entries are read (and pinned) but never created:
+    run one eager forward before capturing.
     """
 
     def __init__(self, config: DiTConfig | None = None, backend: str = "fused", *,
@@ -122,7 +130,11 @@ class CosmosDiT(nn.Module):
 
     def _weights_key(self) -> tuple:
         # In-place updates bump a parameter's version counter; the sum only grows, so it identifies the weights.
-        return (self.dtype, self.device, sum(p._version for p in self.parameters()))
+        return (self.dtype, self.device, sum(_version(p) for p in self.parameters()))
+
+    def _caching(self) -> bool:
+        """Caches hold plain tensors: while autograd records (training, fine-tuning) everything is recomputed."""
+        return not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
 
     # -- forward ----------------------------------------------------------------------------------------------
 
@@ -156,6 +168,9 @@ class CosmosDiT(nn.Module):
                              ("condition_video_input_mask_B_C_T_H_W", cond)):
             if not isinstance(tensor, torch.Tensor):
                 raise TypeError(f"CosmosDiT: {name} must be a tensor, got {type(tensor).__name__}")
+        for name, tensor in (("x_B_C_T_H_W", x), ("timesteps_B_T", timesteps), ("crossattn_emb", context)):
+            if not tensor.is_floating_point():
+                raise TypeError(f"CosmosDiT: {name} must be a floating-point tensor, got {tensor.dtype}")
         if x.dim() != 5 or x.shape[1] != c.in_channels:
             raise ValueError(f"CosmosDiT: x_B_C_T_H_W must be (B, {c.in_channels}, T, H, W), got {tuple(x.shape)}")
         b, _, t, h, w = x.shape
@@ -226,7 +241,7 @@ class CosmosDiT(nn.Module):
     def _modulation(self, timesteps: torch.Tensor, weights_key: tuple) -> torch.Tensor:
         """`(B, T, 1, (9 * blocks + 2) D)`; per distinct timestep value from the cache for CPU timesteps."""
         b, t = timesteps.shape
-        if timesteps.device.type != "cpu":
+        if timesteps.device.type != "cpu" or not self._caching():
             return self._modulation_table(*self._time_embedding(timesteps)).unsqueeze(2)
         values = timesteps.flatten().tolist()
         keys = [(v, weights_key) for v in values]
@@ -252,7 +267,7 @@ class CosmosDiT(nn.Module):
     def _cached_rope(self, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         key = (grid, self.device)
         capturing = _capturing(self.device)
-        rope = self.rope_cache.get_or_create(key, lambda: self._rope(grid), store=not capturing)
+        rope = self.rope_cache.get_or_create(key, lambda: self._rope(grid), store=not capturing and self._caching())
         if capturing:
             self.rope_cache.pin(key)
         return rope
@@ -261,26 +276,36 @@ class CosmosDiT(nn.Module):
         """Per block: (RMS-normed keys, values) of the caller's text embedding, `(B or 1, N, heads, head_dim)`.
 
         Keyed by the tensor's identity (held by a weak reference, so a recycled `id` never matches) and its
-        version counter, which every in-place PyTorch op on it or on a view of it bumps.
+        version counter, which every in-place PyTorch op on it or on a view of it bumps. An inference-mode
+        tensor has no version counter: its entry keeps a copy and is checked by content on every hit.
         """
-        key = (id(context), context._version, tuple(context.shape), tuple(context.stride()),
+        if not self._caching():
+            return self._compute_cross_kv(context)
+        key = (id(context), _version(context), tuple(context.shape), tuple(context.stride()),
                context.storage_offset(), context.dtype, context.device, weights_key)
+        capturing = _capturing(self.device)
         entry = self.kv_cache.get(key)
         if entry is not None and entry[0]() is context:
-            if _capturing(self.device):
-                self.kv_cache.pin(key)
-            return entry[1]
+            if entry[1] is None or capturing or torch.equal(entry[1], context):
+                if capturing:
+                    self.kv_cache.pin(key)
+                return entry[2]
+            self.kv_cache.pop(key)
+        kv = self._compute_cross_kv(context)
+        if not capturing:
+            cache = self.kv_cache
+            # Free the entry as soon as the caller's tensor is gone.
+            ref = weakref.ref(context, lambda _ref, key=key: cache.pop(key))
+            cache.put(key, (ref, context.clone() if context.is_inference() else None, kv))
+        return kv
+
+    def _compute_cross_kv(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         emb = context.to(self.dtype)
         kv = []
         for block in self.blocks:
             attn = block.cross_attn
             k = cosmos_kernels.rms_norm(attn.heads(attn.k_proj(emb)), attn.k_norm.weight, self.config.eps)
             kv.append((k, attn.heads(attn.v_proj(emb))))
-        if not _capturing(self.device):
-            cache = self.kv_cache
-            # Free the entry as soon as the caller's tensor is gone.
-            ref = weakref.ref(context, lambda _ref, key=key: cache.pop(key))
-            cache.put(key, (ref, kv))
         return kv
 
     def _forward_fused(self, x, timesteps, context, grid):

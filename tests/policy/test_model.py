@@ -203,3 +203,34 @@ def test_bad_input_is_a_value_error_naming_the_argument(gen, name, value, match)
 def test_unknown_backend_is_rejected():
     with pytest.raises(ValueError, match="backend"):
         CosmosDiT(DiTConfig.tiny(), backend="fast")
+
+
+def test_inference_mode_embedding_is_checked_by_content(gen):
+    model = random_dit(gen)
+    inputs = random_inputs(gen, model.config)
+    with torch.inference_mode():
+        inputs["crossattn_emb"] = inputs["crossattn_emb"].clone()
+        first = _run(model, inputs, "fused")
+        inputs["crossattn_emb"].add_(1.0)  # no version counter to see this
+        changed = _run(model, inputs, "fused")
+        assert rel_error(changed, _run(model, inputs, "reference")) < 1e-5
+    assert rel_error(changed, first) > 1e-3
+
+
+@pytest.mark.filterwarnings("ignore:.*inputs require grad:RuntimeWarning")
+def test_nothing_is_cached_while_autograd_records(gen):
+    model = random_dit(gen)
+    inputs = random_inputs(gen, model.config)
+    model.backend = "fused"
+    for _ in range(2):  # the fused ops fall back to their differentiable reference
+        model(**inputs).square().mean().backward()
+    assert len(model.kv_cache) == len(model.modulation_cache) == len(model.rope_cache) == 0
+    assert model.blocks[1].cross_attn.k_proj.weight.grad is not None
+
+
+def test_integer_latents_are_a_type_error(gen):
+    model = random_dit(gen)
+    inputs = random_inputs(gen, model.config)
+    inputs["x_B_C_T_H_W"] = inputs["x_B_C_T_H_W"].long()
+    with pytest.raises(TypeError, match="x_B_C_T_H_W"):
+        model(**inputs)
