@@ -53,6 +53,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, q_norm_weigh
     return out.transpose(1, 2)
 
 
+def attention_with_zero_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, q_norm_weight: torch.Tensor,
+                             extra_zero_keys: int, norm_eps: float) -> torch.Tensor:
+    """Attention over `k`, `v` plus `extra_zero_keys` more keys and values that are exactly zero.
+
+    Zero-padded text positions have key 0 (RMSNorm of 0 is 0) and value 0: they add `exp(0 - max)` each to the
+    softmax denominator and nothing to the numerator, so they are counted instead of stored (exact; computed
+    in fp32). `k` and `v` hold the remaining (few) positions.
+    """
+    q = cosmos_kernels.rms_norm(q, q_norm_weight, norm_eps)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * q.shape[-1] ** -0.5
+    top = scores.amax(-1, keepdim=True).clamp_min(0.0)  # the zero keys' logit is 0
+    weights = torch.exp(scores - top)
+    denom = weights.sum(-1, keepdim=True) + extra_zero_keys * torch.exp(-top)
+    out = torch.einsum("bhqk,bkhd->bqhd", weights / denom, v.float())
+    return out.to(q.dtype)
+
+
 def _version(t: torch.Tensor) -> int:
     """The tensor's in-place version counter; inference-mode tensors have none (0)."""
     return 0 if t.is_inference() else t._version
@@ -272,7 +289,7 @@ class CosmosDiT(nn.Module):
             self.rope_cache.pin(key)
         return rope
 
-    def _cross_kv(self, context: torch.Tensor, weights_key: tuple) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _cross_kv(self, context: torch.Tensor, weights_key: tuple) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
         """Per block: (RMS-normed keys, values) of the caller's text embedding, `(B or 1, N, heads, head_dim)`.
 
         Keyed by the tensor's identity (held by a weak reference, so a recycled `id` never matches) and its
@@ -280,7 +297,7 @@ class CosmosDiT(nn.Module):
         tensor has no version counter: its entry keeps a copy and is checked by content on every hit.
         """
         if not self._caching():
-            return self._compute_cross_kv(context)
+            return self._compute_cross_kv(context, compact=False)
         key = (id(context), _version(context), tuple(context.shape), tuple(context.stride()),
                context.storage_offset(), context.dtype, context.device, weights_key)
         capturing = _capturing(self.device)
@@ -291,7 +308,7 @@ class CosmosDiT(nn.Module):
                     self.kv_cache.pin(key)
                 return entry[2]
             self.kv_cache.pop(key)
-        kv = self._compute_cross_kv(context)
+        kv = self._compute_cross_kv(context, compact=not capturing)
         if not capturing:
             cache = self.kv_cache
             # Free the entry as soon as the caller's tensor is gone.
@@ -299,13 +316,24 @@ class CosmosDiT(nn.Module):
             cache.put(key, (ref, context.clone() if context.is_inference() else None, kv))
         return kv
 
-    def _compute_cross_kv(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _compute_cross_kv(self, context: torch.Tensor, compact: bool) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """Per block (keys, values, extra zero keys). With `compact`, all-zero text rows (the zero padding of T5
+        embeddings) are dropped down to the longest non-zero prefix set and counted instead (one host read)."""
         emb = context.to(self.dtype)
+        extra = 0
+        if compact and emb.shape[1] > 1:
+            nonzero = emb.ne(0).any(-1).cpu()  # (B, N); once per cached instruction
+            keep = max(1, int(nonzero.sum(-1).max()))
+            if keep <= min(128, emb.shape[1] // 2):
+                # Each row keeps its non-zero positions first (stable), then zero rows up to `keep`.
+                order = torch.sort((~nonzero).to(torch.int8), dim=-1, stable=True).indices[:, :keep]
+                emb = torch.gather(emb, 1, order.to(emb.device)[..., None].expand(-1, -1, emb.shape[-1]))
+                extra = context.shape[1] - keep
         kv = []
         for block in self.blocks:
             attn = block.cross_attn
             k = cosmos_kernels.rms_norm(attn.heads(attn.k_proj(emb)), attn.k_norm.weight, self.config.eps)
-            kv.append((k, attn.heads(attn.v_proj(emb))))
+            kv.append((k, attn.heads(attn.v_proj(emb)), extra))
         return kv
 
     def _forward_fused(self, x, timesteps, context, grid):
@@ -328,10 +356,15 @@ class CosmosDiT(nn.Module):
             out = sa.output_proj(out.flatten(2)).view(b, t, s, d)
             x, normed = cosmos_kernels.gated_residual_layer_norm_modulate(x, out, mod(i, 2), mod(i, 3), mod(i, 4), eps)
 
-            ck, cv = (y.expand(b, -1, -1, -1) for y in kv[i])
+            ck, cv, extra = kv[i]
+            ck, cv = ck.expand(b, -1, -1, -1), cv.expand(b, -1, -1, -1)
             q = ca.heads(ca.q_proj(normed.view(b, t * s, d)))
-            out = attention(q, ck, cv, q_norm_weight=ca.q_norm.weight, k_norm_weight=None, rope_cos=None,
-                            rope_sin=None, norm_eps=eps)
+            if extra:
+                out = attention_with_zero_keys(q, ck, cv, q_norm_weight=ca.q_norm.weight, extra_zero_keys=extra,
+                                               norm_eps=eps)
+            else:
+                out = attention(q, ck, cv, q_norm_weight=ca.q_norm.weight, k_norm_weight=None, rope_cos=None,
+                                rope_sin=None, norm_eps=eps)
             out = ca.output_proj(out.flatten(2)).view(b, t, s, d)
             x, normed = cosmos_kernels.gated_residual_layer_norm_modulate(x, out, mod(i, 5), mod(i, 6), mod(i, 7), eps)
 

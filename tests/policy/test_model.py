@@ -110,6 +110,24 @@ def test_fused_at_libero_token_count(gen):
     assert rel_error(got, ref) < 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("lengths", [(5,), (5, 9), (0,)])
+def test_zero_padded_text_is_counted_not_stored(gen, dtype, lengths):
+    """T5 embeddings are zero beyond the instruction's length: those positions are attended (no mask), but
+    their keys and values are exactly zero, so the fused backend counts them instead of storing them."""
+    model = random_dit(gen)
+    inputs = random_inputs(gen, model.config, b=len(lengths), n_text=40)
+    for row, n in enumerate(lengths):
+        inputs["crossattn_emb"][row, n:] = 0.0
+    want = _run(model, {k: v.double() for k, v in inputs.items()}, "reference", torch.float64)
+    ref = _run(model, inputs, "reference", dtype)
+    got = _run(model, inputs, "fused", dtype)
+    keys, _, extra = next(iter(model.kv_cache._entries.values()))[0][2][0]
+    assert keys.shape[1] == max(1, max(lengths)) and extra == 40 - keys.shape[1]
+    ref_err, err = rel_error(ref, want), rel_error(got, want)
+    assert err <= 2 * ref_err + 4 * torch.finfo(dtype).eps, f"fused {err:.3e} vs reference {ref_err:.3e}"
+
+
 # -- caches ------------------------------------------------------------------------------------------------------
 
 def test_cross_attention_kv_cache_hits_and_sees_in_place_changes(gen):
