@@ -2,5 +2,6 @@
 
 from cosmos_policy.config import DiTConfig
 from cosmos_policy.model import CosmosDiT
+from cosmos_policy.policy import CosmosPolicy
 
-__all__ = ["CosmosDiT", "DiTConfig"]
+__all__ = ["CosmosDiT", "CosmosPolicy", "DiTConfig"]

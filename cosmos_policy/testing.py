@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .layout import get_layout
+from .files import NETWORK_CONFIG_FILE
+from .layout import IMAGE_SIZE, get_layout
 
 LIBERO_SAMPLE_TASK = "put both the alphabet soup and the tomato sauce in the basket"
-NETWORK_CONFIG_FILE = "network_config.json"
 TINY_VAE_BASE_DIM = 8
 
 CHECKPOINT_NAMES = {
@@ -111,8 +111,11 @@ def write_tiny_checkpoint(
     instructions: tuple[str, ...] = (LIBERO_SAMPLE_TASK,),
     seed: int = 0,
     network_config=None,
+    image_size: int = IMAGE_SIZE,
 ) -> Path:
-    """Write a random tiny checkpoint for `suite` into `directory` (created if needed); returns the directory."""
+    """Write a random tiny checkpoint for `suite` into `directory` (created if needed); returns the directory.
+
+    `image_size` other than 224 (a multiple of 16) makes a smaller latent video, for quick CPU tests."""
     from .checkpoint import save_network_checkpoint
     from .config import DiTConfig
     from .model import CosmosDiT
@@ -130,7 +133,7 @@ def write_tiny_checkpoint(
             instruction: torch.randn(1, 512, config.crossattn_emb_channels) for instruction in instructions
         }
     save_network_checkpoint(network.state_dict(), directory / CHECKPOINT_NAMES[suite])
-    (directory / NETWORK_CONFIG_FILE).write_text(json.dumps({"suite": suite, "network": config.to_dict()}, indent=2))
+    (directory / NETWORK_CONFIG_FILE).write_text(json.dumps({"suite": suite, "image_size": image_size, "network": config.to_dict()}, indent=2))
     with open(directory / f"{suite}_t5_embeddings.pkl", "wb") as f:
         pickle.dump(embeddings, f)
     (directory / f"{suite}_dataset_statistics.json").write_text(json.dumps(tiny_statistics(suite, seed), indent=2))
