@@ -21,7 +21,7 @@ from .files import NETWORK_CONFIG_FILE
 from .layout import IMAGE_SIZE, get_layout
 
 LIBERO_SAMPLE_TASK = "put both the alphabet soup and the tomato sauce in the basket"
-TINY_VAE_BASE_DIM = 8
+TINY_VAE_BASE_DIM = 16
 
 CHECKPOINT_NAMES = {
     "libero": "Cosmos-Policy-LIBERO-Predict2-2B.pt",
@@ -133,7 +133,8 @@ def write_tiny_checkpoint(
             instruction: torch.randn(1, 512, config.crossattn_emb_channels) for instruction in instructions
         }
     save_network_checkpoint(network.state_dict(), directory / CHECKPOINT_NAMES[suite])
-    (directory / NETWORK_CONFIG_FILE).write_text(json.dumps({"suite": suite, "image_size": image_size, "network": config.to_dict()}, indent=2))
+    extra = {"suite": suite, "image_size": image_size, "network": config.to_dict()}
+    (directory / NETWORK_CONFIG_FILE).write_text(json.dumps(extra, indent=2))
     with open(directory / f"{suite}_t5_embeddings.pkl", "wb") as f:
         pickle.dump(embeddings, f)
     (directory / f"{suite}_dataset_statistics.json").write_text(json.dumps(tiny_statistics(suite, seed), indent=2))
