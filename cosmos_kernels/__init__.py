@@ -15,6 +15,7 @@ from cosmos_kernels.adaptive_norm import (  # noqa: E402
     layer_norm_modulate,
     rms_norm,
 )
+from cosmos_kernels.sampling.step import sampler_step  # noqa: E402
 
 _alloc.set_nan_fill(_alloc.nan_fill_enabled())
 
@@ -25,5 +26,6 @@ __all__ = [
     "layer_norm_modulate",
     "nan_filled_outputs",
     "rms_norm",
+    "sampler_step",
     "set_nan_fill",
 ]
