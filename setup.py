@@ -3,7 +3,7 @@
 COSMOS_BUILD_CUDA: "auto" (default) builds the CUDA kernels when nvcc and a CUDA build of PyTorch are
 present, and a failed CUDA build only warns; "1" requires it; "0" skips it.
 TORCH_CUDA_ARCH_LIST overrides the GPU architectures (default: sm_80, sm_86, sm_89, sm_90a, and the
-Blackwell targets this nvcc supports). COSMOS_CPU_FLAGS overrides the CPU ISA flags (default: AVX2+FMA
+Blackwell targets this nvcc supports). COSMOS_CPU_FLAGS overrides the CPU ISA flags (default: AVX-512 or AVX2+FMA
 on x86-64 build machines that have them, since at::vec kernels compile for one ISA).
 """
 
@@ -30,6 +30,9 @@ def _cpu_flags() -> list[str]:
                 info = f.read()
         except OSError:
             info = ""
+        if all(f" {f} " in info for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq", "fma")):
+            return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+                    "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
         if " avx2 " in info and " fma " in info:
             return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     return ["-DCPU_CAPABILITY=DEFAULT"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import warnings
 
+import torch  # noqa: F401  (loads libc10 / libtorch before the extensions link against them)
+
 _loaded: dict[str, bool] = {}
 _errors: dict[str, str] = {}
 

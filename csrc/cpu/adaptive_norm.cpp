@@ -20,10 +20,18 @@ namespace {
 
 using Vec = at::vec::Vectorized<float>;
 
-// Row buffers of one worker thread; float32 operands are read in place and need none.
+// Row buffers of one worker thread, kept across calls (float32 operands are read in place).
 struct RowBuffers {
-  explicit RowBuffers(int64_t d) : a(d), b(d), c(d), out(d) {}
-  std::vector<float> a, b, c, out;
+  std::vector<float> a, b, out;
+  static RowBuffers& get(int64_t d) {
+    static thread_local RowBuffers buffers;
+    if (static_cast<int64_t>(buffers.a.size()) < d) {
+      buffers.a.resize(d);
+      buffers.b.resize(d);
+      buffers.out.resize(d);
+    }
+    return buffers;
+  }
 };
 
 template <typename T>
@@ -73,16 +81,31 @@ void finish_row(const float* src, T* out, int64_t off, int64_t d) {
   if constexpr (!std::is_same_v<T, float>) at::vec::convert(src, out + off, d);
 }
 
+// Sum of f(v) over a row with four independent accumulators (hides the add latency); the tail is a
+// partial load whose unused lanes are masked out after f.
+template <typename F>
+inline float row_sum(const float* x, int64_t d, F f) {
+  constexpr int64_t w = Vec::size();
+  Vec a0(0.f), a1(0.f), a2(0.f), a3(0.f);
+  int64_t i = 0;
+  for (; i + 4 * w <= d; i += 4 * w) {
+    a0 += f(Vec::loadu(x + i));
+    a1 += f(Vec::loadu(x + i + w));
+    a2 += f(Vec::loadu(x + i + 2 * w));
+    a3 += f(Vec::loadu(x + i + 3 * w));
+  }
+  for (; i + w <= d; i += w) a0 += f(Vec::loadu(x + i));
+  if (i < d) a1 += Vec::set(Vec(0.f), f(Vec::loadu(x + i, d - i)), d - i);
+  return at::vec::vec_reduce_all<float>([](Vec a, Vec b) { return a + b; }, (a0 + a1) + (a2 + a3));
+}
+
 inline void mean_rstd(const float* x, int64_t d, float eps, float& mean, float& rstd) {
-  const float sum = at::vec::reduce_all<float>([](Vec a, Vec b) { return a + b; }, x, d);
-  mean = sum / static_cast<float>(d);
+  mean = row_sum(x, d, [](Vec v) { return v; }) / static_cast<float>(d);
   const Vec vmean(mean);
-  const float ss = at::vec::map_reduce_all<float>(
-      [vmean](Vec v) {
-        const Vec c = v - vmean;
-        return c * c;
-      },
-      [](Vec a, Vec b) { return a + b; }, x, d);
+  const float ss = row_sum(x, d, [vmean](Vec v) {
+    const Vec c = v - vmean;
+    return c * c;
+  });
   rstd = inv_std(ss / static_cast<float>(d), eps);
 }
 
@@ -113,7 +136,7 @@ at::Tensor layer_norm_modulate_cpu(const at::Tensor& x, const at::Tensor& shift,
     auto* op = out.mutable_data_ptr<scalar_t>();
     const RowStrides xs = row_strides(x);
     at::parallel_for(0, rows, grain_rows(d), [&](int64_t begin, int64_t end) {
-      RowBuffers buf(d);
+      RowBuffers& buf = RowBuffers::get(d);
       CachedRow<scalar_t> sh{shift.const_data_ptr<scalar_t>(), row_strides(shift)};
       CachedRow<scalar_t> sc{scale.const_data_ptr<scalar_t>(), row_strides(scale)};
       for (int64_t r = begin; r < end; ++r) {
@@ -150,8 +173,8 @@ std::tuple<at::Tensor, at::Tensor> gated_residual_layer_norm_modulate_cpu(
     auto* op = normed.mutable_data_ptr<scalar_t>();
     const RowStrides rs = row_strides(residual), xs = row_strides(x);
     at::parallel_for(0, rows, grain_rows(d), [&](int64_t begin, int64_t end) {
-      RowBuffers buf(d);
-      std::vector<float> sum_buf(d);
+      RowBuffers& buf = RowBuffers::get(d);
+      std::vector<float> sum_buf(std::is_same_v<scalar_t, float> ? 0 : d);
       CachedRow<scalar_t> gt{gate.const_data_ptr<scalar_t>(), row_strides(gate)};
       CachedRow<scalar_t> sh{shift.const_data_ptr<scalar_t>(), row_strides(shift)};
       CachedRow<scalar_t> sc{scale.const_data_ptr<scalar_t>(), row_strides(scale)};
@@ -193,12 +216,11 @@ at::Tensor rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double ep
     auto* op = out.mutable_data_ptr<scalar_t>();
     const RowStrides xs = row_strides(x);
     at::parallel_for(0, rows, grain_rows(d), [&](int64_t begin, int64_t end) {
-      RowBuffers buf(d);
+      RowBuffers& buf = RowBuffers::get(d);
       CachedRow<scalar_t> w{weight.const_data_ptr<scalar_t>(), row_strides(weight)};
       for (int64_t r = begin; r < end; ++r) {
         const float* xr = as_float(xp + xs.offset(g, r), d, buf.a.data());
-        const float ss = at::vec::map_reduce_all<float>([](Vec v) { return v * v; },
-                                                        [](Vec a, Vec b) { return a + b; }, xr, d);
+        const float ss = row_sum(xr, d, [](Vec v) { return v * v; });
         const float inv = rms_scale(ss, d, static_cast<float>(eps));
         const float* wr = w.get(g, r, d);
         float* o = out_row(op, r * d, buf.out.data());
