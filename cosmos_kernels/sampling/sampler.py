@@ -6,9 +6,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from cosmos_kernels import _checks, _dispatch
 from cosmos_kernels.sampling.solvers import MULTISTEP_SOLVERS, check_solver, multistep_plan
+from cosmos_kernels.sampling.step import ops as step_ops
 from cosmos_kernels.sampling.step import reference as step_reference
-from cosmos_kernels.sampling.step.ops import sampler_step
 
 PARAMETRIZATIONS = ("rectified_flow", "x0")
 
@@ -73,8 +74,12 @@ class Sampler:
             raise ValueError(f"Sampler: parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}")
         if net_dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise TypeError(f"Sampler: net_dtype must be float32, bfloat16 or float16, got {net_dtype}")
-        self.shape, self.net_dtype, self.backend = shape, net_dtype, backend
+        self.shape, self.net_dtype = shape, net_dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        # Chosen once, here (a GPU backend's probe runs now, never inside a CUDA-graph capture).
+        self.backend = _dispatch.resolve_backend(step_ops.OP, self.device, backend, dtype=torch.float32)
+        self._step_op = (step_reference.sampler_step if self.backend == "reference"
+                         else step_ops.kernel_op(self.backend))
         plan = multistep_plan(solver, num_steps, sigma_min, sigma_max, rho, schedule)
         self.num_passes = plan.num_passes
         self.sigmas = plan.sigmas  # float64 (passes,), host copy for the caller's caches
@@ -89,11 +94,12 @@ class Sampler:
         self.step_index = torch.arange(self.num_passes, dtype=torch.int64, device=self.device)
         self._timesteps32 = timestep.to(device=self.device, dtype=torch.float32)
         self._c_in0 = c_in[:1].to(device=self.device, dtype=torch.float32)
-        b, _, t = shape[:3]
+        b, c, t, h, w = shape
+        self._frames_shape = (b, c, t, h * w)  # the op's (B, C, T, S) view of a latent
         self.state = torch.zeros(shape, dtype=torch.float32, device=self.device)
         self.cond_latent = torch.zeros(shape, dtype=torch.float32, device=self.device)
         self.cond_mask = torch.zeros(b, t, dtype=torch.float32, device=self.device)
-        self._no_history = torch.zeros(shape, dtype=torch.float32, device=self.device)
+        self._no_history = torch.zeros(self._frames_shape, dtype=torch.float32, device=self.device)
 
     def run(
         self,
@@ -119,18 +125,25 @@ class Sampler:
         b, _, t = self.shape[:3]
         is_cond = self.cond_mask != 0
         frame_timesteps = torch.where(is_cond, 0.0, self._timesteps32.view(-1, 1, 1))  # (passes, B, T)
-        x = self.state
-        net_in = torch.where(is_cond.view(b, 1, t, 1, 1), self.cond_latent, self._c_in0 * x).to(self.net_dtype)
-        prev, prev2 = self._no_history, self._no_history
+        net_in = torch.where(is_cond.view(b, 1, t, 1, 1), self.cond_latent, self._c_in0 * self.state)
+        net_in = net_in.to(self.net_dtype)
+        x, clean = self.state.view(self._frames_shape), self.cond_latent.view(self._frames_shape)
+        prev = prev2 = self._no_history
         x0 = x
         for k in range(self.num_passes):
             out = net_fn(net_in, frame_timesteps[k], k)
-            x0, x, net_in = sampler_step(out, x, prev, prev2, self.cond_latent, self.cond_mask, self.coeffs,
-                                         self.step_index[k:k + 1], backend=self.backend)
+            if not isinstance(out, torch.Tensor) or out.shape != self.shape:
+                raise ValueError(f"Sampler.run: net_fn returned {getattr(out, 'shape', type(out).__name__)}, "
+                                 f"expected shape {self.shape} (x's shape)")
+            if out.dtype not in _checks.KERNEL_DTYPES:
+                out = out.float()
+            x0, x, net4 = self._step_op(step_ops.frames(out), x, prev, prev2, clean, self.cond_mask, self.coeffs,
+                                        self.step_index[k:k + 1])
+            net_in = net4.view(self.shape)
             if net_in.dtype != self.net_dtype:
                 net_in = net_in.to(self.net_dtype)
             prev, prev2 = x0, prev
-        return x0
+        return x0.view(self.shape)
 
     def _check(self, name: str, t: object, shape: tuple[int, ...]) -> None:
         if not isinstance(t, torch.Tensor):

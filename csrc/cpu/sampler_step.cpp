@@ -5,7 +5,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
 #include <algorithm>
+#include <type_traits>
+#include <vector>
 
 #include "cosmos/alloc.h"
 #include "cosmos/host.h"
@@ -15,21 +20,48 @@
 namespace cosmos::sampler_step {
 namespace {
 
-template <typename ST, typename NT, bool COND>
-void step_row(const NT* __restrict__ v, const ST* __restrict__ x, const ST* __restrict__ p1,
-              const ST* __restrict__ p2, const ST* __restrict__ clean, ST* __restrict__ x0_out,
-              ST* __restrict__ xn_out, NT* __restrict__ net_out, int64_t s, const Coeffs& c) {
+// Row buffers of one worker thread: reduced-precision operands are converted to fp32 here (vectorised),
+// fp32 operands and outputs are used in place.
+struct RowBuffers {
+  explicit RowBuffers(int64_t s) : v(s), x(s), clean(s), p1(s), p2(s), x0(s), xn(s), net(s) {}
+  std::vector<float> v, x, clean, p1, p2, x0, xn, net;
+};
+
+template <typename T>
+const float* as_float(const T* src, int64_t s, std::vector<float>& buf) {
+  if constexpr (std::is_same_v<T, float>) {
+    return src;
+  } else {
+    at::vec::convert(src, buf.data(), s);
+    return buf.data();
+  }
+}
+
+template <typename T>
+float* out_row(T* out, std::vector<float>& buf) {
+  if constexpr (std::is_same_v<T, float>) {
+    return out;
+  } else {
+    return buf.data();
+  }
+}
+
+template <typename T>
+void finish_row(const float* src, T* out, int64_t s) {
+  if constexpr (!std::is_same_v<T, float>) at::vec::convert(src, out, s);
+}
+
+// The element loop on fp32 rows; `h1` / `h2` are null when their coefficient is zero (never read).
+template <bool COND>
+void step_row(const float* __restrict__ v, const float* __restrict__ x, const float* __restrict__ h1,
+              const float* __restrict__ h2, const float* __restrict__ clean, float* __restrict__ x0_out,
+              float* __restrict__ xn_out, float* __restrict__ net_out, int64_t s, const Coeffs& c) {
   for (int64_t i = 0; i < s; ++i) {
-    const float xi = static_cast<float>(x[i]);
-    const float ci = static_cast<float>(clean[i]);
-    const float vi = COND ? 0.f : static_cast<float>(v[i]);
-    const float x0 = x0_from_output(xi, vi, ci, COND, c);
-    const float h1 = c.b1 != 0.f ? static_cast<float>(p1[i]) : 0.f;
-    const float h2 = c.b2 != 0.f ? static_cast<float>(p2[i]) : 0.f;
-    const float xn = multistep_update(xi, x0, h1, h2, c);
-    x0_out[i] = static_cast<ST>(x0);
-    xn_out[i] = static_cast<ST>(xn);
-    net_out[i] = static_cast<NT>(next_network_input(xn, ci, COND, c));
+    const float x0 = x0_from_output(x[i], COND ? 0.f : v[i], clean[i], COND, c);
+    const float xn = multistep_update(x[i], x0, h1 ? h1[i] : 0.f, h2 ? h2[i] : 0.f, c);
+    x0_out[i] = x0;
+    xn_out[i] = xn;
+    net_out[i] = next_network_input(xn, clean[i], COND, c);
   }
 }
 
@@ -54,14 +86,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sampler_step_cpu(
       const RowStrides vs = row_strides(v), xs = row_strides(x), p1s = row_strides(x0_prev),
                        p2s = row_strides(x0_prev2), cs = row_strides(cond_latent);
       at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+        RowBuffers buf(s);
         for (int64_t r = begin; r < end; ++r) {
           const int64_t frame = r % t_len, batch = r / (t_len * g.n1);
           const bool cond = mask[batch * t_len + frame] != 0.f;
-          auto* row_step = cond ? &step_row<ST, NT, true> : &step_row<ST, NT, false>;
-          row_step(v.const_data_ptr<NT>() + vs.offset(g, r), x.const_data_ptr<ST>() + xs.offset(g, r),
-                   x0_prev.const_data_ptr<ST>() + p1s.offset(g, r), x0_prev2.const_data_ptr<ST>() + p2s.offset(g, r),
-                   cond_latent.const_data_ptr<ST>() + cs.offset(g, r), x0.mutable_data_ptr<ST>() + r * s,
-                   x_next.mutable_data_ptr<ST>() + r * s, net_in.mutable_data_ptr<NT>() + r * s, s, c);
+          const float* xr = as_float(x.const_data_ptr<ST>() + xs.offset(g, r), s, buf.x);
+          const float* cr = as_float(cond_latent.const_data_ptr<ST>() + cs.offset(g, r), s, buf.clean);
+          const float* vr = cond ? nullptr : as_float(v.const_data_ptr<NT>() + vs.offset(g, r), s, buf.v);
+          const float* h1 = c.b1 != 0.f ? as_float(x0_prev.const_data_ptr<ST>() + p1s.offset(g, r), s, buf.p1)
+                                        : nullptr;
+          const float* h2 = c.b2 != 0.f ? as_float(x0_prev2.const_data_ptr<ST>() + p2s.offset(g, r), s, buf.p2)
+                                        : nullptr;
+          ST* x0_dst = x0.mutable_data_ptr<ST>() + r * s;
+          ST* xn_dst = x_next.mutable_data_ptr<ST>() + r * s;
+          NT* net_dst = net_in.mutable_data_ptr<NT>() + r * s;
+          float* x0r = out_row(x0_dst, buf.x0);
+          float* xnr = out_row(xn_dst, buf.xn);
+          float* netr = out_row(net_dst, buf.net);
+          if (cond) {
+            step_row<true>(vr, xr, h1, h2, cr, x0r, xnr, netr, s, c);
+          } else {
+            step_row<false>(vr, xr, h1, h2, cr, x0r, xnr, netr, s, c);
+          }
+          finish_row(x0r, x0_dst, s);
+          finish_row(xnr, xn_dst, s);
+          finish_row(netr, net_dst, s);
         }
       });
     });

@@ -116,11 +116,21 @@ def sampler_step(
     _checks.check_backend_dtype(OP, name, x)
     _checks.check_backend_dtype(OP, name, v)
     mask = cond_mask if cond_mask.dtype == torch.float32 else cond_mask.to(torch.float32)
-    op = torch.ops.cosmos_kernels.sampler_step_triton if name == "triton" else torch.ops.cosmos_kernels.sampler_step
-    x0, x_next, net_in = op.default(
+    x0, x_next, net_in = kernel_op(name)(
         _frames(v), _frames(x), _frames(x0_prev), _frames(x0_prev2), _frames(cond_latent), mask.contiguous(),
         coeffs.contiguous(), step.reshape(1).to(torch.int64))
     return x0.view(x.shape), x_next.view(x.shape), net_in.view(x.shape)
+
+
+def kernel_op(backend: str):
+    """The op overload of a kernel backend ("cpu", "cuda": the C++ op; "triton"): takes `(B, C, T, S)` views
+    (see `frames`), a contiguous float32 `(B, T)` mask, the float64 table and a one-element int64 step."""
+    if backend == "triton":
+        return torch.ops.cosmos_kernels.sampler_step_triton.default
+    return torch.ops.cosmos_kernels.sampler_step.default
+
+
+frames = _frames
 
 
 # -- run-time probes of the GPU backends ------------------------------------------------------------------
