@@ -1,6 +1,7 @@
 """The sampler at the LIBERO latent shape (1, 16, 9, 28, 28): fused step vs the eager step, and the solver study.
 
-- `test_sampler_step`: what runs between two network passes. "fused" is one `sampler_step` call;
+- `test_sampler_step`: what runs between two network passes. "fused" is one `sampler_step` call
+  ("fused_op_only": the op without the public function's Python checks, as `Sampler` calls it);
   "eager_official" is the official chain of element-wise ops (fp32 preconditioning, clean-frame replacement,
   float64 2ab update with its per-step scalar math on (B,) tensors, the next input); "reference" our
   plain-PyTorch spec of the fused step; "compiled" torch.compile of that spec.
@@ -17,6 +18,7 @@ import torch
 
 from bench.conftest import DEVICES, compiled, median_seconds, record
 from cosmos_kernels.sampling import Sampler, multistep_plan, sample, sampler_step
+from cosmos_kernels.sampling.step import ops as step_ops
 from cosmos_kernels.sampling.step import reference
 
 SHAPE = (1, 16, 9, 28, 28)
@@ -73,8 +75,11 @@ def test_sampler_step(benchmark, device, net_dtype):
                                             sig[1] * ones, net_dtype)
     ref_args = (v, x, p1, p2, clean, mask, coeffs, step)
     ref_compiled = compiled(reference.sampler_step)
+    op = step_ops.kernel_op(sampler.backend) if sampler.backend != "reference" else reference.sampler_step
+    op_args = (*[step_ops.frames(t) for t in (v, x, p1, p2, clean)], mask, coeffs, step)
     times = {
         "fused": median_seconds(lambda: sampler_step(*ref_args)),
+        "fused_op_only": median_seconds(lambda: op(*op_args)),  # what Sampler calls: no Python checks
         "eager_official": median_seconds(official),
         "reference": median_seconds(lambda: reference.sampler_step(*ref_args)),
         "compiled": median_seconds(lambda: ref_compiled(*ref_args)),
