@@ -25,7 +25,6 @@ from cosmos_policy.blocks import (
     RMSNorm,
     TimestepEmbedding,
     Timesteps,
-    rope_angles,
     unpatchify,
 )
 from cosmos_policy.cache import LRUCache
@@ -230,8 +229,11 @@ class CosmosDiT(nn.Module):
         return self.t_embedding_norm(sinusoid), self.t_embedder[1](sinusoid)
 
     def _rope(self, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        angles = rope_angles(self.config, *grid, device=self.device)
-        return torch.cos(angles), torch.sin(angles)
+        c = self.config
+        return cosmos_kernels.rope_3d_tables(
+            *grid, c.head_dim, h_extrapolation_ratio=c.rope_h_extrapolation_ratio,
+            w_extrapolation_ratio=c.rope_w_extrapolation_ratio, t_extrapolation_ratio=c.rope_t_extrapolation_ratio,
+            ranges_bf16=c.rope_ranges_bf16, device=self.device)
 
     # -- reference backend ------------------------------------------------------------------------------------
 
