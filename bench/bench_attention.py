@@ -15,6 +15,7 @@ import torch
 
 import cosmos_kernels as ck
 from bench.conftest import DEVICES, compiled, median_seconds, record
+from cosmos_kernels import _dispatch
 from cosmos_kernels.attention import ops, reference
 
 HEADS, HEAD_DIM = 16, 128
@@ -52,7 +53,7 @@ def test_qk_norm_rope(benchmark, device):
         times["triton"] = median_seconds(lambda: ck.qk_norm_rope(*args, backend="triton"))
     dt = str(dtype).removeprefix("torch.")
     record(benchmark, f"qk_norm_rope[1x1764x16x128,{dt},{device}]", times, dtype=dt, device=device,
-           backend=ops._dispatch.resolve_backend("qk_norm_rope", q.device, None, dtype=dtype))
+           backend=_dispatch.resolve_backend("qk_norm_rope", q.device, None, dtype=dtype))
     benchmark.pedantic(fused, rounds=20, iterations=1, warmup_rounds=2)
 
 
