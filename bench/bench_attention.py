@@ -10,6 +10,9 @@ automatic choice, so `speedup_vs_<backend>` >= 1 means auto is at least as fast 
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import pytest
 import torch
 
@@ -37,6 +40,24 @@ def _inputs(device: str, dtype: torch.dtype, Lq: int, Lk: int):
     return q, k, v, q_weight, k_weight, cos, sin
 
 
+def interleaved_medians(fns: dict, device: str, rounds: int = 30) -> dict[str, float]:
+    """Median seconds of each variant, timed in alternation so that load drift on a shared machine hits
+    every variant alike (the ratios are what matter)."""
+    for fn in fns.values():
+        median_seconds(fn, min_run_time=0.05)  # warm-up: compilation, probes, allocator
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_qk_norm_rope(benchmark, device):
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
@@ -44,13 +65,14 @@ def test_qk_norm_rope(benchmark, device):
     args = (q, k, qw, kw, cos, sin)
     ref_compiled = compiled(reference.qk_norm_rope)
     fused = lambda: ck.qk_norm_rope(*args)  # noqa: E731
-    times = {
-        "fused": median_seconds(fused),
-        "reference": median_seconds(lambda: reference.qk_norm_rope(*args)),
-        "compiled": median_seconds(lambda: ref_compiled(*args)),
+    variants = {
+        "fused": fused,
+        "reference": lambda: reference.qk_norm_rope(*args),
+        "compiled": lambda: ref_compiled(*args),
     }
     if device == "cuda":
-        times["triton"] = median_seconds(lambda: ck.qk_norm_rope(*args, backend="triton"))
+        variants["triton"] = lambda: ck.qk_norm_rope(*args, backend="triton")
+    times = interleaved_medians(variants, device)
     dt = str(dtype).removeprefix("torch.")
     record(benchmark, f"qk_norm_rope[1x1764x16x128,{dt},{device}]", times, dtype=dt, device=device,
            backend=_dispatch.resolve_backend("qk_norm_rope", q.device, None, dtype=dtype))
