@@ -373,15 +373,17 @@ def chosen_backends() -> dict[tuple, str]:
 # -- run-time probes of the GPU backends -----------------------------------------------------------------------
 
 def _register_probes() -> None:
+    # bf16 at head_dim 128, the model's case (tensor-core tiles, 16-byte packets); L = 40 is no multiple of
+    # any block. A broken kernel is off by O(1); bf16 rounding stays far below the tolerance.
     def inputs(device):
         gen = torch.Generator(device="cpu").manual_seed(0)
-        q, k, v = (torch.randn(1, 40, 2, 64, generator=gen) for _ in range(3))
-        w = torch.randn(64, generator=gen)
-        cos, sin = reference.rope_3d_tables(2, 4, 5, 64)
-        return [t.to(device) for t in (q, k, v, w, cos, sin)]
+        q, k, v = (torch.randn(1, 40, 2, 128, generator=gen) for _ in range(3))
+        w = torch.rand(128, generator=gen) + 0.5
+        cos, sin = reference.rope_3d_tables(2, 4, 5, 128)
+        return [t.to(device) for t in (q.bfloat16(), k.bfloat16(), v.bfloat16(), w, cos, sin)]
 
     def close(got, want):
-        return torch.allclose(got.double().cpu(), want.double().cpu(), atol=1e-3, rtol=1e-3)
+        return torch.allclose(got.double().cpu(), want.double().cpu(), atol=5e-2, rtol=2e-2)
 
     def qk_probe(backend):
         def run(device):
