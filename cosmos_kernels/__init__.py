@@ -16,6 +16,7 @@ from cosmos_kernels.adaptive_norm import (  # noqa: E402
     rms_norm,
 )
 from cosmos_kernels.attention import attention, qk_norm_rope, rope_3d_tables  # noqa: E402
+from cosmos_kernels.sampling.step import sampler_step  # noqa: E402
 
 _alloc.set_nan_fill(_alloc.nan_fill_enabled())
 
@@ -29,5 +30,6 @@ __all__ = [
     "qk_norm_rope",
     "rms_norm",
     "rope_3d_tables",
+    "sampler_step",
     "set_nan_fill",
 ]

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from cosmos_kernels import _checks, _dispatch, _ext
 from cosmos_kernels.attention import reference
-from cosmos_kernels.attention import triton as triton_kernels
 
 _NS = "cosmos_kernels"
 ATTENTION_ENV = "COSMOS_KERNELS_ATTENTION"
@@ -42,6 +41,8 @@ def _qk_norm_rope_triton(
     q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | None, k_weight: torch.Tensor | None,
     cos: torch.Tensor | None, sin: torch.Tensor | None, eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    from cosmos_kernels.attention import triton as triton_kernels  # Triton is optional
+
     return triton_kernels.qk_norm_rope(q, k, q_weight, k_weight, cos, sin, eps)
 
 
@@ -50,6 +51,8 @@ def _attention_triton(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weight: torch.Tensor | None,
     k_weight: torch.Tensor | None, cos: torch.Tensor | None, sin: torch.Tensor | None, scale: float, eps: float,
 ) -> torch.Tensor:
+    from cosmos_kernels.attention import triton as triton_kernels  # Triton is optional
+
     return triton_kernels.attention(q, k, v, q_weight, k_weight, cos, sin, scale, eps)
 
 

@@ -1,0 +1,119 @@
+"""Finding the files of a checkpoint: a local directory as downloaded, or a Hugging Face repo id.
+
+The official policy repositories (spec 2) hold `Cosmos-Policy-<SUITE>-Predict2-2B.pt`,
+`<suite>_dataset_statistics.json` and `<suite>_t5_embeddings.pkl`; the VAE comes separately with
+nvidia/Cosmos-Predict2-2B-Video2World (`tokenizer/tokenizer.pth`). A directory written by
+`cosmos_policy.testing.write_tiny_checkpoint` adds `network_config.json` for its non-official network size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .layout import IMAGE_SIZE, LAYOUTS
+from .vae import OFFICIAL_VAE_SOURCE
+
+NETWORK_CONFIG_FILE = "network_config.json"
+VAE_CANDIDATES = ("tokenizer/tokenizer.pth", "tokenizer.pth", "vae", "vae.safetensors")
+
+
+@dataclass(frozen=True)
+class CheckpointFiles:
+    directory: Path
+    suite: str
+    network: Path
+    network_config: object  # DiTConfig
+    t5_embeddings: Path
+    statistics: Path
+    vae: Path
+    image_size: int = IMAGE_SIZE
+
+
+def resolve_directory(path: str | os.PathLike) -> Path:
+    """A local directory, or a Hugging Face repo id ("org/name") downloaded with `huggingface_hub`."""
+    local = Path(path)
+    if local.exists():
+        if local.is_file():
+            return local.parent
+        return local / "model" if (local / "model").is_dir() else local
+    text = os.fspath(path)
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+        raise FileNotFoundError(f"path: {text!r} is neither a local checkpoint directory nor a Hugging Face repo id")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ValueError(
+            f"path: {text!r} is not a local directory; to download it as a Hugging Face repo install huggingface_hub "
+            "(pip install huggingface_hub), or download the repository yourself and pass its directory"
+        ) from None
+    try:
+        local = Path(snapshot_download(repo_id=text))
+    except Exception as err:  # network, authentication or missing repo: say which repo failed
+        raise OSError(f"path: could not download the Hugging Face repo {text!r}: {err}") from err
+    return local / "model" if (local / "model").is_dir() else local
+
+
+def _suite_of(name: str) -> str | None:
+    lowered = name.lower()
+    for suite in LAYOUTS:
+        if lowered.startswith(suite + "_") or f"-{suite}-" in lowered:
+            return suite
+    return None
+
+
+def find_checkpoint_files(path, *, suite: str | None = None, vae=None) -> CheckpointFiles:
+    from .config import DiTConfig
+
+    directory = resolve_directory(path)
+    if suite is not None and suite not in LAYOUTS:
+        raise ValueError(f"suite: expected one of {sorted(LAYOUTS)}, got {suite!r}")
+    names = sorted(p.name for p in directory.iterdir())
+    extra = {}
+    config_path = directory / NETWORK_CONFIG_FILE
+    if config_path.is_file():
+        extra = json.loads(config_path.read_text())
+    found = sorted({s for s in map(_suite_of, names) if s is not None})
+    if suite is None:
+        suite = extra.get("suite")
+    if suite is None:
+        if len(found) != 1:
+            raise ValueError(f"suite: cannot tell the suite from the files in {directory} (found {found or 'none'}); "
+                             f"pass suite= one of {sorted(LAYOUTS)}")
+        suite = found[0]
+
+    def one(kind: str, pattern: str) -> Path:
+        matches = [directory / n for n in names if re.fullmatch(pattern, n, flags=re.IGNORECASE)]
+        if not matches:
+            raise FileNotFoundError(f"{kind}: no file matching {pattern!r} in {directory}")
+        return matches[0]
+
+    pts = [n for n in names if n.endswith(".pt")]
+    suite_pts = [n for n in pts if _suite_of(n) == suite]
+    if not (suite_pts or pts):
+        raise FileNotFoundError(f"network: no .pt checkpoint in {directory}")
+    network = directory / (suite_pts or pts)[0]
+    statistics = one("dataset statistics", rf"{suite}_dataset_statistics\.json")
+    t5 = one("T5 embeddings", rf"{suite}_t5_embeddings\.pkl")
+
+    if vae is None:
+        for candidate in VAE_CANDIDATES:
+            if (directory / candidate).exists():
+                vae = directory / candidate
+                break
+        else:
+            raise FileNotFoundError(
+                f"vae: no VAE in {directory} (looked for {list(VAE_CANDIDATES)}). The policy checkpoints do not ship "
+                f"it: the official Wan2.1 VAE comes with {OFFICIAL_VAE_SOURCE}; pass vae=<path to tokenizer.pth>"
+            )
+    vae = Path(vae)
+    if not vae.exists():
+        raise FileNotFoundError(f"vae: {vae} does not exist (the official one comes with {OFFICIAL_VAE_SOURCE})")
+    config = DiTConfig.from_dict(extra["network"]) if "network" in extra else DiTConfig.cosmos_predict2_2b()
+    image_size = int(extra.get("image_size", IMAGE_SIZE))
+    if image_size <= 0 or image_size % 16:
+        raise ValueError(f"{config_path}: image_size must be a positive multiple of 16, got {image_size}")
+    return CheckpointFiles(directory, suite, network, config, t5, statistics, vae, image_size)

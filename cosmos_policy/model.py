@@ -1,0 +1,372 @@
+"""`CosmosDiT`: the Cosmos-Predict2 video DiT with its condition-mask channel (official `MinimalV1LVGDiT`).
+
+Two implementations of one network share the parameters:
+- `backend="reference"`: the official operation order in plain PyTorch (`blocks.py`), the specification;
+- `backend="fused"`: the same math on `cosmos_kernels` ops (adaptive LayerNorm fused with the previous
+  sub-layer's gated residual, RMSNorm), with the exact caches: cross-attention K/V per text embedding,
+  modulation vectors per frame-timestep value, RoPE tables per (T, H, W). Each cache is a bounded LRU.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import cosmos_kernels
+from cosmos_policy import checkpoint
+from cosmos_policy.blocks import (
+    Block,
+    FinalLayer,
+    PatchEmbed,
+    RMSNorm,
+    TimestepEmbedding,
+    Timesteps,
+    rope_angles,
+    unpatchify,
+)
+from cosmos_policy.cache import LRUCache
+from cosmos_policy.config import DiTConfig
+
+BACKENDS = ("fused", "reference")
+MiB = 1 << 20
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, q_norm_weight: torch.Tensor,
+              k_norm_weight: torch.Tensor | None, rope_cos: torch.Tensor | None, rope_sin: torch.Tensor | None,
+              norm_eps: float) -> torch.Tensor:
+    """QK RMSNorm, rotate-half RoPE and softmax attention on `(B, L, heads, head_dim)` tensors.
+
+    `k_norm_weight=None` means `k` is already normalised (cached cross-attention keys); RoPE tables are
+    `(L, head_dim)` and apply to self-attention only. The one place the fused network runs attention.
+    """
+    if k_norm_weight is None:  # cached, already normalised keys: only q still needs its norm
+        q, q_norm_weight = cosmos_kernels.rms_norm(q, q_norm_weight, norm_eps), None
+    return cosmos_kernels.attention(q, k, v, q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight,
+                                    rope_cos=rope_cos, rope_sin=rope_sin, norm_eps=norm_eps)
+
+
+def attention_with_zero_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, q_norm_weight: torch.Tensor,
+                             extra_zero_keys: int, norm_eps: float) -> torch.Tensor:
+    """Attention over `k`, `v` plus `extra_zero_keys` more keys and values that are exactly zero.
+
+    Zero-padded text positions have key 0 (RMSNorm of 0 is 0) and value 0: they add `exp(0 - max)` each to the
+    softmax denominator and nothing to the numerator, so they are counted instead of stored (exact; computed
+    in fp32). `k` and `v` hold the remaining (few) positions.
+    """
+    q = cosmos_kernels.rms_norm(q, q_norm_weight, norm_eps)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * q.shape[-1] ** -0.5
+    top = scores.amax(-1, keepdim=True).clamp_min(0.0)  # the zero keys' logit is 0
+    weights = torch.exp(scores - top)
+    denom = weights.sum(-1, keepdim=True) + extra_zero_keys * torch.exp(-top)
+    out = torch.einsum("bhqk,bkhd->bqhd", weights / denom, v.float())
+    return out.to(q.dtype)
+
+
+def _version(t: torch.Tensor) -> int:
+    """The tensor's in-place version counter; inference-mode tensors have none (0)."""
+    return 0 if t.is_inference() else t._version
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+class CosmosDiT(nn.Module):
+    """The Cosmos-Predict2 DiT. `forward` returns the raw network output `(B, out_channels, T, H, W)`.
+
+    Inputs are cast to the network's parameter dtype first, as the official model does before calling its
+    network (so at bf16 the timesteps are bf16-rounded before the fp32 sinusoid). `load_state_dict` takes
+    official keys (with or without `net.`) or diffusers `CosmosTransformer3DModel` keys.
+
+    The fused backend's caches are exact: cross-attention K/V are keyed by the text-embedding tensor's
+    identity and PyTorch version counter (an in-place change through PyTorch is seen; a write that bypasses
+    the counter, through `.numpy()` or `.data`, is not: call `clear_caches()` after one; inference-mode
+    tensors, which have no counter, are checked by content on each hit), and every entry that depends on the
+    weights is keyed by the parameters' version counters too. Keep one tensor per instruction: a new tensor
+    (say `emb.to(device)` on every call) is a new key. The modulation cache is used when the timesteps come
+    as a CPU tensor (keyed by value, no device sync); device timesteps are computed directly. While autograd
+    records, nothing is cached. Under CUDA-graph capture, entries are read (and pinned) but never created:
+    run one eager forward before capturing.
+    """
+
+    def __init__(self, config: DiTConfig | None = None, backend: str = "fused", *,
+                 kv_cache_bytes: int = 1024 * MiB, modulation_cache_bytes: int = 128 * MiB,
+                 rope_cache_bytes: int = 64 * MiB) -> None:
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"CosmosDiT: backend must be one of {BACKENDS}, got {backend!r}")
+        self.config = config = config if config is not None else DiTConfig.cosmos_predict2_2b()
+        if not isinstance(config, DiTConfig):
+            raise TypeError(f"CosmosDiT: config must be a DiTConfig, got {type(config).__name__}")
+        self.backend = backend
+        d = config.model_channels
+        self.x_embedder = PatchEmbed(config)
+        self.t_embedder = nn.Sequential(Timesteps(d), TimestepEmbedding(d))
+        self.t_embedding_norm = RMSNorm(d, config.eps)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_blocks))
+        self.final_layer = FinalLayer(config)
+        self.kv_cache = LRUCache(kv_cache_bytes, "cross-attention K/V cache")
+        self.modulation_cache = LRUCache(modulation_cache_bytes, "modulation cache")
+        self.rope_cache = LRUCache(rope_cache_bytes, "RoPE cache")
+
+    # -- weights --------------------------------------------------------------------------------------------
+
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        """Load official (`net.` optional) or diffusers keys; any missing / unexpected key is a `ValueError`."""
+        own = self.state_dict()
+        mapped = checkpoint.to_network_keys(state_dict, own.keys())
+        for key, value in mapped.items():
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"state dict: {key!r} is a {type(value).__name__}, not a tensor")
+            if tuple(value.shape) != tuple(own[key].shape):
+                raise ValueError(f"state dict: {key!r} has shape {tuple(value.shape)}, the network expects "
+                                 f"{tuple(own[key].shape)} (is the config right?)")
+        self.clear_caches()
+        return super().load_state_dict(mapped, strict=True, assign=assign)
+
+    def clear_caches(self) -> None:
+        """Drop every cached K/V, modulation and RoPE table (also entries pinned for a captured graph)."""
+        for cache in (self.kv_cache, self.modulation_cache, self.rope_cache):
+            cache.clear()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x_embedder.proj[1].weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_embedder.proj[1].weight.device
+
+    def _weights_key(self) -> tuple:
+        # In-place updates bump a parameter's version counter; the sum only grows, so it identifies the weights.
+        return (self.dtype, self.device, sum(_version(p) for p in self.parameters()))
+
+    def _caching(self) -> bool:
+        """Caches hold plain tensors: while autograd records (training, fine-tuning) everything is recomputed."""
+        return not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
+
+    # -- forward ----------------------------------------------------------------------------------------------
+
+    def forward(self, x_B_C_T_H_W: torch.Tensor, timesteps_B_T: torch.Tensor, crossattn_emb: torch.Tensor,
+                condition_video_input_mask_B_C_T_H_W: torch.Tensor,
+                padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Network output `(B, out_channels, T, H, W)` in the network's dtype.
+
+        `x_B_C_T_H_W` (B, in_channels, T, H, W) latents; `timesteps_B_T` (B, T // patch_temporal) per-frame
+        times; `crossattn_emb` (B or 1, N, crossattn_emb_channels); the condition mask broadcasts to
+        (B, 1, T, H, W); `padding_mask` (B or 1, 1, H_img, W_img), zeros when None.
+        """
+        x, timesteps, context, cond = self._check_inputs(x_B_C_T_H_W, timesteps_B_T, crossattn_emb,
+                                                         condition_video_input_mask_B_C_T_H_W)
+        b, _, t, h, w = x.shape
+        parts = [x, cond]
+        if self.config.concat_padding_mask:
+            parts.append(self._padding_channel(padding_mask, b, t, h, w))
+        tokens = self.x_embedder(torch.cat(parts, dim=1))  # (B, T', H', W', D)
+        _, tp, hp, wp, d = tokens.shape
+        tokens = tokens.reshape(b, tp, hp * wp, d)
+        if self.backend == "reference":
+            out = self._forward_reference(tokens, timesteps, context, (tp, hp, wp))
+        else:
+            out = self._forward_fused(tokens, timesteps, context, (tp, hp, wp))
+        return unpatchify(out.reshape(b, tp, hp, wp, -1), self.config)
+
+    def _check_inputs(self, x, timesteps, context, cond):
+        c = self.config
+        for name, tensor in (("x_B_C_T_H_W", x), ("timesteps_B_T", timesteps), ("crossattn_emb", context),
+                             ("condition_video_input_mask_B_C_T_H_W", cond)):
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"CosmosDiT: {name} must be a tensor, got {type(tensor).__name__}")
+        for name, tensor in (("x_B_C_T_H_W", x), ("timesteps_B_T", timesteps), ("crossattn_emb", context)):
+            if not tensor.is_floating_point():
+                raise TypeError(f"CosmosDiT: {name} must be a floating-point tensor, got {tensor.dtype}")
+        if x.dim() != 5 or x.shape[1] != c.in_channels:
+            raise ValueError(f"CosmosDiT: x_B_C_T_H_W must be (B, {c.in_channels}, T, H, W), got {tuple(x.shape)}")
+        b, _, t, h, w = x.shape
+        ps, pt = c.patch_spatial, c.patch_temporal
+        if t % pt or h % ps or w % ps:
+            raise ValueError(f"CosmosDiT: x_B_C_T_H_W's T, H, W must be multiples of ({pt}, {ps}, {ps}), "
+                             f"got {(t, h, w)}")
+        if t > c.max_frames or h > c.max_img_h or w > c.max_img_w:
+            raise ValueError(f"CosmosDiT: x_B_C_T_H_W's T, H, W {(t, h, w)} exceed the RoPE range "
+                             f"{(c.max_frames, c.max_img_h, c.max_img_w)}")
+        if tuple(timesteps.shape) != (b, t // pt):
+            raise ValueError(f"CosmosDiT: timesteps_B_T must be ({b}, {t // pt}), got {tuple(timesteps.shape)}")
+        if context.dim() != 3 or context.shape[0] not in (1, b) or context.shape[2] != c.crossattn_emb_channels:
+            raise ValueError(f"CosmosDiT: crossattn_emb must be ({b} or 1, N, {c.crossattn_emb_channels}), "
+                             f"got {tuple(context.shape)}")
+        try:
+            torch.broadcast_shapes(cond.shape, (b, 1, t, h, w))
+        except RuntimeError:
+            raise ValueError(f"CosmosDiT: condition_video_input_mask_B_C_T_H_W must broadcast to {(b, 1, t, h, w)}, "
+                             f"got {tuple(cond.shape)}") from None
+        for name, tensor in (("x_B_C_T_H_W", x), ("crossattn_emb", context),
+                             ("condition_video_input_mask_B_C_T_H_W", cond)):
+            if tensor.device != self.device:
+                raise ValueError(f"CosmosDiT: {name} is on {tensor.device}, the network on {self.device}")
+        if not (timesteps.device == self.device or timesteps.device.type == "cpu"):
+            raise ValueError(f"CosmosDiT: timesteps_B_T is on {timesteps.device}, the network on {self.device}")
+        dtype = self.dtype
+        return x.to(dtype), timesteps.to(dtype), context, cond.to(dtype).expand(b, 1, t, h, w)
+
+    def _padding_channel(self, padding_mask, b, t, h, w):
+        if padding_mask is None:
+            return torch.zeros(b, 1, t, h, w, dtype=self.dtype, device=self.device)
+        if (not isinstance(padding_mask, torch.Tensor) or padding_mask.dim() != 4 or padding_mask.shape[1] != 1
+                or padding_mask.shape[0] not in (1, b)):
+            got = tuple(padding_mask.shape) if isinstance(padding_mask, torch.Tensor) else type(padding_mask).__name__
+            raise ValueError(f"CosmosDiT: padding_mask must be ({b} or 1, 1, H_img, W_img), got {got}")
+        # Nearest-neighbour resize to the latent grid (torchvision's NEAREST on tensors), repeated over T.
+        resized = F.interpolate(padding_mask.to(self.device, torch.float32), size=(h, w), mode="nearest")
+        return resized.to(self.dtype)[:, :, None].expand(b, 1, t, h, w)
+
+    def _time_embedding(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(emb, adaln_lora): RMS-normed sinusoid `(..., D)` and the shared adaLN-LoRA term `(..., 3D)`."""
+        sinusoid = self.t_embedder[0](timesteps.to(self.device))
+        return self.t_embedding_norm(sinusoid), self.t_embedder[1](sinusoid)
+
+    def _rope(self, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = rope_angles(self.config, *grid, device=self.device)
+        return torch.cos(angles), torch.sin(angles)
+
+    # -- reference backend ------------------------------------------------------------------------------------
+
+    def _forward_reference(self, x, timesteps, context, grid):
+        context = context.to(self.dtype).expand(x.shape[0], -1, -1)
+        emb, adaln_lora = self._time_embedding(timesteps)  # (B, T, D), (B, T, 3D)
+        rope = self._rope(grid)
+        for block in self.blocks:
+            x = block(x, emb, adaln_lora, context, rope)
+        return self.final_layer(x, emb, adaln_lora)
+
+    # -- fused backend ------------------------------------------------------------------------------------------
+
+    def _modulation_table(self, emb: torch.Tensor, adaln_lora: torch.Tensor) -> torch.Tensor:
+        """Every block's 9 modulation vectors and the final layer's 2, concatenated: `(..., (9 * blocks + 2) D)`."""
+        parts = [block.modulation(emb, adaln_lora) for block in self.blocks]
+        parts.append(self.final_layer.modulation(emb, adaln_lora))
+        return torch.cat(parts, dim=-1)
+
+    def _modulation(self, timesteps: torch.Tensor, weights_key: tuple) -> torch.Tensor:
+        """`(B, T, 1, (9 * blocks + 2) D)`; per distinct timestep value from the cache for CPU timesteps."""
+        b, t = timesteps.shape
+        if timesteps.device.type != "cpu" or not self._caching():
+            return self._modulation_table(*self._time_embedding(timesteps)).unsqueeze(2)
+        values = timesteps.flatten().tolist()
+        keys = [(v, weights_key) for v in values]
+        missing = sorted({v for v, k in zip(values, keys) if k not in self.modulation_cache})
+        if missing:
+            table = self._modulation_table(*self._time_embedding(torch.tensor(missing, dtype=timesteps.dtype)))
+            fresh = dict(zip(missing, table.unbind(0)))
+            if _capturing(self.device):
+                rows = [fresh[v] if v in fresh else self.modulation_cache.get(k) for v, k in zip(values, keys)]
+                return torch.stack(rows).view(b, t, 1, -1)
+            for v in missing:
+                self.modulation_cache.put((v, weights_key), fresh[v])
+        rows = []
+        for v, k in zip(values, keys):
+            row = self.modulation_cache.get(k)
+            if row is None:  # larger than the cache budget: computed for this call only
+                row = self._modulation_table(*self._time_embedding(torch.tensor([v], dtype=timesteps.dtype)))[0]
+            elif _capturing(self.device):
+                self.modulation_cache.pin(k)
+            rows.append(row)
+        return torch.stack(rows).view(b, t, 1, -1)
+
+    def _cached_rope(self, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (grid, self.device)
+        capturing = _capturing(self.device)
+        rope = self.rope_cache.get_or_create(key, lambda: self._rope(grid), store=not capturing and self._caching())
+        if capturing:
+            self.rope_cache.pin(key)
+        return rope
+
+    def _cross_kv(self, context: torch.Tensor, weights_key: tuple) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """Per block: (RMS-normed keys, values) of the caller's text embedding, `(B or 1, N, heads, head_dim)`.
+
+        Keyed by the tensor's identity (held by a weak reference, so a recycled `id` never matches) and its
+        version counter, which every in-place PyTorch op on it or on a view of it bumps. An inference-mode
+        tensor has no version counter: its entry keeps a copy and is checked by content on every hit.
+        """
+        if not self._caching():
+            return self._compute_cross_kv(context, compact=False)
+        key = (id(context), _version(context), tuple(context.shape), tuple(context.stride()),
+               context.storage_offset(), context.dtype, context.device, weights_key)
+        capturing = _capturing(self.device)
+        entry = self.kv_cache.get(key)
+        if entry is not None and entry[0]() is context:
+            if entry[1] is None or capturing or torch.equal(entry[1], context):
+                if capturing:
+                    self.kv_cache.pin(key)
+                return entry[2]
+            self.kv_cache.pop(key)
+        kv = self._compute_cross_kv(context, compact=not capturing)
+        if not capturing:
+            cache = self.kv_cache
+            # Free the entry as soon as the caller's tensor is gone.
+            ref = weakref.ref(context, lambda _ref, key=key: cache.pop(key))
+            cache.put(key, (ref, context.clone() if context.is_inference() else None, kv))
+        return kv
+
+    def _compute_cross_kv(self, context: torch.Tensor, compact: bool) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """Per block (keys, values, extra zero keys). With `compact`, all-zero text rows (the zero padding of T5
+        embeddings) are dropped down to the longest non-zero prefix set and counted instead (one host read)."""
+        emb = context.to(self.dtype)
+        extra = 0
+        if compact and emb.shape[1] > 1:
+            nonzero = emb.ne(0).any(-1).cpu()  # (B, N); once per cached instruction
+            keep = max(1, int(nonzero.sum(-1).max()))
+            if keep <= min(128, emb.shape[1] // 2):
+                # Each row keeps its non-zero positions first (stable), then zero rows up to `keep`.
+                order = torch.sort((~nonzero).to(torch.int8), dim=-1, stable=True).indices[:, :keep]
+                emb = torch.gather(emb, 1, order.to(emb.device)[..., None].expand(-1, -1, emb.shape[-1]))
+                extra = context.shape[1] - keep
+        kv = []
+        for block in self.blocks:
+            attn = block.cross_attn
+            k = cosmos_kernels.rms_norm(attn.heads(attn.k_proj(emb)), attn.k_norm.weight, self.config.eps)
+            kv.append((k, attn.heads(attn.v_proj(emb)), extra))
+        return kv
+
+    def _forward_fused(self, x, timesteps, context, grid):
+        eps, d = self.config.eps, self.config.model_channels
+        weights_key = self._weights_key()
+        mods = self._modulation(timesteps, weights_key)
+        cos, sin = self._cached_rope(grid)
+        kv = self._cross_kv(context, weights_key)
+        b, t, s, _ = x.shape
+
+        def mod(i: int, j: int) -> torch.Tensor:  # j-th D-vector of block i (block num_blocks = final layer)
+            return mods[..., (9 * i + j) * d: (9 * i + j + 1) * d]
+
+        normed = cosmos_kernels.layer_norm_modulate(x, mod(0, 0), mod(0, 1), eps)
+        for i, block in enumerate(self.blocks):
+            sa, ca = block.self_attn, block.cross_attn
+            q, k, v = (sa.heads(proj(normed.view(b, t * s, d))) for proj in (sa.q_proj, sa.k_proj, sa.v_proj))
+            out = attention(q, k, v, q_norm_weight=sa.q_norm.weight, k_norm_weight=sa.k_norm.weight,
+                            rope_cos=cos, rope_sin=sin, norm_eps=eps)
+            out = sa.output_proj(out.flatten(2)).view(b, t, s, d)
+            x, normed = cosmos_kernels.gated_residual_layer_norm_modulate(x, out, mod(i, 2), mod(i, 3), mod(i, 4), eps)
+
+            ck, cv, extra = kv[i]
+            ck, cv = ck.expand(b, -1, -1, -1), cv.expand(b, -1, -1, -1)
+            q = ca.heads(ca.q_proj(normed.view(b, t * s, d)))
+            if extra:
+                out = attention_with_zero_keys(q, ck, cv, q_norm_weight=ca.q_norm.weight, extra_zero_keys=extra,
+                                               norm_eps=eps)
+            else:
+                out = attention(q, ck, cv, q_norm_weight=ca.q_norm.weight, k_norm_weight=None, rope_cos=None,
+                                rope_sin=None, norm_eps=eps)
+            out = ca.output_proj(out.flatten(2)).view(b, t, s, d)
+            x, normed = cosmos_kernels.gated_residual_layer_norm_modulate(x, out, mod(i, 5), mod(i, 6), mod(i, 7), eps)
+
+            out = block.mlp(normed)
+            # The MLP's gated residual is fused with the next sub-layer's norm: the next block's self-attention
+            # (shift, scale), or the final layer's (shift, scale), which sit at the same offsets.
+            x, normed = cosmos_kernels.gated_residual_layer_norm_modulate(x, out, mod(i, 8), mod(i + 1, 0),
+                                                                          mod(i + 1, 1), eps)
+        return self.final_layer.linear(normed)

@@ -1,0 +1,350 @@
+"""`CosmosPolicy`: an official Cosmos Policy checkpoint in, action chunks out.
+
+One action query (spec 3-4): preprocess the camera images as the official server does, encode the clean prefix of the
+latent video with the VAE, write the normalised proprio into its latent frame, then denoise the whole latent video
+from `arch_invariant_noise(seed) * sigma_max` with the official 2ab sampler (5 steps, 10 for ALOHA, sigma 80 -> 4),
+keeping the conditional frames clean. The action chunk, the value and (on request) the future images are read from
+the sample.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cosmos_kernels.sampling import arch_invariant_noise, sample
+
+from . import layout as L
+from ._graph import ChunkGraphs
+from .files import CheckpointFiles, find_checkpoint_files
+from .preprocess import prepare_image
+from .text import TextEmbeddings
+from .vae import PolicyVAE
+
+SEED_LIMIT = 2**32
+
+
+@dataclass
+class _Prepared:
+    images: list[torch.Tensor]  # per camera, uint8 (B, 3, 224, 224) on the policy's device
+    proprio: torch.Tensor  # normalised, (B, proprio_dim) float32
+    instructions: list[str]
+
+
+class CosmosPolicy:
+    """Observation -> action chunk for a LIBERO, RoboCasa or ALOHA Cosmos Policy checkpoint.
+
+    Observations are dicts as the official `get_action` receives them: the suite's camera images (uint8 H x W x 3:
+    LIBERO `primary_image`, `wrist_image`; RoboCasa adds `secondary_image`; ALOHA `primary_image`, `left_wrist_image`,
+    `right_wrist_image`), `proprio` and `task_description`.
+    """
+
+    def __init__(self, network, vae: PolicyVAE, text: TextEmbeddings, statistics: L.DatasetStatistics,
+                 layout: L.SuiteLayout, *, seed: int = 0, cuda_graph: bool | None = None,
+                 trained_with_image_aug: bool = True, num_steps: int | None = None, image_size: int = L.IMAGE_SIZE):
+        self.network = network.eval().requires_grad_(False)
+        self.vae, self.text, self.statistics, self.layout = vae, text, statistics, layout
+        self.device, self.dtype = network.device, network.dtype
+        self.trained_with_image_aug = trained_with_image_aug
+        self.image_size = image_size  # 224 for every official checkpoint; tiny test checkpoints may use less
+        self.num_steps = num_steps if num_steps is not None else layout.num_steps
+        if statistics.action_dim != layout.action_dim or statistics.proprio_dim != layout.proprio_dim:
+            raise ValueError(
+                f"dataset statistics: {layout.name} needs {layout.action_dim} action and {layout.proprio_dim} proprio "
+                f"dims, the statistics have {statistics.action_dim} and {statistics.proprio_dim}"
+            )
+        if cuda_graph and self.device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs a CUDA device, the policy runs on {self.device}")
+        use_graph = self.device.type == "cuda" if cuda_graph is None else bool(cuda_graph)
+        self._graphs = ChunkGraphs(self) if use_graph else None
+        self._initial_seed = _check_seed(seed, "seed")
+        self._rng = np.random.RandomState(self._initial_seed)
+        self._contexts: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
+        t = layout.state_t
+        self._cond_frames = torch.zeros(t, dtype=torch.bool, device=self.device)
+        self._cond_frames[: layout.num_conditional_frames] = True
+        self._cond_mask = self._cond_frames.to(torch.float32).view(1, 1, t, 1, 1)
+
+    # -- loading --------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path, *, suite: str | None = None, vae=None, device=None, dtype=None,
+                        backend: str = "fused", cuda_graph: bool | None = None, seed: int = 0,
+                        text_encoder=None, trained_with_image_aug: bool = True,
+                        num_steps: int | None = None) -> CosmosPolicy:
+        """Load an official checkpoint directory (or Hugging Face repo id), or one written by
+        `cosmos_policy.testing.write_tiny_checkpoint`. `vae`: the Wan2.1 VAE weights (the official
+        `tokenizer/tokenizer.pth` of nvidia/Cosmos-Predict2-2B-Video2World, or diffusers format), looked for in the
+        checkpoint directory when not given. `device` defaults to CUDA when available, `dtype` to bf16 on CUDA and
+        fp32 on the CPU. `cuda_graph=None` captures the action chunk in a CUDA graph on CUDA devices."""
+        from .checkpoint import load_network_checkpoint
+        from .model import CosmosDiT
+
+        files: CheckpointFiles = find_checkpoint_files(path, suite=suite, vae=vae)
+        device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available()
+                                                                              else "cpu")
+        dtype = dtype if dtype is not None else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        network = CosmosDiT(files.network_config, backend=backend)
+        network.load_state_dict(load_network_checkpoint(files.network))
+        network = network.to(device=device, dtype=dtype)
+        return cls(
+            network,
+            PolicyVAE.from_file(files.vae, device=device, dtype=dtype),
+            TextEmbeddings.from_file(files.t5_embeddings, encoder=text_encoder, device=device, dtype=dtype),
+            L.DatasetStatistics.from_json(files.statistics),
+            L.get_layout(files.suite),
+            seed=seed, cuda_graph=cuda_graph, trained_with_image_aug=trained_with_image_aug, num_steps=num_steps,
+            image_size=files.image_size,
+        )
+
+    # -- public API -----------------------------------------------------------------------------------------------
+
+    def infer(self, obs: Mapping, seed: int | None = None, return_future_images: bool = False) -> dict:
+        """One observation -> {"actions": (chunk, action_dim) float32, "value", "seed", "timing" (ms per stage),
+        and "future_images" ({camera: uint8 (224, 224, 3)}) when asked}.
+
+        Raises ValueError naming the key for a missing camera, a wrong image shape or dtype, a wrong proprio length
+        or an unknown instruction, before anything in the policy changes."""
+        return self.infer_batch([obs], None if seed is None else [seed], return_future_images)[0]
+
+    def infer_batch(self, observations: Sequence[Mapping], seeds: Sequence[int] | None = None,
+                    return_future_images: bool = False) -> list[dict]:
+        """Many observations as one batch (sample i uses its own seed, so it equals `infer(obs_i, seeds[i])`)."""
+        timing: dict[str, float] = {}
+        start = clock = self._clock()
+        if not isinstance(observations, Sequence) or isinstance(observations, (str, bytes)) or not observations:
+            raise ValueError("observations: expected a non-empty list of observation dicts")
+        checked = [self._check_observation(obs, f"obs[{i}]" if len(observations) > 1 else "obs")
+                   for i, obs in enumerate(observations)]
+        self.text.check_known([c[2] for c in checked])
+        seeds = self._seeds(seeds, len(observations))
+        prepared = self._prepare(checked)
+        clock = self._lap(timing, "preprocess", clock)
+        result = self._run(prepared, seeds, return_future_images, timing, clock)
+        timing["total"] = (self._clock() - start) * 1e3
+        return result
+
+    def plan(self, obs: Mapping, num_candidates: int = 8, seed: int | None = None,
+             batch_size: int | None = None) -> dict:
+        """Best-of-N: N action chunks with seeds seed, seed+1, ..., ranked by the value each predicts alongside its
+        actions; run as one batch (or batches of `batch_size`). Ties keep the lowest seed."""
+        if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
+            raise ValueError(f"num_candidates: expected an int >= 1, got {num_candidates!r}")
+        timing: dict[str, float] = {}
+        start = clock = self._clock()
+        checked = self._check_observation(obs, "obs")
+        self.text.check_known([checked[2]])
+        base = self._seeds(None if seed is None else [seed], 1)[0]
+        seeds = [(base + i) % SEED_LIMIT for i in range(num_candidates)]
+        prepared = self._prepare([checked])
+        clock = self._lap(timing, "preprocess", clock)
+        step = batch_size or num_candidates
+        results = []
+        for first in range(0, num_candidates, step):
+            part = seeds[first: first + step]
+            # the images stay a batch of one: their latents are computed once and broadcast over the candidates
+            expanded = _Prepared(prepared.images, prepared.proprio.expand(len(part), -1),
+                                 prepared.instructions * len(part))
+            results += self._run(expanded, part, False, timing, clock)
+            clock = self._clock()
+        values = np.array([r["value"] for r in results], dtype=np.float32)
+        best = int(np.argmax(values))  # first maximum: the base seed wins ties
+        timing["total"] = (self._clock() - start) * 1e3
+        return {"actions": results[best]["actions"], "value": float(values[best]), "seed": seeds[best],
+                "index": best, "candidate_values": values, "candidate_seeds": seeds,
+                "candidate_actions": np.stack([r["actions"] for r in results]), "timing": timing}
+
+    def reset(self) -> None:
+        """Start a new episode: the policy's own seed sequence restarts (the exact caches are kept)."""
+        self._rng = np.random.RandomState(self._initial_seed)
+
+    def cache_info(self) -> dict:
+        info = {"contexts": len(self._contexts), "rng_state": _rng_digest(self._rng)}
+        info.update(self.text.cache_info())
+        info.update(self.vae.cache_info())
+        for name in ("kv_cache", "modulation_cache", "rope_cache"):
+            cache = getattr(self.network, name, None)
+            if cache is not None:
+                info[name] = len(cache)
+        if self._graphs is not None:
+            info["cuda_graphs"] = len(self._graphs)
+        return info
+
+    # -- checks and preparation -----------------------------------------------------------------------------------
+
+    def _check_observation(self, obs, name: str):
+        if not isinstance(obs, Mapping):
+            raise ValueError(f"{name}: expected a dict observation, got {type(obs).__name__}")
+        images = []
+        for camera in self.layout.cameras:
+            if camera not in obs:
+                raise ValueError(f"{name}: missing camera {camera!r} (the {self.layout.name} policy needs "
+                                 f"{list(self.layout.cameras)})")
+            image = obs[camera]
+            shape = getattr(image, "shape", None)
+            if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 \
+                    or min(image.shape[:2]) < 1:
+                kind = f"{image.dtype} {shape}" if isinstance(image, np.ndarray) else type(image).__name__
+                raise ValueError(f"{name}[{camera!r}]: expected a uint8 numpy image (H, W, 3), got {kind}")
+            images.append(image)
+        if "proprio" not in obs:
+            raise ValueError(f"{name}: missing 'proprio' ({self.layout.proprio_dim} values)")
+        try:
+            proprio = np.asarray(obs["proprio"], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}['proprio']: expected {self.layout.proprio_dim} numbers") from None
+        if proprio.ndim != 1 or proprio.shape[0] != self.layout.proprio_dim:
+            raise ValueError(f"{name}['proprio']: expected {self.layout.proprio_dim} values (shape "
+                             f"({self.layout.proprio_dim},)), got shape {proprio.shape}")
+        if not np.isfinite(proprio).all():
+            raise ValueError(f"{name}['proprio']: has non-finite values")
+        if "task_description" not in obs or not isinstance(obs["task_description"], str):
+            raise ValueError(f"{name}: missing 'task_description' (the instruction string)")
+        return images, proprio, obs["task_description"]
+
+    def _seeds(self, seeds, count: int) -> list[int]:
+        if seeds is None:  # advance the policy's own generator, only once the inputs are known to be good
+            return [int(s) for s in self._rng.randint(0, SEED_LIMIT, size=count, dtype=np.uint64)]
+        if len(seeds) != count:
+            raise ValueError(f"seeds: expected {count} seeds, got {len(seeds)}")
+        return [_check_seed(s, "seed") for s in seeds]
+
+    def _prepare(self, checked) -> _Prepared:
+        per_camera = []
+        for c in range(len(self.layout.cameras)):
+            batch = np.stack([prepare_image(images[c], jpeg_compression=self.layout.jpeg_compression,
+                                            trained_with_image_aug=self.trained_with_image_aug, size=self.image_size)
+                              for images, _, _ in checked])
+            per_camera.append(torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device))
+        proprio = np.stack([self.statistics.normalize_proprio(p) for _, p, _ in checked])
+        # the official batch carries the proprio in the network's dtype: round it the same way
+        proprio_t = torch.from_numpy(proprio).to(self.dtype).to(device=self.device, dtype=torch.float32)
+        return _Prepared(per_camera, proprio_t, [instruction for _, _, instruction in checked])
+
+    def _context(self, instructions: list[str]) -> torch.Tensor:
+        """A stable tensor per instruction tuple, so the network's cross-attention K/V cache hits across queries."""
+        if len(set(instructions)) == 1:
+            return self.text.get(instructions[0])  # (1, N, D) broadcasts over the batch
+        key = tuple(instructions)
+        if key not in self._contexts:
+            self._contexts[key] = self.text.batch(instructions)
+            while len(self._contexts) > 8:
+                self._contexts.popitem(last=False)
+        self._contexts.move_to_end(key)
+        return self._contexts[key]
+
+    # -- one batched action query ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _run(self, prepared: _Prepared, seeds: list[int], return_future_images: bool, timing: dict,
+             clock: float) -> list[dict]:
+        layout, batch = self.layout, len(seeds)
+        context = self._context(prepared.instructions)
+        clock = self._lap(timing, "text", clock)
+
+        encoded = self.vae.encode_prefix(prepared.images, keep_state=return_future_images)
+        prefix, encoder_state = encoded if return_future_images else (encoded, None)
+        h, w = prefix.shape[-2:]
+        prefix = prefix.expand(batch, -1, -1, -1, -1)
+        gt = torch.zeros(batch, prefix.shape[1], layout.state_t, h, w, device=self.device)
+        gt[:, :, : layout.num_conditional_frames] = prefix
+        gt = L.inject_proprio(gt, prepared.proprio, layout.proprio_index)
+        clock = self._lap(timing, "vae_encode", clock)
+
+        noise = torch.cat([arch_invariant_noise(s, (1, *gt.shape[1:])) for s in seeds]).to(self.device)
+        noise = noise * layout.sigma_max
+        if self._graphs is not None:
+            latents = self._graphs.run(noise, gt, context, prepared.instructions)
+        else:
+            latents = sample(self._x0_fn(gt, context), noise, num_steps=self.num_steps,
+                             sigma_min=layout.sigma_min, sigma_max=layout.sigma_max, solver="2ab")
+        clock = self._lap(timing, "denoise", clock)
+
+        actions = L.extract_actions(latents, layout.action_index, layout.chunk_size, layout.action_dim)
+        actions = self.statistics.unnormalize_actions(actions.double().cpu().numpy()).astype(np.float32)
+        values = L.extract_value(latents, layout.value_index).double().cpu().numpy()
+        clock = self._lap(timing, "postprocess", clock)
+
+        futures = None
+        if return_future_images:
+            futures = self._future_images(latents, prefix, encoder_state)
+            clock = self._lap(timing, "vae_decode", clock)
+        results = []
+        for i, s in enumerate(seeds):
+            out = {"actions": actions[i], "value": float(values[i]), "seed": s, "timing": timing}
+            if futures is not None:
+                out["future_images"] = {camera: frames[i] for camera, frames in futures.items()}
+            results.append(out)
+        return results
+
+    def _x0_fn(self, gt: torch.Tensor, context: torch.Tensor):
+        """The denoiser of spec 4.2 for `sample()`: sigma is a (B,) tensor on the policy's device."""
+        cond, cond_frames, cond_mask = self._cond_frames.view(1, 1, -1, 1, 1), self._cond_frames, self._cond_mask
+
+        def x0_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            t = (sigma / (sigma + 1)).float()  # rectified-flow scaling: c_in = c_skip = 1 - t, c_out = -t
+            t5 = t.view(-1, 1, 1, 1, 1)
+            x = x.float()
+            net_in = torch.where(cond, gt, x * (1 - t5))  # clean latents in the conditional frames
+            timesteps = torch.where(cond_frames, 0.0, t[:, None])  # their time is t(sigma_cond = 0) = 0
+            velocity = self.network(net_in, timesteps, context, cond_mask).float()
+            return torch.where(cond, gt, (1 - t5) * x - t5 * velocity)
+
+        return x0_fn
+
+    def _x0_fn_float(self, gt: torch.Tensor, context: torch.Tensor):
+        """The same denoiser for the graph loop: sigma is a Python float, so the per-frame times are a host tensor
+        (the network's modulation cache serves them) and nothing is copied to the device inside a capture."""
+        cond, cond_mask = self._cond_frames.view(1, 1, -1, 1, 1), self._cond_mask
+        frames = self._cond_frames.cpu()
+
+        def x0_fn(x: torch.Tensor, sigma: float) -> torch.Tensor:
+            t = sigma / (sigma + 1)
+            x = x.float()
+            net_in = torch.where(cond, gt, x * (1 - t))
+            timesteps = torch.where(frames, 0.0, t).to(torch.float32).expand(x.shape[0], -1)
+            velocity = self.network(net_in, timesteps, context, cond_mask).float()
+            return torch.where(cond, gt, (1 - t) * x - t * velocity)
+
+        return x0_fn
+
+    def _future_images(self, latents: torch.Tensor, prefix: torch.Tensor, encoder_state) -> dict[str, torch.Tensor]:
+        """Decode the predicted future frames after restoring the placeholder frames' own VAE latents."""
+        layout = self.layout
+        restored = latents.clone()
+        restored[:, :, :2] = prefix[:, :, :2]  # blank and proprio slots
+        batch, _, _, h, w = latents.shape
+        placeholders = self.vae.encode_zero_chunks(2, encoder_state, batch, h * 8, w * 8)
+        restored[:, :, layout.action_index: layout.action_index + 2] = placeholders
+        last = max(layout.future_camera_indices.values())
+        frames = self.vae.decode(restored[:, :, : last + 1]).cpu().numpy()  # the decoder is causal
+        return {camera: frames[:, (k - 1) * L.TEMPORAL_COMPRESSION + 1]
+                for camera, k in layout.future_camera_indices.items()}
+
+    # -- timing ---------------------------------------------------------------------------------------------------
+
+    def _clock(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _lap(self, timing: dict, stage: str, since: float) -> float:
+        now = self._clock()
+        timing[stage] = timing.get(stage, 0.0) + (now - since) * 1e3
+        return now
+
+
+def _check_seed(seed, name: str) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < SEED_LIMIT:
+        raise ValueError(f"{name}: expected an int in [0, 2**32), got {seed!r}")
+    return int(seed)
+
+
+def _rng_digest(rng: np.random.RandomState) -> tuple:
+    _, keys, pos, *_ = rng.get_state()
+    return int(keys.sum()), int(pos)

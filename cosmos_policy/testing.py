@@ -1,0 +1,158 @@
+"""Tiny random-weight checkpoints in the official file formats, for tests, demos and benchmarks.
+
+`write_tiny_checkpoint(directory, suite="libero")` writes what the official policy repositories hold (the network `.pt`
+with `net.` keys, `<suite>_t5_embeddings.pkl`, `<suite>_dataset_statistics.json`), the Wan2.1 VAE as the official
+`tokenizer/tokenizer.pth` (Wan2.1 key names), and `network_config.json`, the one extra file our loader needs for a
+network of a non-official size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .files import NETWORK_CONFIG_FILE
+from .layout import IMAGE_SIZE, get_layout
+
+LIBERO_SAMPLE_TASK = "put both the alphabet soup and the tomato sauce in the basket"
+TINY_VAE_BASE_DIM = 16
+
+CHECKPOINT_NAMES = {
+    "libero": "Cosmos-Policy-LIBERO-Predict2-2B.pt",
+    "robocasa": "Cosmos-Policy-RoboCasa-Predict2-2B.pt",
+    "aloha": "Cosmos-Policy-ALOHA-Predict2-2B.pt",
+}
+
+_RESIDUAL_NAMES = (
+    ("norm1.", "residual.0."),
+    ("conv1.", "residual.2."),
+    ("norm2.", "residual.3."),
+    ("conv2.", "residual.6."),
+    ("conv_shortcut.", "shortcut."),
+)
+
+
+def _wan_residual(tail: str) -> str:
+    for ours, theirs in _RESIDUAL_NAMES:
+        if tail.startswith(ours):
+            return theirs + tail[len(ours) :]
+    return tail
+
+
+def _wan_key(key: str) -> str:
+    """A diffusers `AutoencoderKLWan` key -> the Wan2.1 (official `tokenizer.pth`) key."""
+    if key.startswith("quant_conv."):
+        return "conv1." + key[len("quant_conv.") :]
+    if key.startswith("post_quant_conv."):
+        return "conv2." + key[len("post_quant_conv.") :]
+    side, rest = key.split(".", 1)
+    for ours, theirs in (("conv_in.", "conv1."), ("norm_out.", "head.0."), ("conv_out.", "head.2.")):
+        if rest.startswith(ours):
+            return f"{side}.{theirs}{rest[len(ours):]}"
+    if m := re.fullmatch(r"mid_block\.resnets\.(\d)\.(.*)", rest):
+        return f"{side}.middle.{2 * int(m[1])}.{_wan_residual(m[2])}"
+    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.*)", rest):
+        return f"{side}.middle.1.{m[1]}"
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.(.*)", rest):
+        return f"{side}.downsamples.{m[1]}.{_wan_residual(m[2])}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", rest):
+        return f"{side}.upsamples.{4 * int(m[1]) + int(m[2])}.{_wan_residual(m[3])}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.(.*)", rest):
+        return f"{side}.upsamples.{4 * int(m[1]) + 3}.{m[2]}"
+    raise ValueError(f"no Wan2.1 name for VAE key {key!r}")
+
+
+def to_wan_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official Wan2.1 layout of a diffusers VAE state dict, checked against diffusers' own converter."""
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    wan = {_wan_key(k): v for k, v in state_dict.items()}
+    back = convert_wan_vae_to_diffusers(dict(wan))
+    if set(back) != set(state_dict) or any(back[k] is not state_dict[k] for k in state_dict):
+        raise RuntimeError("Wan2.1 key names do not convert back to the diffusers ones")
+    return wan
+
+
+def tiny_autoencoder(seed: int = 0, base_dim: int = TINY_VAE_BASE_DIM):
+    """A random `AutoencoderKLWan` with the real structure (8x spatial, 4x causal temporal, 16 latent channels)."""
+    from diffusers import AutoencoderKLWan
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoencoderKLWan(base_dim=base_dim, z_dim=16)
+        for name, param in model.named_parameters():
+            if name.endswith("gamma"):  # RMS-norm scales away from 1, so every weight matters
+                param.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def tiny_statistics(suite: str, seed: int = 0) -> dict:
+    layout = get_layout(suite)
+    rng = np.random.default_rng(seed)
+    actions_min = -rng.uniform(0.5, 1.5, layout.action_dim)
+    proprio_min = -rng.uniform(0.5, 1.5, layout.proprio_dim)
+    return {
+        "actions_min": actions_min.tolist(),
+        "actions_max": (actions_min + rng.uniform(1.0, 3.0, layout.action_dim)).tolist(),
+        "proprio_min": proprio_min.tolist(),
+        "proprio_max": (proprio_min + rng.uniform(1.0, 3.0, layout.proprio_dim)).tolist(),
+    }
+
+
+def write_tiny_checkpoint(
+    directory: str | os.PathLike,
+    suite: str = "libero",
+    instructions: tuple[str, ...] = (LIBERO_SAMPLE_TASK,),
+    seed: int = 0,
+    network_config=None,
+    image_size: int = IMAGE_SIZE,
+) -> Path:
+    """Write a random tiny checkpoint for `suite` into `directory` (created if needed); returns the directory.
+
+    `image_size` other than 224 (a multiple of 16) makes a smaller latent video, for quick CPU tests."""
+    from .checkpoint import save_network_checkpoint
+    from .config import DiTConfig
+    from .model import CosmosDiT
+
+    get_layout(suite)  # validates the suite name
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = network_config if network_config is not None else DiTConfig.tiny()
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = CosmosDiT(config, backend="reference")
+        _randomize(network, seed)
+        embeddings = {
+            instruction: torch.randn(1, 512, config.crossattn_emb_channels) for instruction in instructions
+        }
+    save_network_checkpoint(network.state_dict(), directory / CHECKPOINT_NAMES[suite])
+    extra = {"suite": suite, "image_size": image_size, "network": config.to_dict()}
+    (directory / NETWORK_CONFIG_FILE).write_text(json.dumps(extra, indent=2))
+    with open(directory / f"{suite}_t5_embeddings.pkl", "wb") as f:
+        pickle.dump(embeddings, f)
+    (directory / f"{suite}_dataset_statistics.json").write_text(json.dumps(tiny_statistics(suite, seed), indent=2))
+
+    vae = tiny_autoencoder(seed)
+    (directory / "tokenizer").mkdir(exist_ok=True)
+    torch.save(to_wan_state_dict(vae.state_dict()), directory / "tokenizer" / "tokenizer.pth")
+    return directory
+
+
+@torch.no_grad()
+def _randomize(network: torch.nn.Module, seed: int) -> None:
+    """Zero-initialised output layers would make every sample equal: give all weights small random values."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, param in network.named_parameters():
+        if param.dim() >= 2:
+            param.copy_(torch.randn(param.shape, generator=gen) / param.shape[-1] ** 0.5)
+        elif "norm" in name:
+            param.copy_(1 + 0.1 * torch.randn(param.shape, generator=gen))
+        else:
+            param.copy_(0.02 * torch.randn(param.shape, generator=gen))

@@ -1,0 +1,254 @@
+"""The DiT: shapes and operation-order facts, the fused backend against the reference, the exact caches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cosmos_policy import CosmosDiT, DiTConfig
+from cosmos_policy.blocks import rope_angles, timestep_sinusoid, unpatchify
+from cosmos_policy.cache import LRUCache
+from tests.policy._dit_helpers import random_dit, random_inputs, rel_error
+
+
+def _run(model: CosmosDiT, inputs: dict, backend: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    model.backend = backend
+    with torch.no_grad():
+        return model.to(dtype)(**inputs)
+
+
+# -- configuration --------------------------------------------------------------------------------------------
+
+def test_config_presets_and_json_roundtrip(tmp_path):
+    big = DiTConfig.cosmos_predict2_2b()
+    sizes = (big.model_channels, big.num_blocks, big.num_heads, big.head_dim, big.mlp_hidden)
+    assert sizes == (2048, 28, 16, 128, 8192)
+    assert big.patch_in_channels * big.patch_volume == 72 and big.rope_dims == (44, 42, 42)
+    tiny = DiTConfig.tiny()
+    path = tmp_path / "config.json"
+    tiny.save_json(path)
+    assert DiTConfig.load_json(path) == tiny
+    assert DiTConfig.from_dict(tiny.to_dict()) == tiny
+    with pytest.raises(ValueError, match="unknown fields"):
+        DiTConfig.from_dict({**tiny.to_dict(), "num_layers": 3})
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        DiTConfig.tiny(num_heads=3)
+
+
+# -- operation-order facts --------------------------------------------------------------------------------------
+
+def test_timestep_sinusoid_is_cos_first_fp32_then_input_dtype():
+    t = torch.tensor([0.0, 0.25, 0.9766], dtype=torch.bfloat16)
+    emb = timestep_sinusoid(t, 8)
+    assert emb.dtype == torch.bfloat16
+    freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(4) / 4)
+    angles = t.float()[:, None] * freqs
+    assert torch.equal(emb, torch.cat([angles.cos(), angles.sin()], -1).bfloat16())
+
+
+def test_rope_table_layout_and_2b_thetas():
+    cfg = DiTConfig.cosmos_predict2_2b(rope_ranges_bf16=False)
+    ang = rope_angles(cfg, 2, 3, 4).double()
+    assert ang.shape == (24, 128)
+    assert torch.equal(ang[:, :64], ang[:, 64:])
+    # token (t=1, h=2, w=3): t part uses theta 10000, h/w parts theta 10000 * 3^(42/40)
+    tok = ang[1 * 12 + 2 * 4 + 3]
+    theta_hw = 10000.0 * 3.0 ** (42 / 40)
+    assert abs(theta_hw - 31694) < 1
+    torch.testing.assert_close(tok[:22], 1.0 / 10000.0 ** (torch.arange(0, 44, 2)[:22].double() / 44),
+                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(tok[22:43], 2.0 / theta_hw ** (torch.arange(0, 42, 2)[:21].double() / 42),
+                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(tok[43:64], 3.0 / theta_hw ** (torch.arange(0, 42, 2)[:21].double() / 42),
+                               rtol=1e-6, atol=0)
+    bf = rope_angles(DiTConfig.cosmos_predict2_2b(), 2, 3, 4)
+    assert not torch.equal(bf, ang.float())  # bf16-rounded exponents change the higher frequencies
+
+
+def test_unpatchify_puts_channels_innermost():
+    cfg = DiTConfig.tiny(out_channels=3, patch_temporal=2)
+    feats = torch.arange(2 * 2 * 2 * 3, dtype=torch.float32)  # one token, features (p1 p2 t C)
+    out = unpatchify(feats.view(1, 1, 1, 1, -1), cfg)
+    assert out.shape == (1, 3, 2, 2, 2)
+    p1, p2, t, c = 1, 0, 1, 2
+    assert out[0, c, t, p1, p2] == feats[((p1 * 2 + p2) * 2 + t) * 3 + c]
+
+
+def test_forward_shape_dtype_and_mask_channels_matter(gen):
+    model = random_dit(gen)
+    inputs = random_inputs(gen, model.config)
+    out = _run(model, inputs, "reference")
+    assert out.shape == inputs["x_B_C_T_H_W"].shape and out.dtype == torch.float32
+    flipped = dict(inputs, condition_video_input_mask_B_C_T_H_W=1 - inputs["condition_video_input_mask_B_C_T_H_W"])
+    assert rel_error(_run(model, flipped, "reference"), out) > 1e-3
+    padded = torch.ones(1, 1, 32, 24)
+    assert rel_error(model(**inputs, padding_mask=padded), out) > 1e-3
+
+
+# -- fused backend against the reference --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [dict(b=1, t=3, h=8, w=6), dict(b=2, t=2, h=4, w=10, n_text=1)])
+def test_fused_matches_reference_within_reference_error(gen, dtype, shape):
+    model = random_dit(gen)
+    inputs = random_inputs(gen, model.config, **shape)
+    want = _run(model, {k: v.double() for k, v in inputs.items()}, "reference", torch.float64)
+    ref = _run(model, inputs, "reference", dtype)
+    got = _run(model, inputs, "fused", dtype)
+    assert got.dtype == dtype
+    ref_err, err = rel_error(ref, want), rel_error(got, want)
+    floor = 4 * torch.finfo(dtype).eps
+    assert err <= 2 * ref_err + floor, f"fused {err:.3e} vs reference {ref_err:.3e}"
+
+
+def test_fused_at_libero_token_count(gen):
+    """1764 tokens (9 latent frames of 28x28) as the LIBERO policy runs, with a 512-token text context."""
+    model = random_dit(gen)
+    inputs = random_inputs(gen, model.config, t=9, h=28, w=28, n_text=512, n_cond=4)
+    ref = _run(model, inputs, "reference")
+    got = _run(model, inputs, "fused")
+    assert rel_error(got, ref) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("lengths", [(5,), (5, 9), (0,)])
+def test_zero_padded_text_is_counted_not_stored(gen, dtype, lengths):
+    """T5 embeddings are zero beyond the instruction's length: those positions are attended (no mask), but
+    their keys and values are exactly zero, so the fused backend counts them instead of storing them."""
+    model = random_dit(gen)
+    inputs = random_inputs(gen, model.config, b=len(lengths), n_text=40)
+    for row, n in enumerate(lengths):
+        inputs["crossattn_emb"][row, n:] = 0.0
+    want = _run(model, {k: v.double() for k, v in inputs.items()}, "reference", torch.float64)
+    ref = _run(model, inputs, "reference", dtype)
+    got = _run(model, inputs, "fused", dtype)
+    keys, _, extra = next(iter(model.kv_cache._entries.values()))[0][2][0]
+    assert keys.shape[1] == max(1, max(lengths)) and extra == 40 - keys.shape[1]
+    ref_err, err = rel_error(ref, want), rel_error(got, want)
+    assert err <= 2 * ref_err + 4 * torch.finfo(dtype).eps, f"fused {err:.3e} vs reference {ref_err:.3e}"
+
+
+# -- caches ------------------------------------------------------------------------------------------------------
+
+def test_cross_attention_kv_cache_hits_and_sees_in_place_changes(gen):
+    model = random_dit(gen)
+    inputs = random_inputs(gen, model.config)
+    first = _run(model, inputs, "fused")
+    again = _run(model, inputs, "fused")
+    assert model.kv_cache.hits == 1 and torch.equal(first, again)
+    inputs["crossattn_emb"].mul_(-0.5)  # in place: same tensor object, new content
+    changed = _run(model, inputs, "fused")
+    assert rel_error(changed, _run(model, inputs, "reference")) < 1e-5
+    assert rel_error(changed, first) > 1e-3
+    view = inputs["crossattn_emb"][:, :3]
+    view.zero_()  # through a view: the shared version counter moves too
+    assert rel_error(_run(model, inputs, "fused"), _run(model, inputs, "reference")) < 1e-5
+
+
+def test_cache_entry_of_a_dead_tensor_is_dropped(gen):
+    model = random_dit(gen)
+    inputs = random_inputs(gen, model.config)
+    _run(model, inputs, "fused")
+    assert len(model.kv_cache) == 1
+    del inputs["crossattn_emb"]
+    assert len(model.kv_cache) == 0
+
+
+def test_modulation_cache_is_per_timestep_value_and_follows_weight_changes(gen):
+    model = random_dit(gen)
+    inputs = random_inputs(gen, model.config, t=4, n_cond=2)
+    inputs["timesteps_B_T"][:, 2:] = 0.5  # two distinct values: 0 and 0.5
+    _run(model, inputs, "fused")
+    assert len(model.modulation_cache) == 2
+    with torch.no_grad():
+        model.blocks[0].adaln_modulation_mlp[2].weight.mul_(1.5)
+        model.blocks[1].cross_attn.k_proj.weight.add_(0.1)
+    got = _run(model, inputs, "fused")
+    assert rel_error(got, _run(model, inputs, "reference")) < 1e-5
+
+
+def test_caches_are_bounded_by_bytes(gen):
+    model = random_dit(gen)
+    model.kv_cache.max_bytes = 1  # every K/V set is larger: computed, never stored
+    model.modulation_cache.max_bytes = 3 * 4 * (9 * 2 + 2) * 128  # room for three timestep values in fp32
+    for _ in range(4):
+        inputs = random_inputs(gen, model.config, t=3, n_cond=0)
+        got = _run(model, inputs, "fused")
+        assert rel_error(got, _run(model, inputs, "reference")) < 1e-5
+    assert len(model.kv_cache) == 0
+    assert len(model.modulation_cache) == 3 and model.modulation_cache.bytes <= model.modulation_cache.max_bytes
+
+
+def test_lru_cache_evicts_least_recently_used():
+    cache = LRUCache(3 * 16, "test")
+    for key in "abc":
+        cache.put(key, torch.zeros(4))
+    assert cache.get("a") is not None  # a becomes the most recent
+    cache.put("d", torch.zeros(4))
+    assert "b" not in cache and {"a", "c", "d"} <= set(cache._entries)
+    cache.pin("c")
+    cache.put("e", torch.zeros(8))
+    assert "c" in cache and cache.bytes <= 48
+    cache.put("huge", torch.zeros(100))
+    assert "huge" not in cache
+
+
+def test_load_state_dict_clears_caches(gen):
+    model = random_dit(gen)
+    inputs = random_inputs(gen, model.config)
+    _run(model, inputs, "fused")
+    model.load_state_dict(random_dit(gen).state_dict())
+    assert len(model.kv_cache) == len(model.modulation_cache) == len(model.rope_cache) == 0
+
+
+# -- bad input -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, value, match", [
+    ("x_B_C_T_H_W", torch.zeros(1, 15, 3, 8, 6), "x_B_C_T_H_W"),
+    ("x_B_C_T_H_W", torch.zeros(1, 16, 3, 7, 6), "multiples"),
+    ("timesteps_B_T", torch.zeros(1, 4), "timesteps_B_T"),
+    ("crossattn_emb", torch.zeros(1, 7, 65), "crossattn_emb"),
+    ("condition_video_input_mask_B_C_T_H_W", torch.zeros(1, 1, 2, 8, 6), "condition_video_input_mask"),
+])
+def test_bad_input_is_a_value_error_naming_the_argument(gen, name, value, match):
+    model = random_dit(gen)
+    inputs = random_inputs(gen, model.config)
+    inputs[name] = value
+    with pytest.raises(ValueError, match=match):
+        model(**inputs)
+
+
+def test_unknown_backend_is_rejected():
+    with pytest.raises(ValueError, match="backend"):
+        CosmosDiT(DiTConfig.tiny(), backend="fast")
+
+
+def test_inference_mode_embedding_is_checked_by_content(gen):
+    model = random_dit(gen)
+    inputs = random_inputs(gen, model.config)
+    with torch.inference_mode():
+        inputs["crossattn_emb"] = inputs["crossattn_emb"].clone()
+        first = _run(model, inputs, "fused")
+        inputs["crossattn_emb"].add_(1.0)  # no version counter to see this
+        changed = _run(model, inputs, "fused")
+        assert rel_error(changed, _run(model, inputs, "reference")) < 1e-5
+    assert rel_error(changed, first) > 1e-3
+
+
+@pytest.mark.filterwarnings("ignore:.*inputs require grad:RuntimeWarning")
+def test_nothing_is_cached_while_autograd_records(gen):
+    model = random_dit(gen)
+    inputs = random_inputs(gen, model.config)
+    model.backend = "fused"
+    for _ in range(2):  # the fused ops fall back to their differentiable reference
+        model(**inputs).square().mean().backward()
+    assert len(model.kv_cache) == len(model.modulation_cache) == len(model.rope_cache) == 0
+    assert model.blocks[1].cross_attn.k_proj.weight.grad is not None
+
+
+def test_integer_latents_are_a_type_error(gen):
+    model = random_dit(gen)
+    inputs = random_inputs(gen, model.config)
+    inputs["x_B_C_T_H_W"] = inputs["x_B_C_T_H_W"].long()
+    with pytest.raises(TypeError, match="x_B_C_T_H_W"):
+        model(**inputs)

@@ -1,0 +1,241 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cosmos_kernels.sampling import arch_invariant_noise
+from cosmos_policy import CosmosPolicy
+from cosmos_policy import layout as L
+from cosmos_policy.testing import LIBERO_SAMPLE_TASK, write_tiny_checkpoint
+
+# ../shared/data beside the repository root (COSMOS_POLICY_DATA overrides the directory)
+DATA = Path(os.environ.get("COSMOS_POLICY_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
+SAMPLE = DATA / "libero_sample_observation.npz"
+SMALL = 64  # image size of the quick checkpoints (the official one is 224)
+OTHER_TASK = "open the top drawer and put the bowl inside"
+
+
+def _observation(layout, rng, size=96, task=LIBERO_SAMPLE_TASK):
+    obs = {camera: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for camera in layout.cameras}
+    obs["proprio"] = rng.uniform(-0.5, 0.5, layout.proprio_dim)
+    obs["task_description"] = task
+    return obs
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), instructions=(LIBERO_SAMPLE_TASK, OTHER_TASK),
+                                 image_size=SMALL)
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_dir):
+    return CosmosPolicy.from_pretrained(tiny_dir, backend="reference", device="cpu")
+
+
+@pytest.fixture
+def obs():
+    return _observation(L.LIBERO, np.random.default_rng(7))
+
+
+def test_tiny_checkpoint_has_the_official_file_names(tiny_dir):
+    names = {p.name for p in tiny_dir.iterdir()}
+    assert {"Cosmos-Policy-LIBERO-Predict2-2B.pt", "libero_t5_embeddings.pkl", "libero_dataset_statistics.json",
+            "tokenizer", "network_config.json"} <= names
+    assert (tiny_dir / "tokenizer" / "tokenizer.pth").is_file()
+    state = torch.load(tiny_dir / "Cosmos-Policy-LIBERO-Predict2-2B.pt", weights_only=True)
+    assert all(k.startswith("net.") for k in state)
+
+
+@pytest.mark.skipif(not SAMPLE.exists(), reason="../shared/data/libero_sample_observation.npz is not there")
+def test_infer_on_the_real_libero_observation(tmp_path):
+    policy = CosmosPolicy.from_pretrained(write_tiny_checkpoint(tmp_path), backend="reference", device="cpu")
+    data = np.load(SAMPLE)
+    obs = {k: data[k] for k in ("primary_image", "wrist_image", "proprio")}
+    obs["task_description"] = LIBERO_SAMPLE_TASK
+    first = policy.infer(obs, seed=195)
+    again = policy.infer(obs, seed=195)
+    other = policy.infer(obs, seed=196)
+    assert first["actions"].shape == (16, 7) and first["actions"].dtype == np.float32
+    assert np.isfinite(first["actions"]).all() and 0.0 <= first["value"] <= 1.0
+    assert np.array_equal(first["actions"], again["actions"]) and first["value"] == again["value"]
+    assert not np.allclose(first["actions"], other["actions"])
+    assert {"preprocess", "text", "vae_encode", "denoise", "postprocess", "total"} <= set(first["timing"])
+
+
+class _Spy(torch.nn.Module):
+    """Records what the denoiser feeds the network."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.inner, self.calls = network, []
+
+    def forward(self, x, timesteps, context, cond_mask, padding_mask=None):
+        self.calls.append((x.clone(), timesteps.clone(), context, cond_mask.clone()))
+        return self.inner(x, timesteps, context, cond_mask, padding_mask)
+
+
+def test_denoiser_follows_the_official_conditioning(policy, obs):
+    spy = _Spy(policy.network)
+    real, policy.network = policy.network, spy
+    try:
+        out = policy.infer(obs, seed=11)
+    finally:
+        policy.network = real
+    layout = L.LIBERO
+    assert len(spy.calls) == 5  # 5 steps = 5 network passes, sigma 80 -> 4
+    t_expected = [s / (s + 1) for s in (80.0, 42.2863, 20.9736, 9.6173, 4.0)]
+    cond = layout.num_conditional_frames
+    proprio = policy.statistics.normalize_proprio(obs["proprio"])
+    first_x = spy.calls[0][0]
+    for (x, timesteps, _context, cond_mask), t in zip(spy.calls, t_expected):
+        assert timesteps.shape == (1, layout.state_t)
+        assert torch.all(timesteps[:, :cond] == 0)  # clean frames: t(sigma_cond = 0) = 0
+        torch.testing.assert_close(timesteps[:, cond:], torch.full((1, layout.state_t - cond), t), atol=2e-4, rtol=0)
+        assert cond_mask.flatten().tolist() == [1.0] * cond + [0.0] * (layout.state_t - cond)
+        # the clean frames are the same in every pass: VAE latents, and the tiled proprio in frame 1
+        assert torch.equal(x[:, :, :cond], first_x[:, :, :cond])
+    got_proprio = L.extract_proprio(first_x, layout.proprio_index, layout.proprio_dim)[0].double().numpy()
+    np.testing.assert_allclose(got_proprio, proprio, rtol=0, atol=1e-6)
+    # the first pass sees the official noise, scaled by c_in = 1 - t
+    noise = arch_invariant_noise(11, (1, 16, layout.state_t, SMALL // 8, SMALL // 8)) * 80.0
+    torch.testing.assert_close(first_x[:, :, cond:], noise[:, :, cond:] * (1 - 80.0 / 81.0), rtol=1e-5, atol=1e-5)
+    assert out["seed"] == 11
+
+
+def test_batch_equals_single_queries(policy, obs):
+    obs2 = _observation(L.LIBERO, np.random.default_rng(8), size=80, task=OTHER_TASK)
+    batch = policy.infer_batch([obs, obs2], seeds=[3, 4])
+    for single, got in ((policy.infer(obs, seed=3), batch[0]), (policy.infer(obs2, seed=4), batch[1])):
+        np.testing.assert_allclose(got["actions"], single["actions"], rtol=1e-4, atol=1e-4)
+        assert abs(got["value"] - single["value"]) < 1e-4
+
+
+def test_own_generator_and_reset(policy, obs):
+    policy.reset()
+    first, second = policy.infer(obs), policy.infer(obs)
+    assert first["seed"] != second["seed"] and not np.array_equal(first["actions"], second["actions"])
+    policy.reset()
+    again = policy.infer(obs)
+    assert again["seed"] == first["seed"] and np.array_equal(again["actions"], first["actions"])
+    assert np.array_equal(policy.infer(obs, seed=first["seed"])["actions"], first["actions"])
+
+
+def test_plan_ranks_candidates_by_value(policy, obs):
+    result = policy.plan(obs, num_candidates=3, seed=20)
+    values = result["candidate_values"]
+    assert result["candidate_seeds"] == [20, 21, 22] and values.shape == (3,)
+    assert result["index"] == int(np.argmax(values)) and result["value"] == values.max()
+    single = policy.infer(obs, seed=result["seed"])
+    np.testing.assert_allclose(result["actions"], single["actions"], rtol=1e-4, atol=1e-4)
+    split = policy.plan(obs, num_candidates=3, seed=20, batch_size=2)
+    np.testing.assert_allclose(split["candidate_values"], values, rtol=1e-4, atol=1e-5)
+
+
+def test_future_images(policy, obs):
+    out = policy.infer(obs, seed=5, return_future_images=True)
+    assert set(out["future_images"]) == {"wrist_image", "primary_image"}
+    for image in out["future_images"].values():
+        assert image.shape == (SMALL, SMALL, 3) and image.dtype == np.uint8
+    assert np.array_equal(out["actions"], policy.infer(obs, seed=5)["actions"])
+    assert "vae_decode" in out["timing"]
+
+
+def _bad(obs, key, value):
+    bad = dict(obs)
+    if value is None:
+        del bad[key]
+    else:
+        bad[key] = value
+    return bad
+
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("wrist_image", None, "wrist_image"),
+        ("primary_image", np.zeros((96, 96, 4), np.uint8), "primary_image"),
+        ("primary_image", np.zeros((96, 96, 3), np.float32), "primary_image"),
+        ("wrist_image", np.zeros((96, 3), np.uint8), "wrist_image"),
+        ("proprio", np.zeros(8), "proprio"),
+        ("proprio", np.full(9, np.nan), "proprio"),
+        ("task_description", "fly to the moon", "fly to the moon"),
+        ("task_description", None, "task_description"),
+    ],
+)
+def test_bad_input_names_the_key_and_changes_nothing(policy, obs, key, value, match):
+    policy.infer(obs)  # caches warm
+    before = policy.cache_info()
+    with pytest.raises(ValueError, match=match):
+        policy.infer(_bad(obs, key, value))
+    with pytest.raises(ValueError, match=match):
+        policy.infer_batch([obs, _bad(obs, key, value)])
+    with pytest.raises(ValueError, match=match):
+        policy.plan(_bad(obs, key, value), num_candidates=2)
+    assert policy.cache_info() == before
+
+
+def test_bad_seeds_and_options(policy, obs, tiny_dir):
+    with pytest.raises(ValueError, match="seed"):
+        policy.infer(obs, seed=-1)
+    with pytest.raises(ValueError, match="seeds"):
+        policy.infer_batch([obs, obs], seeds=[1])
+    with pytest.raises(ValueError, match="num_candidates"):
+        policy.plan(obs, num_candidates=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda_graph"):
+            CosmosPolicy.from_pretrained(tiny_dir, device="cpu", cuda_graph=True)
+
+
+def test_loading_errors(tmp_path, tiny_dir, monkeypatch):
+    import shutil
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(tiny_dir, copy)
+    shutil.rmtree(copy / "tokenizer")
+    with pytest.raises(FileNotFoundError, match="Cosmos-Predict2-2B-Video2World"):
+        CosmosPolicy.from_pretrained(copy, device="cpu")
+    # the VAE may live elsewhere
+    CosmosPolicy.from_pretrained(copy, device="cpu", vae=tiny_dir / "tokenizer" / "tokenizer.pth")
+    with pytest.raises(ValueError, match="suite"):
+        CosmosPolicy.from_pretrained(tiny_dir, suite="bridge", device="cpu")
+    with pytest.raises(FileNotFoundError, match="aloha_dataset_statistics"):
+        CosmosPolicy.from_pretrained(tiny_dir, suite="aloha", device="cpu")
+
+    import huggingface_hub
+
+    downloads = []
+
+    def fake_download(repo_id, **kwargs):
+        downloads.append(repo_id)
+        return str(tiny_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    hub_policy = CosmosPolicy.from_pretrained("nvidia/Cosmos-Policy-LIBERO-Predict2-2B", device="cpu")
+    assert downloads == ["nvidia/Cosmos-Policy-LIBERO-Predict2-2B"] and hub_policy.layout.name == "libero"
+
+
+@pytest.mark.parametrize("suite", ["robocasa", "aloha"])
+def test_other_suites(tmp_path, suite):
+    layout = L.get_layout(suite)
+    policy = CosmosPolicy.from_pretrained(write_tiny_checkpoint(tmp_path, suite=suite, image_size=64), device="cpu")
+    out = policy.infer(_observation(layout, np.random.default_rng(1)), seed=0)
+    assert out["actions"].shape == (layout.chunk_size, layout.action_dim) and np.isfinite(out["actions"]).all()
+
+
+def test_fused_backend_matches_reference(tiny_dir, policy, obs):
+    fused = CosmosPolicy.from_pretrained(tiny_dir, backend="fused", device="cpu")
+    a, b = fused.infer(obs, seed=9), policy.infer(obs, seed=9)
+    np.testing.assert_allclose(a["actions"], b["actions"], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_matches_eager(tiny_dir, obs):
+    eager = CosmosPolicy.from_pretrained(tiny_dir, device="cuda", cuda_graph=False)
+    graphed = CosmosPolicy.from_pretrained(tiny_dir, device="cuda", cuda_graph=True)
+    for seed in (1, 2):
+        a, b = graphed.infer(obs, seed=seed), eager.infer(obs, seed=seed)
+        np.testing.assert_allclose(a["actions"], b["actions"], rtol=2e-2, atol=2e-2)
+    assert graphed.cache_info()["cuda_graphs"] == 1 and graphed._graphs.disabled_reason is None
