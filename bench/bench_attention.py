@@ -1,10 +1,11 @@
-"""Attention-family benchmarks: `pytest bench/bench_attention.py --benchmark-only`.
+"""Attention family at the model's shapes: `pytest bench/bench_attention.py --benchmark-only`.
 
-CPU (always): qk_norm_rope at the LIBERO self-attention shape (B=1, L=1764, 16 heads x 128, fp32): the
-fused "cpu" kernel vs the eager reference vs `torch.compile(reference)`, ratios in `extra_info`.
-GPU (skipped without CUDA): every attention backend with and without the fused norm + RoPE at B=1,
-16 x 128, L = 1764 and 2156 self-attention and Lq = 1764 / Lk = 512 cross-attention, in TFLOP/s; and
-qk_norm_rope "cuda" / "triton" vs eager vs torch.compile.
+qk_norm_rope (B=1, 16 heads x 128, q and k strided views of one packed QKV projection, L = 1764): the
+fused kernel vs the eager reference vs torch.compile(reference), fp32 on the CPU, bf16 on CUDA.
+Attention (CUDA only, bf16, B=1, 16 x 128): L = 1764 and 2156 self-attention and Lq = 1764 / Lk = 512
+cross-attention, each backend with and without the norm + RoPE ("sdpa" and "flash_attn" then run the
+separate qk_norm_rope kernel first, "triton" fuses them into its tile loads), in TFLOP/s; "fused" is the
+automatic choice, so `speedup_vs_<backend>` >= 1 means auto is at least as fast as that backend.
 """
 
 from __future__ import annotations
@@ -16,136 +17,90 @@ import pytest
 import torch
 
 import cosmos_kernels as ck
+from bench.conftest import DEVICES, compiled, median_seconds, record
+from cosmos_kernels import _dispatch
 from cosmos_kernels.attention import ops, reference
 
 HEADS, HEAD_DIM = 16, 128
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-_medians: dict[tuple, float] = {}
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_s(fn, device: torch.device, reps: int = 20) -> float:
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _run(benchmark, fn, device: torch.device, key: tuple) -> float:
-    def call():
-        fn()
-        _sync(device)
-
-    call()  # warm-up: compiles, allocates, times the attention auto choice
-    benchmark.pedantic(call, rounds=15, iterations=1, warmup_rounds=2)
-    median = benchmark.stats.stats.median
-    _medians[key] = median
-    return median
-
-
-def _qk_inputs(device, dtype, L=1764, Lk=None):
-    gen = torch.Generator().manual_seed(0)
-    Lk = L if Lk is None else Lk
-    if Lk == L:
-        qkv = torch.randn(1, L, 3 * HEADS * HEAD_DIM, generator=gen).to(device, dtype)
-        q, k, v = qkv.view(1, L, 3, HEADS, HEAD_DIM).unbind(2)  # strided views, as the DiT produces them
+def _inputs(device: str, dtype: torch.dtype, Lq: int, Lk: int):
+    g = torch.Generator().manual_seed(0)
+    if Lq == Lk:
+        qkv = torch.randn(1, Lq, 3 * HEADS * HEAD_DIM, generator=g).to(device, dtype)
+        q, k, v = qkv.view(1, Lq, 3, HEADS, HEAD_DIM).unbind(2)
     else:
-        q = torch.randn(1, L, HEADS, HEAD_DIM, generator=gen).to(device, dtype)
-        kv = torch.randn(1, Lk, 2 * HEADS * HEAD_DIM, generator=gen).to(device, dtype)
+        q = torch.randn(1, Lq, HEADS, HEAD_DIM, generator=g).to(device, dtype)
+        kv = torch.randn(1, Lk, 2 * HEADS * HEAD_DIM, generator=g).to(device, dtype)
         k, v = kv.view(1, Lk, 2, HEADS, HEAD_DIM).unbind(2)
-    qw, kw = (torch.rand(HEAD_DIM, generator=gen).add(0.5).to(device) for _ in range(2))
-    T = max(1, L // 196)
-    cos, sin = ck.rope_3d_tables(T, 14, 14, HEAD_DIM, h_extrapolation_ratio=3.0, w_extrapolation_ratio=3.0,
+    q_weight, k_weight = (torch.rand(HEAD_DIM, generator=g).add(0.5).to(device) for _ in range(2))
+    cos, sin = ck.rope_3d_tables(Lq // 196, 14, 14, HEAD_DIM, h_extrapolation_ratio=3.0, w_extrapolation_ratio=3.0,
                                  device=device)
-    return q, k, v, qw, kw, cos[:L], sin[:L]
+    return q, k, v, q_weight, k_weight, cos, sin
 
 
-def _qk_variants(backend_fused: str):
-    compiled = torch.compile(reference.qk_norm_rope)
-    return {
-        "reference": lambda q, k, qw, kw, c, s: reference.qk_norm_rope(q, k, qw, kw, c, s),
-        "torch.compile": lambda q, k, qw, kw, c, s: compiled(q, k, qw, kw, c, s),
-        backend_fused: lambda q, k, qw, kw, c, s: ck.qk_norm_rope(q, k, qw, kw, c, s, backend=backend_fused),
+def interleaved_medians(fns: dict, device: str, rounds: int = 30) -> dict[str, float]:
+    """Median seconds of each variant, timed in alternation so that load drift on a shared machine hits
+    every variant alike (the ratios are what matter)."""
+    for fn in fns.values():
+        median_seconds(fn, min_run_time=0.05)  # warm-up: compilation, probes, allocator
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_qk_norm_rope(benchmark, device):
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    q, k, _, qw, kw, cos, sin = _inputs(device, dtype, 1764, 1764)
+    args = (q, k, qw, kw, cos, sin)
+    ref_compiled = compiled(reference.qk_norm_rope)
+    fused = lambda: ck.qk_norm_rope(*args)  # noqa: E731
+    variants = {
+        "fused": fused,
+        "reference": lambda: reference.qk_norm_rope(*args),
+        "compiled": lambda: ref_compiled(*args),
     }
+    if device == "cuda":
+        variants["triton"] = lambda: ck.qk_norm_rope(*args, backend="triton")
+    times = interleaved_medians(variants, device)
+    dt = str(dtype).removeprefix("torch.")
+    record(benchmark, f"qk_norm_rope[1x1764x16x128,{dt},{device}]", times, dtype=dt, device=device,
+           backend=_dispatch.resolve_backend("qk_norm_rope", q.device, None, dtype=dtype))
+    benchmark.pedantic(fused, rounds=20, iterations=1, warmup_rounds=2)
 
 
-def _qk_norm_rope_bench(benchmark, device, dtype, variant, fused):
-    q, k, _, qw, kw, cos, sin = _qk_inputs(device, dtype)
-    variants = _qk_variants(fused)
-    fn = variants[variant]
-    median = _run(benchmark, lambda: fn(q, k, qw, kw, cos, sin), device, (str(device), dtype, variant))
-    benchmark.extra_info.update(shape="1x1764x16x128 (q and k)", dtype=str(dtype), variant=variant,
-                                median_ms=round(median * 1e3, 3))
-    if variant == fused:
-        # ratios side by side in this process: time the others here if they were not run before
-        others = {}
-        for name, other in variants.items():
-            if name == fused:
-                continue
-            key = (str(device), dtype, name)
-            others[name] = _medians.get(key) or _median_s(lambda o=other: o(q, k, qw, kw, cos, sin), device)
-        benchmark.extra_info["speedup_vs_eager"] = round(others["reference"] / median, 2)
-        benchmark.extra_info["speedup_vs_compile"] = round(others["torch.compile"] / median, 2)
-
-
-@pytest.mark.parametrize("variant", ["reference", "torch.compile", "cpu"])
-def test_qk_norm_rope_cpu(benchmark, variant):
-    torch.manual_seed(0)
-    benchmark.group = "qk_norm_rope cpu fp32 L=1764"
-    _qk_norm_rope_bench(benchmark, torch.device("cpu"), torch.float32, variant, "cpu")
+SHAPES = {"self1764": (1764, 1764), "self2156": (2156, 2156), "cross1764x512": (1764, 512)}
 
 
 @needs_cuda
-@pytest.mark.parametrize("variant", ["reference", "torch.compile", "triton", "cuda"])
-def test_qk_norm_rope_gpu(benchmark, variant):
-    benchmark.group = "qk_norm_rope cuda bf16 L=1764"
-    fused = "cuda" if variant in ("reference", "torch.compile") else variant
-    _qk_norm_rope_bench(benchmark, torch.device("cuda"), torch.bfloat16, variant, fused)
-
-
-ATTENTION_SHAPES = [(1764, 1764, True), (2156, 2156, True), (1764, 512, False)]
-
-
-def _attention_variants():
-    names = ["triton", "sdpa", "auto"]
-    if ops._flash_attn_func() is not None:
-        names.insert(2, "flash_attn")
-    return names
-
-
-@needs_cuda
-@pytest.mark.parametrize("backend", _attention_variants())
-@pytest.mark.parametrize("fused_norm_rope", [True, False], ids=["norm+rope", "plain"])
-@pytest.mark.parametrize("Lq,Lk,self_attention", ATTENTION_SHAPES, ids=["self1764", "self2156", "cross1764x512"])
-def test_attention_gpu(benchmark, backend, fused_norm_rope, Lq, Lk, self_attention):
-    device = torch.device("cuda")
-    q, k, v, qw, kw, cos, sin = _qk_inputs(device, torch.bfloat16, Lq, Lk)
+@pytest.mark.parametrize("norm_rope", [True, False], ids=["norm+rope", "plain"])
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_attention(benchmark, shape, norm_rope):
+    Lq, Lk = SHAPES[shape]
+    q, k, v, qw, kw, cos, sin = _inputs("cuda", torch.bfloat16, Lq, Lk)
     extra = {}
-    if fused_norm_rope:
+    if norm_rope:  # the DiT normalises q and k in both attentions and rotates them in self-attention only
         extra = dict(q_norm_weight=qw, k_norm_weight=kw)
-        if self_attention:
+        if Lq == Lk:
             extra.update(rope_cos=cos, rope_sin=sin)
-    name = None if backend == "auto" else backend
-    benchmark.group = f"attention bf16 Lq={Lq} Lk={Lk} {'norm+rope' if fused_norm_rope else 'plain'}"
-    median = _run(benchmark, lambda: ck.attention(q, k, v, backend=name, **extra), device,
-                  ("attention", Lq, Lk, fused_norm_rope, backend))
+    fused = lambda: ck.attention(q, k, v, **extra)  # noqa: E731
+    times = {"fused": median_seconds(fused)}
+    for backend in ops.auto_candidates(q):
+        times[backend] = median_seconds(lambda b=backend: ck.attention(q, k, v, backend=b, **extra))
     flops = 4 * HEADS * Lq * Lk * HEAD_DIM
-    benchmark.extra_info.update(backend=backend, tflops=round(flops / median / 1e12, 1),
-                                median_us=round(median * 1e6, 1))
-    if backend == "auto":
-        chosen = [b for key, b in ops.chosen_backends().items() if key[0] == tuple(q.shape) and key[1] == tuple(k.shape)
-                  and key[4] == fused_norm_rope]
-        benchmark.extra_info["auto_chose"] = chosen[-1] if chosen else "?"
-        best = min((m for key, m in _medians.items() if key[:4] == ("attention", Lq, Lk, fused_norm_rope)
-                    and key[4] != "auto"), default=median)
-        benchmark.extra_info["auto_vs_best"] = round(best / median, 3)
+    tflops = {f"{name}_TFLOP/s": flops / t / 1e12 for name, t in times.items()}
+    chosen = ops.chosen_backends().get((tuple(q.shape), tuple(k.shape), q.dtype, str(q.device),
+                                        "q_norm_weight" in extra, "rope_cos" in extra), "?")
+    record(benchmark, f"attention[{shape},{'norm+rope' if norm_rope else 'plain'},bf16,cuda]", times,
+           auto_chose=chosen, **tflops)
+    benchmark.pedantic(fused, rounds=20, iterations=1, warmup_rounds=2)

@@ -9,7 +9,9 @@ Attention backends: "triton" (our flash-attention forward with the norm and RoPE
 loads), "flash_attn" (FA3 / FA2 when importable), "sdpa" (`qk_norm_rope`, then PyTorch's
 scaled_dot_product_attention) and "reference". Automatic choice: "sdpa" on the CPU; on CUDA the usable
 candidates are timed once per (shapes, dtype, device, norm, rope) at first eager use and the fastest is
-kept. `COSMOS_KERNELS_DETERMINISTIC=1` replaces the timing with the fixed choice "sdpa".
+kept. `COSMOS_KERNELS_DETERMINISTIC=1` replaces the timing with the fixed choice "sdpa". An explicit
+`backend` wins over `COSMOS_KERNELS_ATTENTION`, which wins over `COSMOS_KERNELS_BACKEND` (where that names
+an attention backend, e.g. "reference" or "triton"), which wins over the automatic choice.
 """
 
 from __future__ import annotations
@@ -216,7 +218,7 @@ def _backend_usable(name: str, q: torch.Tensor) -> bool:
 
 
 def _resolve_attention_backend(requested: str | None, q: torch.Tensor) -> str | None:
-    """explicit > COSMOS_KERNELS_ATTENTION > None (auto)."""
+    """explicit > COSMOS_KERNELS_ATTENTION > COSMOS_KERNELS_BACKEND (when it names an attention backend) > auto."""
     op = "attention"
     if requested is not None and requested != "auto":
         if requested not in ATTENTION_BACKENDS:
@@ -227,13 +229,16 @@ def _resolve_attention_backend(requested: str | None, q: torch.Tensor) -> str | 
             raise ValueError(f"{op}: backend {requested!r} is not available for {q.dtype} tensors on {q.device}"
                              + why.get(requested, ""))
         return requested
-    pinned = os.environ.get(ATTENTION_ENV, "").strip().lower()
-    if pinned not in ("", "auto"):
+    for env_var in (ATTENTION_ENV, _dispatch.BACKEND_ENV):
+        pinned = os.environ.get(env_var, "").strip().lower()
+        if pinned in ("", "auto") or (env_var == _dispatch.BACKEND_ENV and pinned not in ATTENTION_BACKENDS):
+            continue  # the package-wide pin counts only where it names an attention backend ("reference", ...)
         if pinned in ATTENTION_BACKENDS and _backend_usable(pinned, q):
             return pinned
-        _dispatch.warn_once(f"{ATTENTION_ENV}={pinned}:{q.device.type}:{q.dtype}",
-                            f"{ATTENTION_ENV}={pinned!r} is not usable for attention on {q.dtype} tensors on "
+        _dispatch.warn_once(f"{env_var}={pinned}:{q.device.type}:{q.dtype}",
+                            f"{env_var}={pinned!r} is not usable for attention on {q.dtype} tensors on "
                             f"{q.device}; using the automatic choice")
+        break
     return None
 
 
@@ -371,15 +376,17 @@ def chosen_backends() -> dict[tuple, str]:
 # -- run-time probes of the GPU backends -----------------------------------------------------------------------
 
 def _register_probes() -> None:
+    # bf16 at head_dim 128, the model's case (tensor-core tiles, 16-byte packets); L = 40 is no multiple of
+    # any block. A broken kernel is off by O(1); bf16 rounding stays far below the tolerance.
     def inputs(device):
         gen = torch.Generator(device="cpu").manual_seed(0)
-        q, k, v = (torch.randn(1, 40, 2, 64, generator=gen) for _ in range(3))
-        w = torch.randn(64, generator=gen)
-        cos, sin = reference.rope_3d_tables(2, 4, 5, 64)
-        return [t.to(device) for t in (q, k, v, w, cos, sin)]
+        q, k, v = (torch.randn(1, 40, 2, 128, generator=gen) for _ in range(3))
+        w = torch.rand(128, generator=gen) + 0.5
+        cos, sin = reference.rope_3d_tables(2, 4, 5, 128)
+        return [t.to(device) for t in (q.bfloat16(), k.bfloat16(), v.bfloat16(), w, cos, sin)]
 
     def close(got, want):
-        return torch.allclose(got.double().cpu(), want.double().cpu(), atol=1e-3, rtol=1e-3)
+        return torch.allclose(got.double().cpu(), want.double().cpu(), atol=5e-2, rtol=2e-2)
 
     def qk_probe(backend):
         def run(device):

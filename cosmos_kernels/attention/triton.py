@@ -208,7 +208,7 @@ def gpu_config(head_dim: int, dtype: torch.dtype, hopper: bool, rope: bool) -> t
         return 128, 64, 8, stages
     if head_dim <= 128:
         return (128, 32, 8, 2) if rope else (128, 64, 8, stages)
-    return 64, 32, 4, 2
+    return 64, 32, 8, 2 if hopper else 1  # head_dim up to 256: one stage fits consumer cards' 99 KB
 
 
 def attention_config(head_dim: int, dtype: torch.dtype, device: torch.device, rope: bool) -> tuple[int, int, int, int]:

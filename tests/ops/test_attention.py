@@ -157,7 +157,12 @@ def test_environment_pin_and_explicit_override(gen, monkeypatch):
     _dispatch._warned.clear()
     with pytest.warns(RuntimeWarning, match="not usable"):
         ck.attention(q, k, v)
-    assert calls == ["reference", "sdpa", "sdpa"]
+    monkeypatch.delenv(ops.ATTENTION_ENV)
+    monkeypatch.setenv(_dispatch.BACKEND_ENV, "reference")  # the package-wide pin, where it names one
+    ck.attention(q, k, v)
+    monkeypatch.setenv(_dispatch.BACKEND_ENV, "cpu")  # not an attention backend: ignored
+    ck.attention(q, k, v)
+    assert calls == ["reference", "sdpa", "sdpa", "reference", "sdpa"]
 
 
 def test_flash_attn_only_when_usable(gen):
@@ -297,3 +302,12 @@ def test_gpu_backends_at_model_shapes(dtype, Lq, Lk, rope, gen):
         got = ck.attention(q, k, v, backend=backend, **extra)
         assert_within_reference_error(got, ref, want, dtype)
     assert ops.chosen_backends()
+
+
+@pytest.mark.gpu
+def test_gpu_deterministic_choice_does_not_time(gen, monkeypatch):
+    q, k, v = (t.cuda() for t in packed_qkv(gen, 1, 100, 100, 2, 64, torch.float16))
+    monkeypatch.setenv(_dispatch.DETERMINISTIC_ENV, "1")
+    monkeypatch.delenv(ops.ATTENTION_ENV, raising=False)
+    monkeypatch.setattr(ops, "_time_backend", lambda *a, **kw: pytest.fail("timed under DETERMINISTIC=1"))
+    assert ops._auto_backend(q, k, v, None, None, None, None, 0.125, 1e-6) == ops.DETERMINISTIC_CHOICE
