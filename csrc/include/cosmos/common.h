@@ -28,6 +28,19 @@ struct RowStrides {
   }
 };
 
+// 1 / sqrt(variance + eps), and the RMSNorm scale 1 / sqrt(mean(x^2) + eps) of `d` elements.
+COSMOS_HD float inv_std(float variance, float eps) {
+#if defined(__CUDA_ARCH__)
+  return rsqrtf(variance + eps);
+#else
+  return 1.f / __builtin_sqrtf(variance + eps);
+#endif
+}
+
+COSMOS_HD float rms_scale(float sum_squares, int64_t d, float eps) {
+  return inv_std(sum_squares / static_cast<float>(d), eps);
+}
+
 // Welford running statistics, merged with Chan's formula: stable for rows with a large mean.
 struct Welford {
   float mean = 0.f;

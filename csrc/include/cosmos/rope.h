@@ -8,13 +8,7 @@
 namespace cosmos::rope {
 
 // 1 / sqrt(mean(x^2) + eps) of a head of `d` elements whose squares sum to `sum_squares`.
-COSMOS_HD float rms_scale(float sum_squares, int64_t d, float eps) {
-#if defined(__CUDA_ARCH__)
-  return rsqrtf(sum_squares / static_cast<float>(d) + eps);
-#else
-  return 1.f / __builtin_sqrtf(sum_squares / static_cast<float>(d) + eps);
-#endif
-}
+using cosmos::rms_scale;
 
 // The normalised element: x * inv_rms * weight.
 template <typename V>
