@@ -301,7 +301,10 @@ class CosmosPolicy:
         """The same denoiser for the graph loop: sigma is a Python float, so the per-frame times are a host tensor
         (the network's modulation cache serves them) and nothing is copied to the device inside a capture."""
         cond, cond_mask = self._cond_frames.view(1, 1, -1, 1, 1), self._cond_mask
-        frames = self._cond_frames.cpu()
+        # host times only where the network caches modulation by value (the fused backend); else device times,
+        # built from a Python scalar, so that no host-to-device copy lands inside a capture
+        fused = getattr(self.network, "backend", None) == "fused"
+        frames = self._cond_frames.cpu() if fused else self._cond_frames
 
         def x0_fn(x: torch.Tensor, sigma: float) -> torch.Tensor:
             t = sigma / (sigma + 1)
