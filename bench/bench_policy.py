@@ -18,7 +18,7 @@ from cosmos_policy import CosmosPolicy
 from cosmos_policy import layout as L
 from cosmos_policy.testing import LIBERO_SAMPLE_TASK, tiny_autoencoder, tiny_statistics, write_tiny_checkpoint
 
-REPEATS = 3
+REPEATS = 5
 TARGET_MS = 60.0
 
 
