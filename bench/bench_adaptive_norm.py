@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import cosmos_kernels as ck
-from bench.conftest import DEVICES, compiled, copy_bandwidth_gbs, median_seconds, record
+from bench.conftest import DEVICES, compiled, copy_bandwidth_gbs, interleaved_medians, record
 from cosmos_kernels.adaptive_norm import reference
 
 SHAPES = {"libero": (9, 196), "robocasa": (11, 196)}
@@ -55,11 +55,11 @@ def test_adaptive_norm(benchmark, op, shape, dtype, device):
     frames, tokens = SHAPES[shape]
     fused, ref, args, nbytes = _ops(*_inputs(device, dtype, frames, tokens))[op]
     ref_compiled = compiled(ref)
-    times = {
-        "fused": median_seconds(fused),
-        "reference": median_seconds(lambda: ref(*args)),
-        "compiled": median_seconds(lambda: ref_compiled(*args)),
-    }
+    times = interleaved_medians({
+        "fused": fused,
+        "reference": lambda: ref(*args),
+        "compiled": lambda: ref_compiled(*args),
+    })
     extra = {"tokens": frames * tokens, "dtype": str(dtype).removeprefix("torch."), "device": device}
     if device == "cuda":
         if device not in _copy_gbs:

@@ -24,6 +24,27 @@ def median_seconds(fn, min_run_time: float = 0.5) -> float:
     return tbench.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
 
 
+def interleaved_medians(fns: dict[str, object], rounds: int = 30, inner: int = 3) -> dict[str, float]:
+    """Median seconds per call of each function, timed in interleaved rounds so that load from other
+    processes falls on every variant alike (CUDA-synchronised)."""
+    import statistics
+    import time
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for fn in fns.values():
+        fn()  # warm-up: compilation, caches, probes
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            sync()
+            samples[name].append((time.perf_counter() - start) / inner)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
 def compiled(fn):
     """torch.compile of a reference function, the baseline a fused kernel must match."""
     return torch.compile(fn, dynamic=False, fullgraph=True)

@@ -15,15 +15,21 @@ from cosmos_kernels.adaptive_norm import (  # noqa: E402
     layer_norm_modulate,
     rms_norm,
 )
+from cosmos_kernels.attention import attention, qk_norm_rope, rope_3d_tables  # noqa: E402
+from cosmos_kernels.sampling.step import sampler_step  # noqa: E402
 
 _alloc.set_nan_fill(_alloc.nan_fill_enabled())
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "attention",
     "gated_residual_layer_norm_modulate",
     "layer_norm_modulate",
     "nan_filled_outputs",
+    "qk_norm_rope",
     "rms_norm",
+    "rope_3d_tables",
+    "sampler_step",
     "set_nan_fill",
 ]

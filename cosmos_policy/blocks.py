@@ -60,29 +60,6 @@ class TimestepEmbedding(nn.Module):
         return self.linear_2(F.silu(self.linear_1(sinusoid)))
 
 
-def rope_angles(config: DiTConfig, t: int, h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
-    """3D RoPE angles `(t*h*w, head_dim)` fp32, laid out `[t h w | t h w]` over integer grid positions."""
-    dim_t, dim_h, dim_w = config.rope_dims
-
-    def freqs(dim: int, ratio: float) -> torch.Tensor:
-        exponents = torch.arange(0, dim, 2, dtype=torch.float32, device=device)[: dim // 2] / dim
-        if config.rope_ranges_bf16:  # the official runtime holds these buffers in bf16 (see DiTConfig)
-            exponents = exponents.to(torch.bfloat16).float()
-        theta = 10000.0 * ratio ** (dim / (dim - 2))  # NTK-aware extrapolation
-        return 1.0 / theta**exponents
-
-    pos = torch.arange(max(t, h, w), dtype=torch.float32, device=device)
-    ang_t = torch.outer(pos[:t], freqs(dim_t, config.rope_t_extrapolation_ratio))
-    ang_h = torch.outer(pos[:h], freqs(dim_h, config.rope_h_extrapolation_ratio))
-    ang_w = torch.outer(pos[:w], freqs(dim_w, config.rope_w_extrapolation_ratio))
-    grid = torch.cat([
-        ang_t[:, None, None, :].expand(t, h, w, -1),
-        ang_h[None, :, None, :].expand(t, h, w, -1),
-        ang_w[None, None, :, :].expand(t, h, w, -1),
-    ], dim=-1).reshape(t * h * w, -1)
-    return torch.cat([grid, grid], dim=-1)
-
-
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate-half RoPE on `(B, L, heads, head_dim)` with `(L, head_dim)` tables, in fp32, back to x's dtype."""
     xf = x.double() if x.dtype == torch.float64 else x.float()

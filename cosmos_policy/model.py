@@ -25,8 +25,6 @@ from cosmos_policy.blocks import (
     RMSNorm,
     TimestepEmbedding,
     Timesteps,
-    apply_rope,
-    rope_angles,
     unpatchify,
 )
 from cosmos_policy.cache import LRUCache
@@ -44,13 +42,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, q_norm_weigh
     `k_norm_weight=None` means `k` is already normalised (cached cross-attention keys); RoPE tables are
     `(L, head_dim)` and apply to self-attention only. The one place the fused network runs attention.
     """
-    q = cosmos_kernels.rms_norm(q, q_norm_weight, norm_eps)
-    if k_norm_weight is not None:
-        k = cosmos_kernels.rms_norm(k, k_norm_weight, norm_eps)
-    if rope_cos is not None:
-        q, k = apply_rope(q, rope_cos, rope_sin), apply_rope(k, rope_cos, rope_sin)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2)
+    if k_norm_weight is None:  # cached, already normalised keys: only q still needs its norm
+        q, q_norm_weight = cosmos_kernels.rms_norm(q, q_norm_weight, norm_eps), None
+    return cosmos_kernels.attention(q, k, v, q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight,
+                                    rope_cos=rope_cos, rope_sin=rope_sin, norm_eps=norm_eps)
 
 
 def attention_with_zero_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, q_norm_weight: torch.Tensor,
@@ -234,8 +229,11 @@ class CosmosDiT(nn.Module):
         return self.t_embedding_norm(sinusoid), self.t_embedder[1](sinusoid)
 
     def _rope(self, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        angles = rope_angles(self.config, *grid, device=self.device)
-        return torch.cos(angles), torch.sin(angles)
+        c = self.config
+        return cosmos_kernels.rope_3d_tables(
+            *grid, c.head_dim, h_extrapolation_ratio=c.rope_h_extrapolation_ratio,
+            w_extrapolation_ratio=c.rope_w_extrapolation_ratio, t_extrapolation_ratio=c.rope_t_extrapolation_ratio,
+            ranges_bf16=c.rope_ranges_bf16, device=self.device)
 
     # -- reference backend ------------------------------------------------------------------------------------
 

@@ -12,28 +12,33 @@ import torch
 from cosmos_kernels import _checks, _dispatch, _ext
 from cosmos_kernels._layout import as_row_grid
 from cosmos_kernels.adaptive_norm import reference
-from cosmos_kernels.adaptive_norm import triton as triton_kernels
 
 _NS = "cosmos_kernels"
 
 
-# -- Triton custom ops ---------------------------------------------------------------------------------
+# -- Triton custom ops (Triton is imported on first launch: CPU-only installs have none) ----------------
+
+def _triton_kernels():
+    from cosmos_kernels.adaptive_norm import triton as kernels
+
+    return kernels
+
 
 @torch.library.custom_op(f"{_NS}::layer_norm_modulate_triton", mutates_args=())
 def _layer_norm_modulate_triton(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
-    return triton_kernels.layer_norm_modulate(x, shift, scale, eps)
+    return _triton_kernels().layer_norm_modulate(x, shift, scale, eps)
 
 
 @torch.library.custom_op(f"{_NS}::gated_residual_layer_norm_modulate_triton", mutates_args=())
 def _gated_residual_layer_norm_modulate_triton(
     residual: torch.Tensor, x: torch.Tensor, gate: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return triton_kernels.layer_norm_modulate(x, shift, scale, eps, residual=residual, gate=gate)
+    return _triton_kernels().layer_norm_modulate(x, shift, scale, eps, residual=residual, gate=gate)
 
 
 @torch.library.custom_op(f"{_NS}::rms_norm_triton", mutates_args=())
 def _rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return triton_kernels.rms_norm(x, weight, eps)
+    return _triton_kernels().rms_norm(x, weight, eps)
 
 
 # -- fake (meta) implementations, shared by the native and the Triton ops ------------------------------

@@ -1,10 +1,12 @@
 """Few-step samplers for EDM / rectified-flow diffusion models.
 
 - `sample()`: the functional, float64 sampler (parity path with the official Cosmos Policy sampler).
+- `Sampler`: the fixed-shape, sync-free loop over the fused `sampler_step` op (CUDA-graph capturable).
 - schedules by name (`get_sigmas`, `SCHEDULES`), solvers by name (`SOLVERS`), `arch_invariant_noise`.
 """
 
 from cosmos_kernels.sampling.noise import arch_invariant_noise
+from cosmos_kernels.sampling.sampler import PARAMETRIZATIONS, Sampler
 from cosmos_kernels.sampling.schedules import (
     SCHEDULES,
     exponential,
@@ -23,12 +25,15 @@ from cosmos_kernels.sampling.solvers import (
     phi,
     sample,
 )
+from cosmos_kernels.sampling.step import sampler_step
 
 __all__ = [
     "MULTISTEP_SOLVERS",
     "SCHEDULES",
     "SOLVERS",
     "MultistepPlan",
+    "PARAMETRIZATIONS",
+    "Sampler",
     "arch_invariant_noise",
     "exponential",
     "flow",
@@ -40,4 +45,5 @@ __all__ = [
     "phi",
     "polyexponential",
     "sample",
+    "sampler_step",
 ]

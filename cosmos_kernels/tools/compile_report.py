@@ -95,7 +95,8 @@ def count_hgmma(cubin: Path) -> dict[str, int]:
 
 
 def _import_all_kernels() -> None:
-    """Import every module of the package so that each kernel registers itself."""
+    """Import every module of the package so that each kernel registers itself (Triton kernels live in
+    modules named `triton`, which the ops import only on first launch)."""
     import cosmos_kernels
 
     for info in pkgutil.walk_packages(cosmos_kernels.__path__, "cosmos_kernels."):

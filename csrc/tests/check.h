@@ -7,7 +7,7 @@
 
 inline int g_failures = 0;
 
-#define CHECK_NEAR(a, b, tol)                                                                        \
+#define EXPECT_NEAR(a, b, tol)                                                                        \
   do {                                                                                               \
     const double a_ = (a), b_ = (b);                                                                 \
     if (!(std::fabs(a_ - b_) <= (tol))) {                                                            \
@@ -17,7 +17,7 @@ inline int g_failures = 0;
     }                                                                                                \
   } while (0)
 
-#define CHECK(cond)                                                         \
+#define EXPECT_TRUE(cond)                                                         \
   do {                                                                      \
     if (!(cond)) {                                                          \
       std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \

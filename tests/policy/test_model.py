@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cosmos_policy import CosmosDiT, DiTConfig
-from cosmos_policy.blocks import rope_angles, timestep_sinusoid, unpatchify
+from cosmos_policy.blocks import timestep_sinusoid, unpatchify
 from cosmos_policy.cache import LRUCache
 from tests.policy._dit_helpers import random_dit, random_inputs, rel_error
 
@@ -47,22 +47,24 @@ def test_timestep_sinusoid_is_cos_first_fp32_then_input_dtype():
 
 
 def test_rope_table_layout_and_2b_thetas():
-    cfg = DiTConfig.cosmos_predict2_2b(rope_ranges_bf16=False)
-    ang = rope_angles(cfg, 2, 3, 4).double()
-    assert ang.shape == (24, 128)
-    assert torch.equal(ang[:, :64], ang[:, 64:])
-    # token (t=1, h=2, w=3): t part uses theta 10000, h/w parts theta 10000 * 3^(42/40)
-    tok = ang[1 * 12 + 2 * 4 + 3]
+    """The network's RoPE table follows its config: [t h w | t h w] layout, NTK-scaled h/w thetas."""
+    two_b = DiTConfig.cosmos_predict2_2b()
+    ratios = {k: getattr(two_b, k) for k in ("rope_h_extrapolation_ratio", "rope_w_extrapolation_ratio",
+                                             "rope_t_extrapolation_ratio")}
+    cfg = DiTConfig.tiny(model_channels=256, num_heads=2, rope_ranges_bf16=False, **ratios)  # head_dim 128
+    cos, sin = CosmosDiT(cfg)._rope((2, 3, 4))
+    assert cos.shape == sin.shape == (24, 128)
     theta_hw = 10000.0 * 3.0 ** (42 / 40)
     assert abs(theta_hw - 31694) < 1
-    torch.testing.assert_close(tok[:22], 1.0 / 10000.0 ** (torch.arange(0, 44, 2)[:22].double() / 44),
-                               rtol=1e-6, atol=0)
-    torch.testing.assert_close(tok[22:43], 2.0 / theta_hw ** (torch.arange(0, 42, 2)[:21].double() / 42),
-                               rtol=1e-6, atol=0)
-    torch.testing.assert_close(tok[43:64], 3.0 / theta_hw ** (torch.arange(0, 42, 2)[:21].double() / 42),
-                               rtol=1e-6, atol=0)
-    bf = rope_angles(DiTConfig.cosmos_predict2_2b(), 2, 3, 4)
-    assert not torch.equal(bf, ang.float())  # bf16-rounded exponents change the higher frequencies
+    t, h, w = 1, 2, 3  # token (t=1, h=2, w=3)
+    angles = torch.cat([t / 10000.0 ** (torch.arange(0, 44, 2)[:22].double() / 44),
+                        h / theta_hw ** (torch.arange(0, 42, 2)[:21].double() / 42),
+                        w / theta_hw ** (torch.arange(0, 42, 2)[:21].double() / 42)]).repeat(2)
+    tok = t * 12 + h * 4 + w
+    torch.testing.assert_close(cos[tok].double(), angles.cos(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(sin[tok].double(), angles.sin(), rtol=0, atol=1e-6)
+    cos_bf, _ = CosmosDiT(DiTConfig.tiny(model_channels=256, num_heads=2, **ratios))._rope((2, 3, 4))
+    assert not torch.equal(cos_bf, cos)  # bf16-rounded exponents change the higher frequencies
 
 
 def test_unpatchify_puts_channels_innermost():

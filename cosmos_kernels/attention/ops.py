@@ -1,0 +1,404 @@
+"""Public attention ops: input checks, backend choice, and the `torch.ops.cosmos_kernels` registrations.
+
+`cosmos_kernels::qk_norm_rope` is the C++ op (CPU and CUDA kernels), `cosmos_kernels::qk_norm_rope_triton`
+and `cosmos_kernels::attention_triton` are Triton custom ops. They take `(B, L, heads, head_dim)` tensors
+with any strides whose last dim is contiguous (strided views of one packed QKV projection are read in
+place), norm weights and RoPE tables in fp32 or None.
+
+Attention backends: "triton" (our flash-attention forward with the norm and RoPE fused into the tile
+loads), "flash_attn" (FA3 / FA2 when importable), "sdpa" (`qk_norm_rope`, then PyTorch's
+scaled_dot_product_attention) and "reference". Automatic choice: "sdpa" on the CPU; on CUDA the usable
+candidates are timed once per (shapes, dtype, device, norm, rope) at first eager use and the fastest is
+kept. `COSMOS_KERNELS_DETERMINISTIC=1` replaces the timing with the fixed choice "sdpa".
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+from cosmos_kernels import _checks, _dispatch, _ext
+from cosmos_kernels.attention import reference
+
+_NS = "cosmos_kernels"
+ATTENTION_ENV = "COSMOS_KERNELS_ATTENTION"
+ATTENTION_BACKENDS = ("reference", "sdpa", "triton", "flash_attn")
+QK_NORM_ROPE_BACKENDS = ("reference", "cpu", "cuda", "triton")
+MAX_HEAD_DIM = 256
+DETERMINISTIC_CHOICE = "sdpa"
+
+
+# -- Triton custom ops and fakes -------------------------------------------------------------------------
+
+@torch.library.custom_op(f"{_NS}::qk_norm_rope_triton", mutates_args=())
+def _qk_norm_rope_triton(
+    q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | None, k_weight: torch.Tensor | None,
+    cos: torch.Tensor | None, sin: torch.Tensor | None, eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from cosmos_kernels.attention import triton as triton_kernels  # Triton is optional
+
+    return triton_kernels.qk_norm_rope(q, k, q_weight, k_weight, cos, sin, eps)
+
+
+@torch.library.custom_op(f"{_NS}::attention_triton", mutates_args=())
+def _attention_triton(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None, cos: torch.Tensor | None, sin: torch.Tensor | None, scale: float, eps: float,
+) -> torch.Tensor:
+    from cosmos_kernels.attention import triton as triton_kernels  # Triton is optional
+
+    return triton_kernels.attention(q, k, v, q_weight, k_weight, cos, sin, scale, eps)
+
+
+def _fake_qk(q: torch.Tensor, k: torch.Tensor, *args: object) -> tuple[torch.Tensor, torch.Tensor]:
+    return q.new_empty(q.shape), k.new_empty(k.shape)
+
+
+def _fake_attention(q: torch.Tensor, *args: object) -> torch.Tensor:
+    return q.new_empty(q.shape)
+
+
+_qk_norm_rope_triton.register_fake(_fake_qk)
+_attention_triton.register_fake(_fake_attention)
+
+if _ext.has_cpu_extension():
+    torch.library.register_fake(f"{_NS}::qk_norm_rope")(_fake_qk)
+
+
+# -- checks -----------------------------------------------------------------------------------------------
+
+def _check_qkv_tensor(op: str, name: str, t: object) -> torch.Tensor:
+    _checks.check_float_tensor(op, name, t)
+    if t.dim() != 4:
+        raise ValueError(f"{op}: {name} must be (B, L, heads, head_dim), got shape {tuple(t.shape)}")
+    return t
+
+
+def _check_pair_like(op: str, name: str, t: torch.Tensor, q: torch.Tensor, *, same_length: bool) -> None:
+    """`t` matches q in batch, heads and head_dim (and length if asked) and in dtype."""
+    if t.dtype != q.dtype:
+        raise TypeError(f"{op}: {name} has dtype {t.dtype} but q has {q.dtype}; q, k and v must share one dtype")
+    dims = (0, 2, 3) if not same_length else (0, 1, 2, 3)
+    names = {0: "batch size", 1: "length", 2: "heads", 3: "head_dim"}
+    for dim in dims:
+        if t.shape[dim] != q.shape[dim]:
+            raise ValueError(f"{op}: {name} has {names[dim]} {t.shape[dim]} (shape {tuple(t.shape)}) but q has "
+                             f"{q.shape[dim]} (shape {tuple(q.shape)})")
+
+
+def _check_weights(op: str, q_name: str, k_name: str, qw, kw, head_dim: int, device: torch.device):
+    if (qw is None) != (kw is None):
+        raise ValueError(f"{op}: {q_name} and {k_name} must both be given or both be None")
+    if qw is None:
+        return None, None
+    out = []
+    for name, w in ((q_name, qw), (k_name, kw)):
+        _checks.check_float_tensor(op, name, w)
+        if w.dim() != 1 or w.shape[0] != head_dim:
+            raise ValueError(f"{op}: {name} must have shape ({head_dim},) to match head_dim, got {tuple(w.shape)}")
+        if w.device != device:
+            raise ValueError(f"{op}: {name} is on {w.device} but q is on {device}")
+        out.append(w)
+    return tuple(out)
+
+
+def _check_tables(op: str, cos, sin, q: torch.Tensor, k: torch.Tensor):
+    if (cos is None) != (sin is None):
+        raise ValueError(f"{op}: the RoPE tables cos and sin must both be given or both be None")
+    if cos is None:
+        return None, None
+    if q.shape[1] != k.shape[1]:
+        raise ValueError(f"{op}: RoPE tables apply to self-attention only: q has length {q.shape[1]} but k has "
+                         f"{k.shape[1]} (pass no tables for cross-attention)")
+    want = (q.shape[1], q.shape[3])
+    for name, t in (("cos", cos), ("sin", sin)):
+        _checks.check_float_tensor(op, name, t)
+        if tuple(t.shape) != want:
+            raise ValueError(f"{op}: RoPE table {name} must have shape (L, head_dim) = {want} to match q, got "
+                             f"{tuple(t.shape)}")
+        if t.device != q.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but q is on {q.device}")
+    return cos, sin
+
+
+def _check_head_dim_even(op: str, head_dim: int) -> None:
+    if head_dim % 2 or not 2 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"{op}: head_dim must be even and at most {MAX_HEAD_DIM}, got {head_dim}")
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """The kernels read (B, L, H, D) tensors with any strides but a contiguous last dim (copy otherwise)."""
+    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
+
+
+def _fp32(t: torch.Tensor | None) -> torch.Tensor | None:
+    """Norm weights and RoPE tables reach the kernels in fp32 (a no-op for fp32 tables)."""
+    return None if t is None else _last_dim_contiguous(t.to(torch.float32))
+
+
+# -- qk_norm_rope -------------------------------------------------------------------------------------------
+
+def qk_norm_rope(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+    cos: torch.Tensor | None = None,
+    sin: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    *,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head RMSNorm with weight, then the rotate-half RoPE, of q and k in one launch.
+
+    q, k: `(B, L, heads, head_dim)`, possibly strided views of one packed QKV projection (read in place);
+    k may be longer or shorter than q when no tables are given (cross-attention normalises q and k but
+    rotates neither). `q_weight`, `k_weight`: `(head_dim,)` or both None (no norm). `cos`, `sin`:
+    `(L, head_dim)` tables (see `rope_3d_tables`) or both None (no RoPE). Computed in fp32; returns new
+    tensors `(q_out, k_out)` in q's dtype.
+    """
+    op = "qk_norm_rope"
+    _check_qkv_tensor(op, "q", q)
+    _check_qkv_tensor(op, "k", k)
+    device = _checks.check_same_device(op, q=q, k=k)
+    _check_pair_like(op, "k", k, q, same_length=False)
+    _check_head_dim_even(op, q.shape[3])
+    q_weight, k_weight = _check_weights(op, "q_weight", "k_weight", q_weight, k_weight, q.shape[3], device)
+    cos, sin = _check_tables(op, cos, sin, q, k)
+    if _dispatch.needs_autograd(q, k, q_weight, k_weight, cos, sin):
+        _dispatch.warn_autograd(op)
+        return reference.qk_norm_rope(q, k, q_weight, k_weight, cos, sin, eps)
+    name = _dispatch.resolve_backend(op, device, backend, supported=QK_NORM_ROPE_BACKENDS, dtype=q.dtype)
+    if name == "reference":
+        return reference.qk_norm_rope(q, k, q_weight, k_weight, cos, sin, eps)
+    _checks.check_backend_dtype(op, name, q)
+    return _qk_norm_rope_kernel(name, q, k, q_weight, k_weight, cos, sin, eps)
+
+
+def _qk_norm_rope_kernel(name, q, k, q_weight, k_weight, cos, sin, eps):
+    fn = torch.ops.cosmos_kernels.qk_norm_rope_triton if name == "triton" else torch.ops.cosmos_kernels.qk_norm_rope
+    return fn.default(_last_dim_contiguous(q), _last_dim_contiguous(k), _fp32(q_weight), _fp32(k_weight),
+                      _fp32(cos), _fp32(sin), float(eps))
+
+
+# -- attention ---------------------------------------------------------------------------------------------
+
+_flash_attn_fn = None
+_flash_attn_checked = False
+
+
+def _flash_attn_func():
+    """FA3's `flash_attn_func` if installed, else FA2's, else None."""
+    global _flash_attn_fn, _flash_attn_checked
+    if not _flash_attn_checked:
+        _flash_attn_checked = True
+        for module in ("flash_attn_interface", "flash_attn"):
+            try:
+                _flash_attn_fn = importlib.import_module(module).flash_attn_func
+                break
+            except (ImportError, AttributeError, OSError):
+                continue
+    return _flash_attn_fn
+
+
+def _backend_usable(name: str, q: torch.Tensor) -> bool:
+    if name in ("reference", "sdpa"):
+        return True
+    if name == "triton":
+        return _dispatch.triton_available(q.device)
+    if name == "flash_attn":
+        return q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and _flash_attn_func() is not None
+    return False
+
+
+def _resolve_attention_backend(requested: str | None, q: torch.Tensor) -> str | None:
+    """explicit > COSMOS_KERNELS_ATTENTION > None (auto)."""
+    op = "attention"
+    if requested is not None and requested != "auto":
+        if requested not in ATTENTION_BACKENDS:
+            raise ValueError(f"{op}: backend must be one of {ATTENTION_BACKENDS} or None, got {requested!r}")
+        if not _backend_usable(requested, q):
+            why = {"triton": " (Triton on CPU tensors needs TRITON_INTERPRET=1)",
+                   "flash_attn": " (needs the flash_attn package, a CUDA device and fp16 / bf16 tensors)"}
+            raise ValueError(f"{op}: backend {requested!r} is not available for {q.dtype} tensors on {q.device}"
+                             + why.get(requested, ""))
+        return requested
+    pinned = os.environ.get(ATTENTION_ENV, "").strip().lower()
+    if pinned not in ("", "auto"):
+        if pinned in ATTENTION_BACKENDS and _backend_usable(pinned, q):
+            return pinned
+        _dispatch.warn_once(f"{ATTENTION_ENV}={pinned}:{q.device.type}:{q.dtype}",
+                            f"{ATTENTION_ENV}={pinned!r} is not usable for attention on {q.dtype} tensors on "
+                            f"{q.device}; using the automatic choice")
+    return None
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float | None = None,
+    q_norm_weight: torch.Tensor | None = None,
+    k_norm_weight: torch.Tensor | None = None,
+    rope_cos: torch.Tensor | None = None,
+    rope_sin: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Non-causal softmax attention, `(B, Lq, heads, d)` over `(B, Lk, heads, d)` -> `(B, Lq, heads, d)`.
+
+    `Lq != Lk` is allowed (cross-attention). head_dim: a multiple of 16 up to 256 (64, 96, 128, ...);
+    fp32, bf16, fp16. With norm weights (`(d,)`, both or neither) and / or RoPE tables (`(L, d)`, both or
+    neither, self-attention only) q and k first go through `qk_norm_rope`; the "triton" backend fuses that
+    into its tile loads. `scale` defaults to `1 / sqrt(d)`. Returns a new tensor in q's dtype.
+    """
+    op = "attention"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_qkv_tensor(op, name, t)
+    device = _checks.check_same_device(op, q=q, k=k, v=v)
+    _check_pair_like(op, "k", k, q, same_length=False)
+    _check_pair_like(op, "v", v, q, same_length=False)
+    if v.shape[1] != k.shape[1]:
+        raise ValueError(f"{op}: v has length {v.shape[1]} but k has {k.shape[1]} (shapes {tuple(v.shape)}, "
+                         f"{tuple(k.shape)})")
+    head_dim = q.shape[3]
+    if head_dim % 16 or not 16 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"{op}: unsupported head_dim {head_dim}; supported: multiples of 16 up to {MAX_HEAD_DIM} "
+                         "(64, 96, 128, ...)")
+    qw, kw = _check_weights(op, "q_norm_weight", "k_norm_weight", q_norm_weight, k_norm_weight, head_dim, device)
+    cos, sin = _check_tables(op, rope_cos, rope_sin, q, k)
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    eps = float(norm_eps)
+    if _dispatch.needs_autograd(q, k, v, qw, kw, cos, sin):
+        _dispatch.warn_autograd(op)
+        return reference.attention(q, k, v, scale=scale, q_norm_weight=qw, k_norm_weight=kw, rope_cos=cos,
+                                   rope_sin=sin, norm_eps=eps)
+    name = _resolve_attention_backend(backend, q)
+    if name is None:
+        name = _auto_backend(q, k, v, qw, kw, cos, sin, scale, eps)
+    if name not in ("reference", "sdpa"):
+        _checks.check_backend_dtype(op, name, q)
+    return run_backend(name, q, k, v, qw, kw, cos, sin, scale, eps)
+
+
+def run_backend(name: str, q, k, v, qw, kw, cos, sin, scale: float, eps: float) -> torch.Tensor:
+    """Run one attention backend on checked inputs."""
+    if name == "reference" or (q.dtype not in _checks.KERNEL_DTYPES and name != "sdpa"):
+        return reference.attention(q, k, v, scale=scale, q_norm_weight=qw, k_norm_weight=kw, rope_cos=cos,
+                                   rope_sin=sin, norm_eps=eps)
+    if name == "triton":
+        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+        return torch.ops.cosmos_kernels.attention_triton.default(q, k, v, _fp32(qw), _fp32(kw), _fp32(cos),
+                                                                 _fp32(sin), scale, eps)
+    if qw is not None or cos is not None:
+        q, k = qk_norm_rope(q, k, qw, kw, cos, sin, eps)
+    if name == "flash_attn":
+        return _flash_attn_func()(q, k, v, softmax_scale=scale, causal=False)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)
+    return out.transpose(1, 2)
+
+
+# -- automatic choice -------------------------------------------------------------------------------------------
+
+_MAX_CHOICES = 256
+_choices: dict[tuple, str] = {}
+
+
+def auto_candidates(q: torch.Tensor) -> list[str]:
+    """The backends auto considers for these tensors, in the order they are timed."""
+    if q.device.type != "cuda" or q.dtype not in _checks.KERNEL_DTYPES:
+        return ["sdpa"]
+    out = []
+    for name in ("triton", "flash_attn", "sdpa"):
+        if _backend_usable(name, q) and (name != "triton" or _dispatch.probe_passed("attention", name, q.device)):
+            out.append(name)
+    return out
+
+
+def _auto_backend(q, k, v, qw, kw, cos, sin, scale, eps) -> str:
+    if q.device.type != "cuda":
+        return "sdpa"
+    if os.environ.get(_dispatch.DETERMINISTIC_ENV, "0") == "1":
+        return DETERMINISTIC_CHOICE
+    key = (tuple(q.shape), tuple(k.shape), q.dtype, str(q.device), qw is not None, cos is not None)
+    choice = _choices.get(key)
+    if choice is not None:
+        return choice
+    if torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
+        return DETERMINISTIC_CHOICE  # no timing while tracing or capturing; the first eager call times
+    candidates = auto_candidates(q)
+    if len(candidates) == 1:
+        choice = candidates[0]
+    else:
+        timings = {name: _time_backend(name, q, k, v, qw, kw, cos, sin, scale, eps) for name in candidates}
+        choice = min(timings, key=timings.get)
+    if len(_choices) >= _MAX_CHOICES:
+        _choices.pop(next(iter(_choices)))
+    _choices[key] = choice
+    return choice
+
+
+def _time_backend(name, q, k, v, qw, kw, cos, sin, scale, eps, repeats: int = 5) -> float:
+    """Median milliseconds of one call (after a warm-up that also compiles); inf if the backend fails."""
+    try:
+        for _ in range(2):
+            run_backend(name, q, k, v, qw, kw, cos, sin, scale, eps)
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run_backend(name, q, k, v, qw, kw, cos, sin, scale, eps)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return sorted(times)[len(times) // 2]
+    except Exception as exc:  # a backend that cannot run these shapes is simply not chosen
+        _dispatch.warn_once(f"attention-time:{name}", f"attention: backend {name!r} failed while timing "
+                            f"({type(exc).__name__}: {exc}); not chosen")
+        return math.inf
+
+
+def chosen_backends() -> dict[tuple, str]:
+    """The automatic choices made so far: (q shape, k shape, dtype, device, norm, rope) -> backend."""
+    return dict(_choices)
+
+
+# -- run-time probes of the GPU backends -----------------------------------------------------------------------
+
+def _register_probes() -> None:
+    def inputs(device):
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        q, k, v = (torch.randn(1, 40, 2, 64, generator=gen) for _ in range(3))
+        w = torch.randn(64, generator=gen)
+        cos, sin = reference.rope_3d_tables(2, 4, 5, 64)
+        return [t.to(device) for t in (q, k, v, w, cos, sin)]
+
+    def close(got, want):
+        return torch.allclose(got.double().cpu(), want.double().cpu(), atol=1e-3, rtol=1e-3)
+
+    def qk_probe(backend):
+        def run(device):
+            q, k, _, w, cos, sin = inputs(device)
+            got = qk_norm_rope(q, k, w, w, cos, sin, backend=backend)
+            want = reference.qk_norm_rope(q.double(), k.double(), w.double(), w.double(), cos.double(), sin.double())
+            return all(close(g, x) for g, x in zip(got, want))
+        return run
+
+    def attention_probe(device):
+        q, k, v, w, cos, sin = inputs(device)
+        got = attention(q, k, v, q_norm_weight=w, k_norm_weight=w, rope_cos=cos, rope_sin=sin, backend="triton")
+        want = reference.attention(q.double(), k.double(), v.double(), q_norm_weight=w.double(),
+                                   k_norm_weight=w.double(), rope_cos=cos.double(), rope_sin=sin.double())
+        return close(got, want)
+
+    for backend in ("cuda", "triton"):
+        _dispatch.register_probe("qk_norm_rope", backend, qk_probe(backend))
+    _dispatch.register_probe("attention", "triton", attention_probe)
+
+
+_register_probes()

@@ -1,0 +1,281 @@
+"""Triton kernels of the attention family.
+
+`_qk_norm_rope_kernel`: one program per token and block of heads, for q and k in one launch; each head
+is loaded as its two halves, so the rotate-half RoPE is a pairwise update of registers.
+
+`_attention_fwd_kernel`: a flash-attention forward (online softmax in fp32 with exp2). The per-head
+RMSNorm and the RoPE of q and k are applied to each Q and K tile as it is loaded, so the normalised and
+rotated q and k never make a round trip through memory. Q and K are held as two half-width tiles and
+QK^T is the sum of two dots, which keeps the rotation free of data movement.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from cosmos_kernels import _alloc
+from cosmos_kernels._registry import TritonConfig, register_triton_kernel
+
+LOG2E = 1.4426950408889634
+
+
+def half_block(head_dim: int) -> int:
+    """The padded width of one half of a head (tl.dot needs at least 16, tl.arange a power of two)."""
+    return max(16, triton.next_power_of_2(head_dim // 2))
+
+
+# -- fused QK RMSNorm + RoPE --------------------------------------------------------------------------
+
+@triton.jit
+def _norm_rope_token(
+    x_ptr, w_ptr, o_ptr, cos_ptr, sin_ptr, t, L, H, sb, sl, sh, st, eps, pid_h,
+    HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr, NORM: tl.constexpr, ROPE: tl.constexpr,
+):
+    half_dim: tl.constexpr = HEAD_DIM // 2
+    b = t // L
+    pos = t % L
+    heads = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    cols = tl.arange(0, HALF)
+    col_ok = cols < half_dim
+    mask = (heads[:, None] < H) & col_ok[None, :]
+    src = x_ptr + b * sb + pos * sl + heads[:, None].to(tl.int64) * sh + cols[None, :]
+    x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(src + half_dim, mask=mask, other=0.0).to(tl.float32)
+    if NORM:
+        inv = 1.0 / tl.sqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / HEAD_DIM + eps)
+        w1 = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        w2 = tl.load(w_ptr + half_dim + cols, mask=col_ok, other=0.0).to(tl.float32)
+        x1 = x1 * inv[:, None] * w1[None, :]
+        x2 = x2 * inv[:, None] * w2[None, :]
+    if ROPE:
+        row = pos * st
+        c1 = tl.load(cos_ptr + row + cols, mask=col_ok, other=0.0)[None, :]
+        c2 = tl.load(cos_ptr + row + half_dim + cols, mask=col_ok, other=0.0)[None, :]
+        s1 = tl.load(sin_ptr + row + cols, mask=col_ok, other=0.0)[None, :]
+        s2 = tl.load(sin_ptr + row + half_dim + cols, mask=col_ok, other=0.0)[None, :]
+        y1 = x1 * c1 - x2 * s1
+        y2 = x2 * c2 + x1 * s2
+        x1, x2 = y1, y2
+    dst = o_ptr + (t * H + heads[:, None]).to(tl.int64) * HEAD_DIM + cols[None, :]
+    tl.store(dst, x1.to(o_ptr.dtype.element_ty), mask=mask)
+    tl.store(dst + half_dim, x2.to(o_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _qk_norm_rope_kernel(
+    q_ptr, k_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr,
+    NQ, Lq, Lk, H, sqb, sql, sqh, skb, skl, skh, st, eps,
+    HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr, NORM: tl.constexpr, ROPE: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    pid_h = tl.program_id(1)
+    if token < NQ:  # tokens of q first, then those of k: one launch for both
+        _norm_rope_token(q_ptr, qw_ptr, q_out_ptr, cos_ptr, sin_ptr, token, Lq, H, sqb, sql, sqh, st, eps, pid_h,
+                         HEAD_DIM, HALF, BLOCK_H, NORM, ROPE)
+    else:
+        _norm_rope_token(k_ptr, kw_ptr, k_out_ptr, cos_ptr, sin_ptr, token - NQ, Lk, H, skb, skl, skh, st, eps,
+                         pid_h, HEAD_DIM, HALF, BLOCK_H, NORM, ROPE)
+
+
+def _qk_rope_block_h(heads: int, head_dim: int) -> int:
+    return max(1, min(triton.next_power_of_2(heads), 2048 // (2 * half_block(head_dim))))
+
+
+def qk_norm_rope(q, k, q_weight, k_weight, cos, sin, eps: float):
+    """Launch on (B, L, H, D) tensors (any strides, last dim contiguous); weights and tables fp32 or None."""
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    q_out = _alloc.empty(q.shape, dtype=q.dtype, device=q.device)
+    k_out = _alloc.empty(k.shape, dtype=k.dtype, device=k.device)
+    tokens = b * (lq + lk)
+    if tokens == 0 or h == 0:
+        return q_out, k_out
+    norm, rope = q_weight is not None, cos is not None
+    block_h = _qk_rope_block_h(h, d)
+    grid = (tokens, triton.cdiv(h, block_h))
+    _qk_norm_rope_kernel[grid](
+        q, k, q_weight if norm else q, k_weight if norm else k, cos if rope else q, sin if rope else q,
+        q_out, k_out, b * lq, lq, lk, h, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
+        k.stride(2), cos.stride(0) if rope else 0, eps,
+        HEAD_DIM=d, HALF=half_block(d), BLOCK_H=block_h, NORM=norm, ROPE=rope, num_warps=4,
+    )
+    return q_out, k_out
+
+
+# -- flash-attention forward with the norm and RoPE fused into the tile loads ---------------------------
+
+@triton.jit
+def _load_norm_rope_tile(
+    base, rows, n_rows, stride_row, w_ptr, cos_ptr, sin_ptr, st, eps,
+    HEAD_DIM: tl.constexpr, HALF: tl.constexpr, NORM: tl.constexpr, ROPE: tl.constexpr,
+):
+    """Rows `rows` of one head as two half tiles (fp32), RMS-normalised and rotated as asked."""
+    half_dim: tl.constexpr = HEAD_DIM // 2
+    cols = tl.arange(0, HALF)
+    col_ok = cols < half_dim
+    row_ok = rows < n_rows
+    mask = row_ok[:, None] & col_ok[None, :]
+    ptrs = base + rows[:, None].to(tl.int64) * stride_row + cols[None, :]
+    x1 = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(ptrs + half_dim, mask=mask, other=0.0).to(tl.float32)
+    if NORM:
+        inv = 1.0 / tl.sqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / HEAD_DIM + eps)
+        w1 = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        w2 = tl.load(w_ptr + half_dim + cols, mask=col_ok, other=0.0).to(tl.float32)
+        x1 = x1 * inv[:, None] * w1[None, :]
+        x2 = x2 * inv[:, None] * w2[None, :]
+    if ROPE:
+        tab = rows[:, None].to(tl.int64) * st + cols[None, :]
+        c1 = tl.load(cos_ptr + tab, mask=mask, other=0.0)
+        c2 = tl.load(cos_ptr + tab + half_dim, mask=mask, other=0.0)
+        s1 = tl.load(sin_ptr + tab, mask=mask, other=0.0)
+        s2 = tl.load(sin_ptr + tab + half_dim, mask=mask, other=0.0)
+        y1 = x1 * c1 - x2 * s1
+        y2 = x2 * c2 + x1 * s2
+        x1, x2 = y1, y2
+    return x1, x2
+
+
+@triton.jit
+def _attention_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, out_ptr,
+    Lq, Lk, H, sqb, sql, sqh, skb, skl, skh, svb, svl, svh, st, qk_scale, eps,
+    HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, NORM: tl.constexpr, ROPE: tl.constexpr, EVEN_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    dtype = q_ptr.dtype.element_ty
+    rows_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    q1, q2 = _load_norm_rope_tile(q_ptr + b * sqb + h * sqh, rows_m, Lq, sql, qw_ptr, cos_ptr, sin_ptr, st, eps,
+                                  HEAD_DIM, HALF, NORM, ROPE)
+    q1 = q1.to(dtype)
+    q2 = q2.to(dtype)
+    k_base = k_ptr + b * skb + h * skh
+    v_base = v_ptr + b * svb + h * svh
+    d_cols = tl.arange(0, BLOCK_D)
+    d_ok = d_cols < HEAD_DIM
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for start_n in range(0, Lk, BLOCK_N):
+        rows_n = start_n + tl.arange(0, BLOCK_N)
+        k1, k2 = _load_norm_rope_tile(k_base, rows_n, Lk, skl, kw_ptr, cos_ptr, sin_ptr, st, eps,
+                                      HEAD_DIM, HALF, NORM, ROPE)
+        scores = tl.dot(q1, tl.trans(k1.to(dtype)), input_precision=DOT_PRECISION)
+        scores = tl.dot(q2, tl.trans(k2.to(dtype)), acc=scores, input_precision=DOT_PRECISION)
+        scores = scores * qk_scale  # log2-domain: scale * log2(e)
+        if not EVEN_N:
+            scores = tl.where((rows_n < Lk)[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(scores - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v_mask = (rows_n < Lk)[:, None] & d_ok[None, :]
+        v = tl.load(v_base + rows_n[:, None].to(tl.int64) * svl + d_cols[None, :], mask=v_mask, other=0.0)
+        acc = tl.dot(p.to(dtype), v, acc=acc * alpha[:, None], input_precision=DOT_PRECISION)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    o_rows = (b * Lq + rows_m).to(tl.int64) * H + h
+    o_ptrs = out_ptr + o_rows[:, None] * HEAD_DIM + d_cols[None, :]
+    tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=(rows_m < Lq)[:, None] & d_ok[None, :])
+
+
+@functools.lru_cache(maxsize=8)
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def gpu_config(head_dim: int, dtype: torch.dtype, hopper: bool, rope: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) on a GPU.
+
+    Checked for sm_90a by the compile report (no spills, HGMMA). Three K/V stages fit Hopper's 227 KB of
+    shared memory; two fit Ampere and consumer cards. RoPE on the K tiles adds four fp32 table tiles per
+    stage, so at head_dim 128 those configurations take BLOCK_N = 32 and two stages to stay within the
+    register file.
+    """
+    stages = 3 if hopper else 2
+    if dtype == torch.float32:
+        return 64, 32, 4, 2  # fp32 dots in full precision (no tensor cores): small tiles
+    if head_dim <= 64:
+        return 128, 64, 8, stages
+    if head_dim <= 128:
+        return (128, 32, 8, 2) if rope else (128, 64, 8, stages)
+    return 64, 32, 4, 2
+
+
+def attention_config(head_dim: int, dtype: torch.dtype, device: torch.device, rope: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a head dim, dtype and device."""
+    if device.type != "cuda":
+        return 32, 32, 4, 1  # the interpreter: small tiles keep test shapes small
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return gpu_config(head_dim, dtype, _capability(index)[0] >= 9, rope)
+
+
+def attention(q, k, v, q_weight, k_weight, cos, sin, scale: float, eps: float) -> torch.Tensor:
+    """Launch on (B, L, H, D) tensors (any strides, last dim contiguous); weights and tables fp32 or None."""
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    out = _alloc.empty(q.shape, dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    if lk == 0:  # softmax over no keys: the empty sum
+        return out.zero_()
+    norm, rope = q_weight is not None, cos is not None
+    block_m, block_n, warps, stages = attention_config(d, q.dtype, q.device, rope)
+    grid = (triton.cdiv(lq, block_m), b * h)
+    _attention_fwd_kernel[grid](
+        q, k, v, q_weight if norm else q, k_weight if norm else k, cos if rope else q, sin if rope else q, out,
+        lq, lk, h, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), cos.stride(0) if rope else 0, scale * LOG2E, eps,
+        HEAD_DIM=d, HALF=half_block(d), BLOCK_D=2 * half_block(d), BLOCK_M=block_m, BLOCK_N=block_n,
+        NORM=norm, ROPE=rope, EVEN_N=lk % block_n == 0,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=warps, num_stages=stages,
+    )
+    return out
+
+
+# -- compile report ----------------------------------------------------------------------------------------
+
+def _register_for_compile_report() -> None:
+    ints = ("Lq", "Lk", "H", "sqb", "sql", "sqh", "skb", "skl", "skh", "svb", "svl", "svh", "st")
+    attn_configs, rope_configs = [], []
+    for dt in ("bf16", "fp16"):
+        sig = {n: f"*{dt}" for n in ("q_ptr", "k_ptr", "v_ptr", "out_ptr")}
+        sig.update({"qw_ptr": "*fp32", "kw_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32"})
+        sig.update({n: "i32" for n in ints})
+        sig.update(qk_scale="fp32", eps="fp32")
+        sig.update({n: "constexpr" for n in ("HEAD_DIM", "HALF", "BLOCK_D", "BLOCK_M", "BLOCK_N", "NORM", "ROPE",
+                                              "EVEN_N", "DOT_PRECISION")})
+        torch_dt = torch.bfloat16 if dt == "bf16" else torch.float16
+        for d in (64, 128):
+            for norm, rope in ((True, True), (True, False), (False, True), (False, False)):
+                block_m, block_n, warps, stages = gpu_config(d, torch_dt, hopper=True, rope=rope)
+                attn_configs.append(TritonConfig(
+                    f"{dt} d={d}{' norm' if norm else ''}{' rope' if rope else ''}", sig,
+                    {"HEAD_DIM": d, "HALF": half_block(d), "BLOCK_D": 2 * half_block(d), "BLOCK_M": block_m,
+                     "BLOCK_N": block_n, "NORM": norm, "ROPE": rope, "EVEN_N": False, "DOT_PRECISION": "tf32"},
+                    num_warps=warps, num_stages=stages))
+        rsig = {n: f"*{dt}" for n in ("q_ptr", "k_ptr", "q_out_ptr", "k_out_ptr")}
+        rsig.update({"qw_ptr": "*fp32", "kw_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32"})
+        rsig.update({n: "i32" for n in ("NQ", "Lq", "Lk", "H", "sqb", "sql", "sqh", "skb", "skl", "skh", "st")})
+        rsig.update(eps="fp32")
+        rsig.update({n: "constexpr" for n in ("HEAD_DIM", "HALF", "BLOCK_H", "NORM", "ROPE")})
+        for rope in (True, False):
+            rope_configs.append(TritonConfig(
+                f"{dt} 16x128{' rope' if rope else ''}", rsig,
+                {"HEAD_DIM": 128, "HALF": 64, "BLOCK_H": _qk_rope_block_h(16, 128), "NORM": True, "ROPE": rope},
+                num_warps=4))
+    register_triton_kernel("attention.flash_attention_fwd", _attention_fwd_kernel, attn_configs, matrix=True)
+    register_triton_kernel("attention.qk_norm_rope", _qk_norm_rope_kernel, rope_configs)
+
+
+_register_for_compile_report()
