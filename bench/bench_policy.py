@@ -18,7 +18,7 @@ from cosmos_policy import CosmosPolicy
 from cosmos_policy import layout as L
 from cosmos_policy.testing import LIBERO_SAMPLE_TASK, tiny_autoencoder, tiny_statistics, write_tiny_checkpoint
 
-REPEATS = 3
+REPEATS = 5
 TARGET_MS = 60.0
 
 
@@ -30,10 +30,15 @@ def _observation(seed: int = 0) -> dict:
     return obs
 
 
-def _stage_medians(policy: CosmosPolicy, obs: dict, repeats: int = REPEATS) -> dict[str, float]:
-    policy.infer(obs, seed=0)  # warm-up: caches, graph capture, probes
-    runs = [policy.infer(obs, seed=i)["timing"] for i in range(1, repeats + 1)]
-    return {stage: statistics.median(run[stage] for run in runs) for stage in runs[0]}
+def _stage_medians(policies: dict[str, CosmosPolicy], obs: dict, repeats: int = REPEATS) -> dict[str, dict]:
+    """Median ms per stage for each policy, the policies run in turn so a busy machine slows them alike."""
+    for policy in policies.values():
+        policy.infer(obs, seed=0)  # warm-up: caches, graph capture, probes
+    runs = {name: [] for name in policies}
+    for i in range(1, repeats + 1):
+        for name, policy in policies.items():
+            runs[name].append(policy.infer(obs, seed=i)["timing"])
+    return {name: {stage: statistics.median(r[stage] for r in rs) for stage in rs[0]} for name, rs in runs.items()}
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +49,9 @@ def tiny_dir(tmp_path_factory):
 @pytest.mark.parametrize("device", DEVICES)
 def test_tiny_action_chunk(benchmark, tiny_dir, device):
     obs = _observation()
-    stages = {
-        backend: _stage_medians(CosmosPolicy.from_pretrained(tiny_dir, backend=backend, device=device,
-                                                             dtype=torch.float32, cuda_graph=False), obs)
-        for backend in ("fused", "reference")
-    }
+    policies = {backend: CosmosPolicy.from_pretrained(tiny_dir, backend=backend, device=device, dtype=torch.float32,
+                                                      cuda_graph=False) for backend in ("fused", "reference")}
+    stages = _stage_medians(policies, obs)
     extra = {"device": device, "tokens": 9 * 196}
     for stage in stages["fused"]:
         extra[f"{stage}_fused_ms"] = stages["fused"][stage]
@@ -56,9 +59,7 @@ def test_tiny_action_chunk(benchmark, tiny_dir, device):
         extra[f"{stage}_speedup"] = stages["reference"][stage] / max(stages["fused"][stage], 1e-9)
     times = {k: v["total"] / 1e3 for k, v in stages.items()}
     record(benchmark, f"policy_tiny_chunk[libero,{device}]", times, **extra)
-    policy = CosmosPolicy.from_pretrained(tiny_dir, backend="fused", device=device, dtype=torch.float32,
-                                          cuda_graph=False)
-    benchmark.pedantic(lambda: policy.infer(obs, seed=1), rounds=1, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(lambda: policies["fused"].infer(obs, seed=1), rounds=1, iterations=1)
 
 
 def _full_size_policy(cuda_graph: bool, backend: str = "fused") -> CosmosPolicy:
@@ -84,9 +85,7 @@ def test_2b_action_chunk_cuda(benchmark):
     obs = _observation()
     stages = {}
     for name, graph in (("fused", True), ("eager", False)):
-        policy = _full_size_policy(cuda_graph=graph)
-        stages[name] = _stage_medians(policy, obs, repeats=10)
-        del policy
+        stages.update(_stage_medians({name: _full_size_policy(cuda_graph=graph)}, obs, repeats=10))
         torch.cuda.empty_cache()
     extra = {"device": "cuda", "tokens": 9 * 196, "target_ms": TARGET_MS,
              "peak_gib": torch.cuda.max_memory_allocated() / 2**30}

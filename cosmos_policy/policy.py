@@ -297,22 +297,6 @@ class CosmosPolicy:
 
         return x0_fn
 
-    def _x0_fn_float(self, gt: torch.Tensor, context: torch.Tensor):
-        """The same denoiser for the graph loop: sigma is a Python float, so the per-frame times are a host tensor
-        (the network's modulation cache serves them) and nothing is copied to the device inside a capture."""
-        cond, cond_mask = self._cond_frames.view(1, 1, -1, 1, 1), self._cond_mask
-        frames = self._cond_frames.cpu()
-
-        def x0_fn(x: torch.Tensor, sigma: float) -> torch.Tensor:
-            t = sigma / (sigma + 1)
-            x = x.float()
-            net_in = torch.where(cond, gt, x * (1 - t))
-            timesteps = torch.where(frames, 0.0, t).to(torch.float32).expand(x.shape[0], -1)
-            velocity = self.network(net_in, timesteps, context, cond_mask).float()
-            return torch.where(cond, gt, (1 - t) * x - t * velocity)
-
-        return x0_fn
-
     def _future_images(self, latents: torch.Tensor, prefix: torch.Tensor, encoder_state) -> dict[str, torch.Tensor]:
         """Decode the predicted future frames after restoring the placeholder frames' own VAE latents."""
         layout = self.layout

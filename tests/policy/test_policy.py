@@ -231,6 +231,22 @@ def test_fused_backend_matches_reference(tiny_dir, policy, obs):
     np.testing.assert_allclose(a["actions"], b["actions"], rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_graph_loop_matches_the_checked_sampler(tiny_dir, obs, backend):
+    """The loop a CUDA graph captures (Sampler + host times for the fused network), run eagerly on the CPU."""
+    from cosmos_policy._graph import ChunkGraphs
+
+    policy = CosmosPolicy.from_pretrained(tiny_dir, backend=backend, device="cpu")
+    expected = policy.infer(obs, seed=4)
+    policy._graphs = ChunkGraphs(policy, capture=False)
+    got = policy.infer(obs, seed=4)
+    np.testing.assert_allclose(got["actions"], expected["actions"], rtol=1e-4, atol=1e-4)
+    assert len(policy._graphs) == 1 and policy._graphs.disabled_reason is None
+    other = policy.infer_batch([obs, obs], seeds=[4, 5])  # a second (batch, instructions) entry
+    np.testing.assert_allclose(other[0]["actions"], expected["actions"], rtol=1e-4, atol=1e-4)
+    assert len(policy._graphs) == 2
+
+
 @pytest.mark.gpu
 def test_cuda_graph_matches_eager(tiny_dir, obs):
     eager = CosmosPolicy.from_pretrained(tiny_dir, device="cuda", cuda_graph=False)
