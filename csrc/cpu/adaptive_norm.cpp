@@ -1,15 +1,14 @@
 // CPU kernels of the adaptive-norm family, and the family's op schemas.
-// One row of D elements at a time: converted to fp32 once, statistics in two passes over the row (it
-// sits in L1), then one fused modulation pass. Rows are split across threads with at::parallel_for.
+// One row of D elements at a time, in fp32 vector lanes converted in registers: statistics in two passes
+// over the row (it sits in L1), then one fused modulation pass. Rows are split across threads with
+// at::parallel_for.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
-#include <cstring>
 #include <type_traits>
-#include <vector>
 
 #include "cosmos/adaptive_norm.h"
 #include "cosmos/alloc.h"
@@ -19,105 +18,93 @@ namespace cosmos::adaptive_norm {
 namespace {
 
 using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kW = Vec::size();
 
-// Row buffers of one worker thread, kept across calls (float32 operands are read in place).
-struct RowBuffers {
-  std::vector<float> a, b, out;
-  static RowBuffers& get(int64_t d) {
-    static thread_local RowBuffers buffers;
-    if (static_cast<int64_t>(buffers.a.size()) < d) {
-      buffers.a.resize(d);
-      buffers.b.resize(d);
-      buffers.out.resize(d);
-    }
-    return buffers;
-  }
-};
-
+// fp32 lanes from any of the kernel dtypes, converted in registers (no row buffers).
 template <typename T>
-const float* as_float(const T* src, int64_t d, float* buf) {
+inline Vec load_lanes(const T* p) {
   if constexpr (std::is_same_v<T, float>) {
-    return src;
+    return Vec::loadu(p);
   } else {
-    at::vec::convert(src, buf, d);
-    return buf;
+    Vec out;
+    at::vec::load_to_float<T>(p, out);
+    return out;
   }
 }
 
-// Reads a broadcast operand's row, skipping the conversion when the row is the one already converted
-// (per-frame modulation repeats for every token of a frame).
 template <typename T>
-struct CachedRow {
-  const T* base;
-  RowStrides strides;
-  std::vector<float> buf;
-  int64_t cached = -1;
-  const float* get(const RowGrid& g, int64_t row, int64_t d) {
-    const int64_t off = strides.offset(g, row);
-    if constexpr (std::is_same_v<T, float>) {
-      return base + off;
-    } else {
-      if (off != cached) {
-        buf.resize(d);
-        at::vec::convert(base + off, buf.data(), d);
-        cached = off;
-      }
-      return buf.data();
-    }
-  }
-};
-
-template <typename T>
-float* out_row(T* out, int64_t off, float* buf) {
+inline void store_lanes(T* p, Vec v) {
   if constexpr (std::is_same_v<T, float>) {
-    return out + off;
+    v.store(p);
   } else {
-    return buf;
+    at::vec::convert_from_float<T>(v, v).store(p, kW);
   }
 }
 
-template <typename T>
-void finish_row(const float* src, T* out, int64_t off, int64_t d) {
-  if constexpr (!std::is_same_v<T, float>) at::vec::convert(src, out + off, d);
-}
-
-// Sum of f(v) over a row with four independent accumulators (hides the add latency); the tail is a
-// partial load whose unused lanes are masked out after f.
-template <typename F>
-inline float row_sum(const float* x, int64_t d, F f) {
-  constexpr int64_t w = Vec::size();
+// Sum of f(v) over a row with four independent accumulators (hides the add latency); the tail is scalar.
+template <typename T, typename F, typename G>
+inline float row_sum(const T* x, int64_t d, F f, G f_scalar) {
   Vec a0(0.f), a1(0.f), a2(0.f), a3(0.f);
   int64_t i = 0;
-  for (; i + 4 * w <= d; i += 4 * w) {
-    a0 += f(Vec::loadu(x + i));
-    a1 += f(Vec::loadu(x + i + w));
-    a2 += f(Vec::loadu(x + i + 2 * w));
-    a3 += f(Vec::loadu(x + i + 3 * w));
+  for (; i + 4 * kW <= d; i += 4 * kW) {
+    a0 += f(load_lanes(x + i));
+    a1 += f(load_lanes(x + i + kW));
+    a2 += f(load_lanes(x + i + 2 * kW));
+    a3 += f(load_lanes(x + i + 3 * kW));
   }
-  for (; i + w <= d; i += w) a0 += f(Vec::loadu(x + i));
-  if (i < d) a1 += Vec::set(Vec(0.f), f(Vec::loadu(x + i, d - i)), d - i);
-  return at::vec::vec_reduce_all<float>([](Vec a, Vec b) { return a + b; }, (a0 + a1) + (a2 + a3));
+  for (; i + kW <= d; i += kW) a0 += f(load_lanes(x + i));
+  float sum = at::vec::vec_reduce_all<float>([](Vec a, Vec b) { return a + b; }, (a0 + a1) + (a2 + a3));
+  for (; i < d; ++i) sum += f_scalar(static_cast<float>(x[i]));
+  return sum;
 }
 
-inline void mean_rstd(const float* x, int64_t d, float eps, float& mean, float& rstd) {
-  mean = row_sum(x, d, [](Vec v) { return v; }) / static_cast<float>(d);
-  const Vec vmean(mean);
-  const float ss = row_sum(x, d, [vmean](Vec v) {
-    const Vec c = v - vmean;
-    return c * c;
-  });
-  rstd = inv_std(ss / static_cast<float>(d), eps);
+// Mean and 1/std of a row in one pass over it, on shifted data: sums of (x - k) and (x - k)^2 with k the mean
+// of the first lanes, so the variance does not cancel catastrophically for rows with a large mean.
+template <typename T>
+inline void mean_rstd(const T* x, int64_t d, float eps, float& mean, float& rstd) {
+  const int64_t head = std::min<int64_t>(d, kW);
+  float k = 0.f;
+  for (int64_t i = 0; i < head; ++i) k += static_cast<float>(x[i]);
+  k /= static_cast<float>(head);
+  const Vec vk(k);
+  Vec s0(0.f), s1(0.f), q0(0.f), q1(0.f);
+  int64_t i = 0;
+  for (; i + 2 * kW <= d; i += 2 * kW) {
+    const Vec c0 = load_lanes(x + i) - vk, c1 = load_lanes(x + i + kW) - vk;
+    s0 += c0;
+    s1 += c1;
+    q0 = at::vec::fmadd(c0, c0, q0);
+    q1 = at::vec::fmadd(c1, c1, q1);
+  }
+  for (; i + kW <= d; i += kW) {
+    const Vec c0 = load_lanes(x + i) - vk;
+    s0 += c0;
+    q0 = at::vec::fmadd(c0, c0, q0);
+  }
+  const auto add = [](Vec a, Vec b) { return a + b; };
+  float sum = at::vec::vec_reduce_all<float>(add, s0 + s1), sq = at::vec::vec_reduce_all<float>(add, q0 + q1);
+  for (; i < d; ++i) {
+    const float c = static_cast<float>(x[i]) - k;
+    sum += c;
+    sq += c * c;
+  }
+  const float shift_mean = sum / static_cast<float>(d);
+  mean = k + shift_mean;
+  rstd = inv_std(std::max(sq / static_cast<float>(d) - shift_mean * shift_mean, 0.f), eps);
 }
 
-inline void modulate_row(const float* x, const float* shift, const float* scale, float mean, float rstd,
-                         int64_t d, float* out) {
+template <typename T>
+inline void modulate_row(const T* x, const T* shift, const T* scale, float mean, float rstd, int64_t d, T* out) {
   const Vec vmean(mean), vrstd(rstd), one(1.f);
   int64_t i = 0;
-  for (; i + Vec::size() <= d; i += Vec::size()) {
-    const Vec xhat = (Vec::loadu(x + i) - vmean) * vrstd;
-    at::vec::fmadd(xhat, Vec::loadu(scale + i) + one, Vec::loadu(shift + i)).store(out + i);
+  for (; i + kW <= d; i += kW) {
+    const Vec xhat = (load_lanes(x + i) - vmean) * vrstd;
+    store_lanes(out + i, at::vec::fmadd(xhat, load_lanes(scale + i) + one, load_lanes(shift + i)));
   }
-  for (; i < d; ++i) out[i] = modulate(x[i], mean, rstd, shift[i], scale[i]);
+  for (; i < d; ++i) {
+    out[i] = static_cast<T>(modulate(static_cast<float>(x[i]), mean, rstd, static_cast<float>(shift[i]),
+                                     static_cast<float>(scale[i])));
+  }
 }
 
 int64_t grain_rows(int64_t d) { return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(d, 1)); }
@@ -133,19 +120,16 @@ at::Tensor layer_norm_modulate_cpu(const at::Tensor& x, const at::Tensor& shift,
   const RowGrid g = row_grid(x);
   COSMOS_DISPATCH_FLOATING(x.scalar_type(), "layer_norm_modulate_cpu", [&] {
     const auto* xp = x.const_data_ptr<scalar_t>();
+    const auto* shp = shift.const_data_ptr<scalar_t>();
+    const auto* scp = scale.const_data_ptr<scalar_t>();
     auto* op = out.mutable_data_ptr<scalar_t>();
-    const RowStrides xs = row_strides(x);
+    const RowStrides xs = row_strides(x), shs = row_strides(shift), scs = row_strides(scale);
     at::parallel_for(0, rows, grain_rows(d), [&](int64_t begin, int64_t end) {
-      RowBuffers& buf = RowBuffers::get(d);
-      CachedRow<scalar_t> sh{shift.const_data_ptr<scalar_t>(), row_strides(shift)};
-      CachedRow<scalar_t> sc{scale.const_data_ptr<scalar_t>(), row_strides(scale)};
       for (int64_t r = begin; r < end; ++r) {
-        const float* xr = as_float(xp + xs.offset(g, r), d, buf.a.data());
+        const scalar_t* xr = xp + xs.offset(g, r);
         float mean, rstd;
         mean_rstd(xr, d, static_cast<float>(eps), mean, rstd);
-        float* o = out_row(op, r * d, buf.out.data());
-        modulate_row(xr, sh.get(g, r, d), sc.get(g, r, d), mean, rstd, d, o);
-        finish_row(o, op, r * d, d);
+        modulate_row(xr, shp + shs.offset(g, r), scp + scs.offset(g, r), mean, rstd, d, op + r * d);
       }
     });
   });
@@ -169,35 +153,30 @@ std::tuple<at::Tensor, at::Tensor> gated_residual_layer_norm_modulate_cpu(
   COSMOS_DISPATCH_FLOATING(residual.scalar_type(), "gated_residual_layer_norm_modulate_cpu", [&] {
     const auto* rp = residual.const_data_ptr<scalar_t>();
     const auto* xp = x.const_data_ptr<scalar_t>();
+    const auto* gp = gate.const_data_ptr<scalar_t>();
+    const auto* shp = shift.const_data_ptr<scalar_t>();
+    const auto* scp = scale.const_data_ptr<scalar_t>();
     auto* nrp = new_residual.mutable_data_ptr<scalar_t>();
     auto* op = normed.mutable_data_ptr<scalar_t>();
-    const RowStrides rs = row_strides(residual), xs = row_strides(x);
+    const RowStrides rs = row_strides(residual), xs = row_strides(x), gs = row_strides(gate);
+    const RowStrides shs = row_strides(shift), scs = row_strides(scale);
     at::parallel_for(0, rows, grain_rows(d), [&](int64_t begin, int64_t end) {
-      RowBuffers& buf = RowBuffers::get(d);
-      std::vector<float> sum_buf(std::is_same_v<scalar_t, float> ? 0 : d);
-      CachedRow<scalar_t> gt{gate.const_data_ptr<scalar_t>(), row_strides(gate)};
-      CachedRow<scalar_t> sh{shift.const_data_ptr<scalar_t>(), row_strides(shift)};
-      CachedRow<scalar_t> sc{scale.const_data_ptr<scalar_t>(), row_strides(scale)};
       for (int64_t r = begin; r < end; ++r) {
-        const float* res = as_float(rp + rs.offset(g, r), d, buf.a.data());
-        const float* br = as_float(xp + xs.offset(g, r), d, buf.b.data());
-        const float* gr = gt.get(g, r, d);
-        float* sum = out_row(nrp, r * d, sum_buf.data());
+        const scalar_t* res = rp + rs.offset(g, r);
+        const scalar_t* br = xp + xs.offset(g, r);
+        const scalar_t* gr = gp + gs.offset(g, r);
+        scalar_t* sum = nrp + r * d;
         int64_t i = 0;
-        for (; i + Vec::size() <= d; i += Vec::size()) {
-          at::vec::fmadd(Vec::loadu(gr + i), Vec::loadu(br + i), Vec::loadu(res + i)).store(sum + i);
+        for (; i + kW <= d; i += kW) store_lanes(sum + i, at::vec::fmadd(load_lanes(gr + i), load_lanes(br + i), load_lanes(res + i)));
+        for (; i < d; ++i) {
+          sum[i] = static_cast<scalar_t>(gated_residual(static_cast<float>(res[i]), static_cast<float>(gr[i]),
+                                                        static_cast<float>(br[i])));
         }
-        for (; i < d; ++i) sum[i] = gated_residual(res[i], gr[i], br[i]);
-        if constexpr (!std::is_same_v<scalar_t, float>) {
-          // Store the new residual, then normalise the rounded values the caller will see.
-          at::vec::convert(sum, nrp + r * d, d);
-          at::vec::convert(nrp + r * d, sum, d);
-        }
+        // The statistics are taken of the stored (rounded) new residual the caller sees, re-read from L1.
         float mean, rstd;
         mean_rstd(sum, d, static_cast<float>(eps), mean, rstd);
-        float* o = out_row(op, r * d, buf.out.data());
-        modulate_row(sum, sh.get(g, r, d), sc.get(g, r, d), mean, rstd, d, o);
-        finish_row(o, op, r * d, d);
+        modulate_row(static_cast<const scalar_t*>(sum), shp + shs.offset(g, r), scp + scs.offset(g, r), mean,
+                     rstd, d, op + r * d);
       }
     });
   });
@@ -213,24 +192,22 @@ at::Tensor rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double ep
   const RowGrid g = row_grid(x);
   COSMOS_DISPATCH_FLOATING(x.scalar_type(), "rms_norm_cpu", [&] {
     const auto* xp = x.const_data_ptr<scalar_t>();
+    const auto* wp = weight.const_data_ptr<scalar_t>();
     auto* op = out.mutable_data_ptr<scalar_t>();
-    const RowStrides xs = row_strides(x);
+    const RowStrides xs = row_strides(x), ws = row_strides(weight);
     at::parallel_for(0, rows, grain_rows(d), [&](int64_t begin, int64_t end) {
-      RowBuffers& buf = RowBuffers::get(d);
-      CachedRow<scalar_t> w{weight.const_data_ptr<scalar_t>(), row_strides(weight)};
       for (int64_t r = begin; r < end; ++r) {
-        const float* xr = as_float(xp + xs.offset(g, r), d, buf.a.data());
-        const float ss = row_sum(xr, d, [](Vec v) { return v * v; });
+        const scalar_t* xr = xp + xs.offset(g, r);
+        const scalar_t* wr = wp + ws.offset(g, r);
+        scalar_t* o = op + r * d;
+        const float ss = row_sum(xr, d, [](Vec v) { return v * v; }, [](float v) { return v * v; });
         const float inv = rms_scale(ss, d, static_cast<float>(eps));
-        const float* wr = w.get(g, r, d);
-        float* o = out_row(op, r * d, buf.out.data());
         const Vec vinv(inv);
         int64_t i = 0;
-        for (; i + Vec::size() <= d; i += Vec::size()) {
-          (Vec::loadu(xr + i) * vinv * Vec::loadu(wr + i)).store(o + i);
+        for (; i + kW <= d; i += kW) store_lanes(o + i, load_lanes(xr + i) * vinv * load_lanes(wr + i));
+        for (; i < d; ++i) {
+          o[i] = static_cast<scalar_t>(static_cast<float>(xr[i]) * inv * static_cast<float>(wr[i]));
         }
-        for (; i < d; ++i) o[i] = xr[i] * inv * wr[i];
-        finish_row(o, op, r * d, d);
       }
     });
   });

@@ -156,3 +156,19 @@ def test_requires_grad_runs_differentiable_reference(gen):
         out = ck.layer_norm_modulate(x, s, s)
     out.sum().backward()
     assert x.grad is not None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("offset,spread", [(300.0, 1.0), (1000.0, 0.01)])
+def test_rows_with_a_large_mean(backend, offset, spread, gen):
+    """Row statistics must not cancel catastrophically when the mean dwarfs the spread."""
+    x = offset + spread * torch.randn(2, 3, 5, 1000, generator=gen)
+    shift, scale, gate = torch.randn(2, 3, 1, 3000, generator=gen).chunk(3, dim=-1)
+    got = ck.layer_norm_modulate(x, shift, scale, backend=backend)
+    want = reference.layer_norm_modulate(*_as64(x, shift, scale))
+    assert_within_reference_error(got, reference.layer_norm_modulate(x, shift, scale), want, torch.float32)
+    zero = torch.zeros_like(x)
+    got = ck.gated_residual_layer_norm_modulate(x, zero, gate, shift, scale, backend=backend)
+    ref = reference.gated_residual_layer_norm_modulate(x, zero, gate, shift, scale)
+    want = reference.gated_residual_layer_norm_modulate(*_as64(x, zero, gate, shift, scale))
+    assert_within_reference_error(got, ref, want, torch.float32)
