@@ -9,6 +9,11 @@
 #include <torch/library.h>
 
 #include <type_traits>
+#include <vector>
+
+#if defined(CPU_CAPABILITY_AVX512)
+#include <immintrin.h>
+#endif
 
 #include "cosmos/adaptive_norm.h"
 #include "cosmos/alloc.h"
@@ -39,6 +44,41 @@ inline void store_lanes(T* p, Vec v) {
   } else {
     at::vec::convert_from_float<T>(v, v).store(p, kW);
   }
+}
+
+// A store of finished output that bypasses the cache (no read-for-ownership of the destination line): the
+// output is not read again by this op. Falls back to a plain store where the ISA or alignment does not allow.
+template <typename T>
+inline void stream_lanes(T* p, Vec v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    if ((reinterpret_cast<uintptr_t>(p) & 63u) == 0) {
+      _mm512_stream_ps(p, static_cast<__m512>(v));
+      return;
+    }
+  } else {
+    if ((reinterpret_cast<uintptr_t>(p) & 31u) == 0) {  // 16 half-width values: the low 256 bits
+      const __m512i packed = static_cast<__m512i>(at::vec::convert_from_float<T>(v, v));
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm512_castsi512_si256(packed));
+      return;
+    }
+  }
+#endif
+  store_lanes(p, v);
+}
+
+// A per-thread fp32 row, reused across rows and calls.
+inline float* row_buffer(int64_t d) {
+  static thread_local std::vector<float> buffer;
+  if (static_cast<int64_t>(buffer.size()) < d) buffer.resize(d);
+  return buffer.data();
+}
+
+// Makes this thread's streaming stores visible before the parallel region ends.
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX512)
+  _mm_sfence();
+#endif
 }
 
 // Sum of f(v) over a row with four independent accumulators (hides the add latency); the tail is scalar.
@@ -93,13 +133,13 @@ inline void mean_rstd(const T* x, int64_t d, float eps, float& mean, float& rstd
   rstd = inv_std(std::max(sq / static_cast<float>(d) - shift_mean * shift_mean, 0.f), eps);
 }
 
-template <typename T>
-inline void modulate_row(const T* x, const T* shift, const T* scale, float mean, float rstd, int64_t d, T* out) {
+template <typename TX, typename T>
+inline void modulate_row(const TX* x, const T* shift, const T* scale, float mean, float rstd, int64_t d, T* out) {
   const Vec vmean(mean), vrstd(rstd), one(1.f);
   int64_t i = 0;
   for (; i + kW <= d; i += kW) {
     const Vec xhat = (load_lanes(x + i) - vmean) * vrstd;
-    store_lanes(out + i, at::vec::fmadd(xhat, load_lanes(scale + i) + one, load_lanes(shift + i)));
+    stream_lanes(out + i, at::vec::fmadd(xhat, load_lanes(scale + i) + one, load_lanes(shift + i)));
   }
   for (; i < d; ++i) {
     out[i] = static_cast<T>(modulate(static_cast<float>(x[i]), mean, rstd, static_cast<float>(shift[i]),
@@ -131,6 +171,7 @@ at::Tensor layer_norm_modulate_cpu(const at::Tensor& x, const at::Tensor& shift,
         mean_rstd(xr, d, static_cast<float>(eps), mean, rstd);
         modulate_row(xr, shp + shs.offset(g, r), scp + scs.offset(g, r), mean, rstd, d, op + r * d);
       }
+      stream_fence();
     });
   });
   return out;
@@ -166,18 +207,38 @@ std::tuple<at::Tensor, at::Tensor> gated_residual_layer_norm_modulate_cpu(
         const scalar_t* br = xp + xs.offset(g, r);
         const scalar_t* gr = gp + gs.offset(g, r);
         scalar_t* sum = nrp + r * d;
+        // Statistics and modulation read the new residual as the caller sees it (rounded to the output
+        // dtype). fp32 keeps it in an L1 row buffer while the output copy streams to memory; half types
+        // re-read their stored row from L1 (cheaper than the extra conversions).
+        const bool keep = std::is_same_v<scalar_t, float>;
+        float* kept = keep ? row_buffer(d) : nullptr;
         int64_t i = 0;
-        for (; i + kW <= d; i += kW) store_lanes(sum + i, at::vec::fmadd(load_lanes(gr + i), load_lanes(br + i), load_lanes(res + i)));
+        for (; i + kW <= d; i += kW) {
+          const Vec v = at::vec::fmadd(load_lanes(gr + i), load_lanes(br + i), load_lanes(res + i));
+          if (keep) {
+            v.store(kept + i);
+            stream_lanes(sum + i, v);
+          } else {
+            store_lanes(sum + i, v);
+          }
+        }
         for (; i < d; ++i) {
           sum[i] = static_cast<scalar_t>(gated_residual(static_cast<float>(res[i]), static_cast<float>(gr[i]),
                                                         static_cast<float>(br[i])));
+          if (keep) kept[i] = static_cast<float>(sum[i]);
         }
-        // The statistics are taken of the stored (rounded) new residual the caller sees, re-read from L1.
         float mean, rstd;
-        mean_rstd(sum, d, static_cast<float>(eps), mean, rstd);
-        modulate_row(static_cast<const scalar_t*>(sum), shp + shs.offset(g, r), scp + scs.offset(g, r), mean,
-                     rstd, d, op + r * d);
+        const scalar_t* shift_row = shp + shs.offset(g, r);
+        const scalar_t* scale_row = scp + scs.offset(g, r);
+        if (keep) {
+          mean_rstd(static_cast<const float*>(kept), d, static_cast<float>(eps), mean, rstd);
+          modulate_row(static_cast<const float*>(kept), shift_row, scale_row, mean, rstd, d, op + r * d);
+        } else {
+          mean_rstd(static_cast<const scalar_t*>(sum), d, static_cast<float>(eps), mean, rstd);
+          modulate_row(static_cast<const scalar_t*>(sum), shift_row, scale_row, mean, rstd, d, op + r * d);
+        }
       }
+      stream_fence();
     });
   });
   return {new_residual, normed};
