@@ -31,6 +31,15 @@ def half_block(head_dim: int) -> int:
 # -- fused QK RMSNorm + RoPE --------------------------------------------------------------------------
 
 @triton.jit
+def _rms_norm_halves(x1, x2, w_ptr, cols, col_ok, half_dim, eps, HEAD_DIM: tl.constexpr):
+    """Per-row RMSNorm with weight of a head held as its two rotate-half halves (fp32)."""
+    inv = 1.0 / tl.sqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / HEAD_DIM + eps)
+    w1 = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    w2 = tl.load(w_ptr + half_dim + cols, mask=col_ok, other=0.0).to(tl.float32)
+    return x1 * inv[:, None] * w1[None, :], x2 * inv[:, None] * w2[None, :]
+
+
+@triton.jit
 def _norm_rope_token(
     x_ptr, w_ptr, o_ptr, cos_ptr, sin_ptr, t, L, H, sb, sl, sh, st, eps, pid_h,
     HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr, NORM: tl.constexpr, ROPE: tl.constexpr,
@@ -46,11 +55,7 @@ def _norm_rope_token(
     x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(src + half_dim, mask=mask, other=0.0).to(tl.float32)
     if NORM:
-        inv = 1.0 / tl.sqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / HEAD_DIM + eps)
-        w1 = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        w2 = tl.load(w_ptr + half_dim + cols, mask=col_ok, other=0.0).to(tl.float32)
-        x1 = x1 * inv[:, None] * w1[None, :]
-        x2 = x2 * inv[:, None] * w2[None, :]
+        x1, x2 = _rms_norm_halves(x1, x2, w_ptr, cols, col_ok, half_dim, eps, HEAD_DIM)
     if ROPE:
         row = pos * st
         c1 = tl.load(cos_ptr + row + cols, mask=col_ok, other=0.0)[None, :]
@@ -123,11 +128,7 @@ def _load_norm_rope_tile(
     x1 = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(ptrs + half_dim, mask=mask, other=0.0).to(tl.float32)
     if NORM:
-        inv = 1.0 / tl.sqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / HEAD_DIM + eps)
-        w1 = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        w2 = tl.load(w_ptr + half_dim + cols, mask=col_ok, other=0.0).to(tl.float32)
-        x1 = x1 * inv[:, None] * w1[None, :]
-        x2 = x2 * inv[:, None] * w2[None, :]
+        x1, x2 = _rms_norm_halves(x1, x2, w_ptr, cols, col_ok, half_dim, eps, HEAD_DIM)
     if ROPE:
         tab = rows[:, None].to(tl.int64) * st + cols[None, :]
         c1 = tl.load(cos_ptr + tab, mask=mask, other=0.0)
