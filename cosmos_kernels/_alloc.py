@@ -47,6 +47,3 @@ def empty(shape: Sequence[int], *, dtype: torch.dtype, device: torch.device) -> 
         return torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)
     return torch.empty(tuple(shape), dtype=dtype, device=device)
 
-
-def empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    return empty(t.shape, dtype=dtype or t.dtype, device=t.device)

@@ -32,12 +32,8 @@ def warn_once(key: str, message: str) -> None:
 
 def triton_available(device: torch.device) -> bool:
     """Triton runs CUDA tensors on a GPU, and CPU tensors only through its interpreter."""
-    if device.type == "cuda":
-        pass
-    elif device.type == "cpu":
-        if os.environ.get("TRITON_INTERPRET", "0") != "1":
-            return False
-    else:
+    interpreted_cpu = device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if device.type != "cuda" and not interpreted_cpu:
         return False
     try:
         import triton  # noqa: F401

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cosmos_kernels.adaptive_norm import reference as norm_ref
+from cosmos_kernels.attention import reference as attention_ref
 from cosmos_policy.config import DiTConfig
 
 
@@ -60,14 +61,6 @@ class TimestepEmbedding(nn.Module):
         return self.linear_2(F.silu(self.linear_1(sinusoid)))
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE on `(B, L, heads, head_dim)` with `(L, head_dim)` tables, in fp32, back to x's dtype."""
-    xf = x.double() if x.dtype == torch.float64 else x.float()
-    x1, x2 = xf.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (xf * cos[:, None, :] + rotated * sin[:, None, :]).to(x.dtype)
-
-
 class Attention(nn.Module):
     """Multi-head attention with per-head QK RMSNorm; `context_dim` set makes it cross-attention."""
 
@@ -93,7 +86,7 @@ class Attention(nn.Module):
         k = self.k_norm(self.heads(self.k_proj(context)))
         v = self.heads(self.v_proj(context))
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = attention_ref.qk_norm_rope(q, k, None, None, *rope)  # rotate-half RoPE only
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.output_proj(out.transpose(1, 2).flatten(2))
 
