@@ -29,6 +29,7 @@ from cosmos_policy.blocks import (
 )
 from cosmos_policy.cache import LRUCache
 from cosmos_policy.config import DiTConfig
+from cosmos_policy.profiling import nvtx_enumerate
 
 BACKENDS = ("fused", "reference")
 MiB = 1 << 20
@@ -241,7 +242,7 @@ class CosmosDiT(nn.Module):
         context = context.to(self.dtype).expand(x.shape[0], -1, -1)
         emb, adaln_lora = self._time_embedding(timesteps)  # (B, T, D), (B, T, 3D)
         rope = self._rope(grid)
-        for block in self.blocks:
+        for _, block in nvtx_enumerate(self.blocks, "dit.block"):
             x = block(x, emb, adaln_lora, context, rope)
         return self.final_layer(x, emb, adaln_lora)
 
@@ -346,7 +347,7 @@ class CosmosDiT(nn.Module):
             return mods[..., (9 * i + j) * d: (9 * i + j + 1) * d]
 
         normed = cosmos_kernels.layer_norm_modulate(x, mod(0, 0), mod(0, 1), eps)
-        for i, block in enumerate(self.blocks):
+        for i, block in nvtx_enumerate(self.blocks, "dit.block"):
             sa, ca = block.self_attn, block.cross_attn
             q, k, v = (sa.heads(proj(normed.view(b, t * s, d))) for proj in (sa.q_proj, sa.k_proj, sa.v_proj))
             out = attention(q, k, v, q_norm_weight=sa.q_norm.weight, k_norm_weight=sa.k_norm.weight,
