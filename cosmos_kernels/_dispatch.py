@@ -3,13 +3,17 @@
 Automatic choice is a fixed order per device (documented in README), so it never depends on timing,
 except for attention, which owns its timed choice. On a GPU each fast backend is checked once per
 process against the reference on a small probe input before first use; a mismatch disables it.
+
+Inside `meta_as_cuda()` tensors on the meta device dispatch as CUDA tensors would (the roofline counts a
+GPU's kernels without one): the fake implementations of the fast backends run, probes are skipped.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -22,6 +26,23 @@ KERNEL_BACKENDS = ("reference", "cpu", "cuda", "triton")
 _warned: set[str] = set()
 _probe_fns: dict[tuple[str, str], Callable[[torch.device], bool]] = {}
 _probe_results: dict[tuple[str, str, str], bool] = {}
+_meta_as_cuda = False
+
+
+@contextmanager
+def meta_as_cuda(enabled: bool = True) -> Iterator[None]:
+    """Within the block, automatic backend choice treats meta tensors like CUDA tensors."""
+    global _meta_as_cuda
+    previous, _meta_as_cuda = _meta_as_cuda, enabled
+    try:
+        yield
+    finally:
+        _meta_as_cuda = previous
+
+
+def as_cuda(device: torch.device) -> bool:
+    """Whether backend choice treats `device` as a CUDA device (CUDA itself, or meta inside `meta_as_cuda`)."""
+    return device.type == "cuda" or (_meta_as_cuda and device.type == "meta")
 
 
 def warn_once(key: str, message: str) -> None:
@@ -33,7 +54,7 @@ def warn_once(key: str, message: str) -> None:
 def triton_available(device: torch.device) -> bool:
     """Triton runs CUDA tensors on a GPU, and CPU tensors only through its interpreter."""
     interpreted_cpu = device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
-    if device.type != "cuda" and not interpreted_cpu:
+    if not as_cuda(device) and not interpreted_cpu:
         return False
     try:
         import triton  # noqa: F401
@@ -48,6 +69,8 @@ def backend_available(backend: str, device: torch.device) -> bool:
     if backend == "cpu":
         return device.type == "cpu" and _ext.has_cpu_extension()
     if backend == "cuda":
+        if device.type == "meta":  # the op schemas and fakes come with the C++ extension
+            return as_cuda(device) and _ext.has_cpu_extension()
         return device.type == "cuda" and _ext.has_cuda_extension()
     if backend == "triton":
         return triton_available(device)
@@ -126,7 +149,7 @@ def resolve_backend(
         return "reference"  # float64 and friends: the reference is the only implementation
     if device.type == "cpu":
         return "cpu" if "cpu" in supported and backend_available("cpu", device) else "reference"
-    if device.type == "cuda":
+    if as_cuda(device):
         for name in cuda_order:
             if name in supported and backend_available(name, device) and probe_passed(op_name, name, device):
                 return name

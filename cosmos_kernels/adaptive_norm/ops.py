@@ -12,6 +12,7 @@ import torch
 from cosmos_kernels import _checks, _dispatch, _ext
 from cosmos_kernels._layout import as_row_grid
 from cosmos_kernels.adaptive_norm import reference
+from cosmos_kernels.tools import dispatch_counter
 
 _NS = "cosmos_kernels"
 
@@ -59,6 +60,11 @@ if _ext.has_cpu_extension():
     torch.library.register_fake(f"{_NS}::layer_norm_modulate")(_fake_like)
     torch.library.register_fake(f"{_NS}::gated_residual_layer_norm_modulate")(_fake_gated)
     torch.library.register_fake(f"{_NS}::rms_norm")(_fake_like)
+
+# One kernel per call on every GPU backend; no matrix work (the dispatch counter's roofline reads this).
+for _name in ("layer_norm_modulate", "gated_residual_layer_norm_modulate", "rms_norm"):
+    for _suffix in ("", "_triton"):
+        dispatch_counter.register_cost(f"{_NS}::{_name}{_suffix}", dispatch_counter.no_matrix_flops)
 
 
 def _grid_op(name: str, backend: str):

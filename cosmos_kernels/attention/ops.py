@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from cosmos_kernels import _checks, _dispatch, _ext
 from cosmos_kernels.attention import reference
+from cosmos_kernels.tools import dispatch_counter
 
 _NS = "cosmos_kernels"
 ATTENTION_ENV = "COSMOS_KERNELS_ATTENTION"
@@ -69,6 +70,11 @@ _attention_triton.register_fake(_fake_attention)
 
 if _ext.has_cpu_extension():
     torch.library.register_fake(f"{_NS}::qk_norm_rope")(_fake_qk)
+
+# One kernel per call (q and k in one launch; attention with its norm and RoPE in its tile loads).
+dispatch_counter.register_cost(f"{_NS}::qk_norm_rope", dispatch_counter.no_matrix_flops)
+dispatch_counter.register_cost(f"{_NS}::qk_norm_rope_triton", dispatch_counter.no_matrix_flops)
+dispatch_counter.register_cost(f"{_NS}::attention_triton", dispatch_counter.attention_flops)
 
 
 # -- checks -----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch
 
 from cosmos_kernels import _checks, _dispatch, _ext
 from cosmos_kernels.sampling.step import reference
+from cosmos_kernels.tools import dispatch_counter
 
 _NS = "cosmos_kernels"
 OP = "sampler_step"
@@ -36,6 +37,10 @@ def _fake_step(v: torch.Tensor, x: torch.Tensor, *args: object) -> tuple[torch.T
 _sampler_step_triton.register_fake(_fake_step)
 if _ext.has_cpu_extension():
     torch.library.register_fake(f"{_NS}::sampler_step")(_fake_step)
+
+# One element-wise kernel per step, on every GPU backend.
+dispatch_counter.register_cost(f"{_NS}::sampler_step", dispatch_counter.no_matrix_flops)
+dispatch_counter.register_cost(f"{_NS}::sampler_step_triton", dispatch_counter.no_matrix_flops)
 
 
 def _frames(t: torch.Tensor) -> torch.Tensor:
