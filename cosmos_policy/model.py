@@ -66,6 +66,24 @@ def attention_with_zero_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     return out.to(q.dtype)
 
 
+TEXT_TOKENS_ATTR = "cosmos_text_tokens"
+
+
+def with_text_tokens(emb: torch.Tensor, tokens: int) -> torch.Tensor:
+    """Mark T5 embeddings `(B, N, C)` as zero past their first `tokens` rows (returns `emb` itself).
+
+    The fused network then skips reading the values to find the padding: what a tensor without values (meta)
+    needs, and a host read saved for real ones. The mark must be true: rows past it are treated as zero.
+    """
+    setattr(emb, TEXT_TOKENS_ATTR, int(tokens))
+    return emb
+
+
+def text_tokens(emb: torch.Tensor) -> int | None:
+    """The leading non-zero row count marked by `with_text_tokens`, or None."""
+    return getattr(emb, TEXT_TOKENS_ATTR, None)
+
+
 def _version(t: torch.Tensor) -> int:
     """The tensor's in-place version counter; inference-mode tensors have none (0)."""
     return 0 if t.is_inference() else t._version
@@ -320,7 +338,13 @@ class CosmosDiT(nn.Module):
         embeddings) are dropped down to the longest non-zero prefix set and counted instead (one host read)."""
         emb = context.to(self.dtype)
         extra = 0
-        if compact and emb.shape[1] > 1:
+        tokens = text_tokens(context)
+        if compact and emb.shape[1] > 1 and tokens is not None:
+            # Told how many leading rows are non-zero (meta tensors have no values to read).
+            keep = max(1, min(tokens, emb.shape[1]))
+            if keep <= min(128, emb.shape[1] // 2):
+                emb, extra = emb[:, :keep], context.shape[1] - keep
+        elif compact and emb.shape[1] > 1:
             nonzero = emb.ne(0).any(-1).cpu()  # (B, N); once per cached instruction
             keep = max(1, int(nonzero.sum(-1).max()))
             if keep <= min(128, emb.shape[1] // 2):
