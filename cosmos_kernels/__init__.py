@@ -10,6 +10,7 @@ _ext.load_all()
 
 from cosmos_kernels import _alloc  # noqa: E402
 from cosmos_kernels._alloc import nan_filled_outputs, set_nan_fill  # noqa: E402
+from cosmos_kernels._ext import build_info, cuda_kernels_note  # noqa: E402
 from cosmos_kernels.adaptive_norm import (  # noqa: E402
     gated_residual_layer_norm_modulate,
     layer_norm_modulate,
@@ -24,6 +25,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "attention",
+    "build_info",
+    "cuda_kernels_note",
     "gated_residual_layer_norm_modulate",
     "layer_norm_modulate",
     "nan_filled_outputs",

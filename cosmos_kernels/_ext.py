@@ -8,6 +8,8 @@ Loading `_C_cuda` links against libtorch_cuda but does not initialise a CUDA con
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import warnings
 
 import torch  # noqa: F401  (loads libc10 / libtorch before the extensions link against them)
@@ -40,6 +42,28 @@ def has_cuda_extension() -> bool:
 def extension_error(name: str) -> str | None:
     """Why an extension failed to load, or None."""
     return _errors.get(name)
+
+
+def build_info() -> dict:
+    """How the installed extensions were built, as setup.py recorded it: {"mode", "cuda", "cuda_archs", "note"}
+    ("note" says in one line why the CUDA kernels were or were not built). Empty for a checkout never built."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_build_info.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def cuda_kernels_note() -> str:
+    """One line on the CUDA kernels of this install: loaded, or why not and how to get them."""
+    if has_cuda_extension():
+        return "CUDA kernels: built for " + ", ".join(build_info().get("cuda_archs") or ["this machine"])
+    note = build_info().get("note")
+    if note and not build_info().get("cuda"):
+        return note
+    error = extension_error("_C_cuda")
+    return f"CUDA kernels not loaded ({error})" if error else "CUDA kernels not built"
 
 
 def load_all() -> None:

@@ -2,7 +2,6 @@
 # Install cosmos-kernels with its test dependencies and run the test suite (the README's test command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 python3 -m pip install -q "torch>=2.6" setuptools wheel ninja
 python3 -m pip install -q --no-build-isolation -e ".[test]"
 python3 -m pytest -q "$@"
