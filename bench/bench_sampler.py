@@ -1,10 +1,12 @@
 """The sampler at the LIBERO latent shape (1, 16, 9, 28, 28): fused step vs the eager step, and the solver study.
 
+Each variant is one pytest-benchmark measurement of its group (see bench/conftest.py).
+
 - `test_sampler_step`: what runs between two network passes. "fused" is one `sampler_step` call
   ("fused_op_only": the op without the public function's Python checks, as `Sampler` calls it);
   "eager_official" is the official chain of element-wise ops (fp32 preconditioning, clean-frame replacement,
   float64 2ab update with its per-step scalar math on (B,) tensors, the next input); "reference" our
-  plain-PyTorch spec of the fused step; "compiled" torch.compile of that spec.
+  plain-PyTorch spec of the fused step; "compile" torch.compile of that spec.
 - `test_sampler_loop`: the 5-pass loop around a trivial network: `Sampler.run` vs `sample()` with the
   official preconditioning in x0_fn, i.e. the non-network overhead of one action chunk.
 - `test_solver_accuracy`: the Gaussian-mixture study of `bench/sampler_accuracy.py` (smaller), errors in
@@ -16,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.conftest import DEVICES, compiled, median_seconds, record
+from bench.conftest import DEVICES, VARIANTS, compiled, measure
 from cosmos_kernels.sampling import Sampler, multistep_plan, sample, sampler_step
 from cosmos_kernels.sampling.step import ops as step_ops
 from cosmos_kernels.sampling.step import reference
@@ -61,37 +63,37 @@ def _official_eager_step(v, x64, x0_prev64, clean, mask5, sigma_b, sigma_next_b,
     return x0, x_next, net_in
 
 
+@pytest.mark.parametrize("variant", VARIANTS + ["fused_op_only", "eager_official"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("net_dtype", [torch.float32, torch.bfloat16], ids=["net_fp32", "net_bf16"])
-def test_sampler_step(benchmark, device, net_dtype):
+def test_sampler_step(benchmark, device, net_dtype, variant):
     v, x, p1, p2, clean, mask = _inputs(device, net_dtype)
     sampler = Sampler(SHAPE, num_steps=PASSES, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, device=device)
     coeffs, step = sampler.coeffs, sampler.step_index[2:3]  # a 2ab step with history
-    mask5 = mask.view(1, 1, -1, 1, 1)
-    sig = multistep_plan("2ab", PASSES, SIGMA_MIN, SIGMA_MAX).sigmas.to(device)
-    x64, p64 = x.double(), p1.double()
-    ones = torch.ones(1, dtype=torch.float64, device=device)
-    official = lambda: _official_eager_step(v, x64, p64, clean, mask5, sig[2] * ones, sig[3] * ones,
-                                            sig[1] * ones, net_dtype)
     ref_args = (v, x, p1, p2, clean, mask, coeffs, step)
-    ref_compiled = compiled(reference.sampler_step)
-    op = step_ops.kernel_op(sampler.backend) if sampler.backend != "reference" else reference.sampler_step
-    op_args = (*[step_ops.frames(t) for t in (v, x, p1, p2, clean)], mask, coeffs, step)
-    times = {
-        "fused": median_seconds(lambda: sampler_step(*ref_args)),
-        "fused_op_only": median_seconds(lambda: op(*op_args)),  # what Sampler calls: no Python checks
-        "eager_official": median_seconds(official),
-        "reference": median_seconds(lambda: reference.sampler_step(*ref_args)),
-        "compiled": median_seconds(lambda: ref_compiled(*ref_args)),
-    }
+    if variant == "eager_official":
+        mask5 = mask.view(1, 1, -1, 1, 1)
+        sig = multistep_plan("2ab", PASSES, SIGMA_MIN, SIGMA_MAX).sigmas.to(device)
+        x64, p64 = x.double(), p1.double()
+        ones = torch.ones(1, dtype=torch.float64, device=device)
+        fn = lambda: _official_eager_step(v, x64, p64, clean, mask5, sig[2] * ones, sig[3] * ones,  # noqa: E731
+                                          sig[1] * ones, net_dtype)
+    elif variant == "fused_op_only":  # what Sampler calls: no Python checks
+        op = step_ops.kernel_op(sampler.backend) if sampler.backend != "reference" else reference.sampler_step
+        op_args = (*[step_ops.frames(t) for t in (v, x, p1, p2, clean)], mask, coeffs, step)
+        fn = lambda: op(*op_args)  # noqa: E731
+    else:
+        step_fn = {"fused": sampler_step, "reference": reference.sampler_step,
+                   "compile": compiled(reference.sampler_step)}[variant]
+        fn = lambda: step_fn(*ref_args)  # noqa: E731
     dtype = str(net_dtype).removeprefix("torch.")
-    record(benchmark, f"sampler_step[{dtype},{device}]", times, device=device, net_dtype=dtype,
-           elements=v.numel())
-    benchmark.pedantic(lambda: sampler_step(*ref_args), rounds=20, iterations=1, warmup_rounds=2)
+    measure(benchmark, f"sampler_step[{dtype},{device}]", variant, fn, device=device, net_dtype=dtype,
+            elements=v.numel())
 
 
+@pytest.mark.parametrize("variant", ["fused", "sample_float64"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_sampler_loop(benchmark, device):
+def test_sampler_loop(benchmark, device, variant):
     _, _, _, _, clean, mask = _inputs(device, torch.float32)
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1)).to(device) * SIGMA_MAX
     mask5 = mask.view(1, 1, -1, 1, 1)
@@ -105,19 +107,18 @@ def test_sampler_loop(benchmark, device):
         return clean * mask5 + x0 * (1 - mask5)
 
     kw = dict(num_steps=PASSES, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
-    times = {
-        "fused": median_seconds(lambda: sampler.run(net, noise, clean, mask)),
-        "sample_float64": median_seconds(lambda: sample(official_x0_fn, noise, **kw)),
-    }
-    record(benchmark, f"sampler_loop[{PASSES} passes,{device}]", times, device=device)
-    benchmark.pedantic(lambda: sampler.run(net, noise, clean, mask), rounds=10, iterations=1, warmup_rounds=1)
+    fn = {"fused": lambda: sampler.run(net, noise, clean, mask),
+          "sample_float64": lambda: sample(official_x0_fn, noise, **kw)}[variant]
+    measure(benchmark, f"sampler_loop[{PASSES} passes,{device}]", variant, fn, device=device)
 
 
-def test_solver_accuracy(benchmark, tmp_path):
+def test_solver_accuracy(benchmark):
     from bench.sampler_accuracy import PASSES as STUDY_PASSES
     from bench.sampler_accuracy import study
 
-    result = benchmark.pedantic(lambda: study(samples=64, ref_passes=1001), rounds=1, iterations=1)
+    result = {}
+    measure(benchmark, "solver_accuracy[gaussian mixture]", "study",
+            lambda: result.update(study(samples=64, ref_passes=1001)), rounds=1, warmup=0)
     policy = next(iter(result["settings"].values()))
     for solver, errs in policy["errors"].items():
         benchmark.extra_info[f"policy_{solver}_errors"] = [round(e, 5) for e in errs]

@@ -1,48 +1,26 @@
 """Shared helpers of the benchmark suites (`pytest bench/ --benchmark-only`).
 
-Every suite times its variants side by side in one process (fused vs reference vs torch.compile of the
-reference), as medians over repeats, and stores the ratios in `benchmark.extra_info`; the table of all
-ratios is printed at the end of the session.
+Every variant of a workload (fused, reference, torch.compile of the reference, ...) is its own pytest-benchmark
+measurement in one `group`, run side by side in one process at the model's shapes. At the end of the session the
+ratios of each group (read from pytest-benchmark's medians) are written into every member's `extra_info`, so they
+reach `--benchmark-json` and saved runs, and one aligned summary row per group is printed after pytest-benchmark's
+own tables (`bench/summary.py`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 import torch
-import torch.utils.benchmark as tbench
 
-_ROWS: list[dict] = []
+from bench import summary
+from bench.common import copy_bandwidth_gbs, environment, synchronize
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def median_seconds(fn, min_run_time: float = 0.5) -> float:
-    """Median wall time of `fn()` (CUDA-synchronised by torch.utils.benchmark)."""
-    fn()  # warm-up: compilation, caches, probes
-    return tbench.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
-
-
-def interleaved_medians(fns: dict[str, object], rounds: int = 30, inner: int = 3) -> dict[str, float]:
-    """Median seconds per call of each function, timed in interleaved rounds so that load from other
-    processes falls on every variant alike (CUDA-synchronised)."""
-    import statistics
-    import time
-
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    for fn in fns.values():
-        fn()  # warm-up: compilation, caches, probes
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            sync()
-            start = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            sync()
-            samples[name].append((time.perf_counter() - start) / inner)
-    return {k: statistics.median(v) for k, v in samples.items()}
+VARIANTS = [summary.FUSED, summary.REFERENCE, summary.COMPILE]
+_copy_gbs: dict[str, float] = {}
 
 
 def compiled(fn):
@@ -50,37 +28,69 @@ def compiled(fn):
     return torch.compile(fn, dynamic=False, fullgraph=True)
 
 
-def record(benchmark, name: str, times: dict[str, float], **extra) -> None:
-    """Store each variant's median and the ratios of the fused variant against the others."""
-    fused = times["fused"]
-    info = {f"{k}_ms": v * 1e3 for k, v in times.items()}
-    for k, v in times.items():
-        if k != "fused":
-            info[f"speedup_vs_{k}"] = v / fused
-    info.update(extra)
-    benchmark.extra_info.update(info)
-    _ROWS.append({"name": name, **info})
+def copy_gbs(device: str) -> float:
+    """The device's measured copy bandwidth, once per session."""
+    if device not in _copy_gbs:
+        _copy_gbs[device] = copy_bandwidth_gbs(device)
+    return _copy_gbs[device]
 
 
-def copy_bandwidth_gbs(device: torch.device) -> float:
-    """Measured device-to-device copy bandwidth (read + write bytes per second), for roofline ratios."""
-    n = (1 << 28) if device.type == "cuda" else (1 << 25)
-    src = torch.empty(n, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    t = median_seconds(lambda: dst.copy_(src), 0.3)
-    return 2 * n / t / 1e9
+def measure(benchmark, group: str, variant: str, fn: Callable[[], object], *, device: str = "cpu",
+            rounds: int | None = None, warmup: int = 1, **extra) -> float | None:
+    """Time `fn` as the `variant` member of `group`; returns pytest-benchmark's median in seconds (None when
+    benchmarks are disabled). `rounds=None` lets pytest-benchmark choose (`--benchmark-max-time` and friends)."""
+    benchmark.group = group
+    benchmark.extra_info.update(variant=variant, device=device, **environment(device), **extra)
+    for _ in range(warmup):  # compilation, caches, probes: never inside the measured rounds
+        fn()
+    synchronize(device)
+
+    def call():
+        fn()
+        synchronize(device)
+
+    if rounds is None:
+        benchmark(call)
+    else:
+        benchmark.pedantic(call, rounds=rounds, iterations=1)
+    stats = getattr(benchmark, "stats", None)
+    return stats.stats.median if stats else None
 
 
+def _as_dicts(benchmarks) -> list[dict]:
+    return [{"group": b.group, "name": b.name, "extra_info": b.extra_info,
+             "stats": {"median": b.stats.median} if b.stats and b.stats.data else {}} for b in benchmarks]
+
+
+def _session(config):
+    return getattr(config, "_benchmarksession", None)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    # Before pytest-benchmark writes its JSON and saved runs, so that they carry the ratios.
+    bs = _session(session.config)
+    if bs is not None and bs.benchmarks:
+        by_group = {g.group: g for g in summary.group_benchmarks(_as_dicts(bs.benchmarks))}
+        for b in bs.benchmarks:
+            group = by_group.get(b.group or b.name)
+            if group is not None:
+                b.extra_info.update({k: round(v, 4) for k, v in group.ratios().items()})
+    yield
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter):
-    if not _ROWS:
+    bs = _session(terminalreporter.config)
+    if bs is None or not bs.benchmarks:
+        return
+    groups = summary.group_benchmarks(_as_dicts(bs.benchmarks))
+    if not groups:
         return
     tr = terminalreporter
-    tr.section("cosmos-kernels: medians and speedups (fused = 1.0)")
-    keys = sorted({k for r in _ROWS for k in r if k != "name"})
-    tr.write_line("name | " + " | ".join(keys))
-    for r in _ROWS:
-        cells = [f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
-        tr.write_line(f"{r['name']} | " + " | ".join(cells))
+    tr.section("cosmos-kernels: pytest-benchmark medians (ms) per group; ratio = other / fused (> 1: fused faster)")
+    for line in summary.format_table(groups):
+        tr.write_line(line)
 
 
 @pytest.fixture(autouse=True)
