@@ -13,9 +13,12 @@ import io
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Iterable, Mapping
 
 import torch
+
+from .errors import CorruptFileError
 
 NET_PREFIX = "net."
 
@@ -34,20 +37,39 @@ def _refusal(path: str | os.PathLike, err: Exception) -> ValueError:
         f"Details: {detail}")
 
 
-def load_network_checkpoint(path: str | os.PathLike, *,
-                            map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def _is_refusal(err: Exception) -> bool:
+    """An unpickler refusing a global (the file is well-formed but would run code), not a damaged file."""
+    return isinstance(err, pickle.UnpicklingError) and "global" in str(err).lower()
+
+
+def corrupt_file(path: str | os.PathLike, what: str, err: BaseException | None = None) -> CorruptFileError:
+    """The one-line error for a file that cannot be read as `what` (truncated, garbage, wrong format)."""
+    detail = ""
+    if err is not None:
+        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
+        detail = f" ({type(err).__name__}{': ' + first[:160] if first else ''})"
+    return CorruptFileError(f"{os.fspath(path)}: corrupt or not a {what}{detail}")
+
+
+def load_network_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",
+                            mmap: bool = False) -> dict[str, torch.Tensor]:
     """The tensors of an official network checkpoint (`torch.save` of a state dict with `net.` keys).
 
     Non-tensor `*._extra_state` entries (TransformerEngine FP8 metadata) are dropped; a checkpoint wrapped as
-    `{"model": state_dict}` or `{"state_dict": state_dict}` is unwrapped. Keys are returned as stored.
+    `{"model": state_dict}` or `{"state_dict": state_dict}` is unwrapped. Keys are returned as stored. With `mmap`
+    the tensors map the file instead of being read (shapes can be checked without reading 4 GB). A damaged file
+    raises `CorruptFileError`; one that needs code to unpickle, `ValueError("... refusing to load ...")`.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"network checkpoint not found: {os.fspath(path)}")
+    mmap = mmap and zipfile.is_zipfile(path)  # only the zip format maps; legacy files are read
     try:
         with torch.serialization.safe_globals(_NETWORK_SAFE_GLOBALS):
-            obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise _refusal(path, err) from None
+            obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as err:  # torch raises RuntimeError, KeyError, EOFError... for a damaged file
+        if _is_refusal(err):
+            raise _refusal(path, err) from None
+        raise corrupt_file(path, "PyTorch checkpoint", err) from None
     if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         for wrapper in ("model", "state_dict"):
             if isinstance(obj.get(wrapper), Mapping):
@@ -158,8 +180,10 @@ def restricted_pickle_load(path: str | os.PathLike):
     with open(path, "rb") as f:
         try:
             return _RestrictedUnpickler(f).load()
-        except pickle.UnpicklingError as err:
-            raise _refusal(path, err) from None
+        except Exception as err:  # a damaged pickle raises EOFError, KeyError, UnpicklingError...
+            if _is_refusal(err) or "persistent ids" in str(err):
+                raise _refusal(path, err) from None
+            raise corrupt_file(path, "pickle of tensors", err) from None
 
 
 def load_t5_embeddings(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -240,13 +264,23 @@ def to_network_keys(state_dict: Mapping[str, torch.Tensor], network_keys: Iterab
     """Map official keys (with or without `net.`) or diffusers keys onto `network_keys`, and check them.
 
     Drops only the known extras (`accum_*`, the `pos_embedder` buffers, `*._extra_state`); raises `ValueError`
-    listing every missing and every unexpected key otherwise.
+    with the counts and the first few missing and unexpected keys otherwise.
     """
     network_keys = list(network_keys)
+    mapped = _map_keys(state_dict, network_keys)
+    expected = set(network_keys)
+    unexpected = sorted(k for k in mapped if k not in expected)
+    missing = [k for k in network_keys if k not in mapped]
+    if missing or unexpected:
+        raise ValueError("state dict does not match the network: " + mismatch_summary(missing, unexpected))
+    return mapped
+
+
+def _map_keys(state_dict: Mapping[str, torch.Tensor], network_keys: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Official (`net.` optional) or diffusers names -> network names, dropping the known extras."""
     from_diffusers = {official_to_diffusers_key(k): k for k in network_keys}
     is_diffusers = any(k.startswith(_DIFFUSERS_ROOTS) for k in state_dict)
     mapped: dict[str, torch.Tensor] = {}
-    unexpected: list[str] = []
     for key, value in state_dict.items():
         name = key[len(NET_PREFIX):] if key.startswith(NET_PREFIX) else key
         if is_ignored_official_key(name):
@@ -256,14 +290,41 @@ def to_network_keys(state_dict: Mapping[str, torch.Tensor], network_keys: Iterab
         if name in mapped:
             raise ValueError(f"state dict: key {key!r} maps to {name!r}, which is already given by another key")
         mapped[name] = value
-    expected = set(network_keys)
-    unexpected = sorted(k for k in mapped if k not in expected)
-    missing = [k for k in network_keys if k not in mapped]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {missing}")
-        if unexpected:
-            parts.append(f"unexpected keys: {unexpected}")
-        raise ValueError("state dict does not match the network: " + "; ".join(parts))
+    return mapped
+
+
+def _first(items: list, limit: int) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return f"{items[:limit]}{more}"
+
+
+def mismatch_summary(missing: list[str], unexpected: list[str], mismatched: list[str] = (), limit: int = 3) -> str:
+    """Counts and the first few keys of each kind: a checkpoint of the wrong size would list thousands."""
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys: {_first(missing, limit)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys: {_first(unexpected, limit)}")
+    if mismatched:
+        parts.append(f"{len(mismatched)} keys of the wrong shape: {', '.join(mismatched[:limit])}"
+                     + (f" and {len(mismatched) - limit} more" if len(mismatched) > limit else ""))
+    return "; ".join(parts)
+
+
+def check_fits(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map `state_dict` onto the keys of `expected` (e.g. a network built on the meta device) and compare shapes.
+
+    Raises one `ValueError` summarising every missing, unexpected and wrongly shaped key; returns the mapped dict."""
+    missing: list[str] = []
+    unexpected: list[str] = []
+    try:
+        mapped = to_network_keys(state_dict, expected.keys())
+    except ValueError:
+        mapped = _map_keys(state_dict, expected.keys())
+        missing = [k for k in expected if k not in mapped]
+        unexpected = sorted(k for k in mapped if k not in expected)
+    mismatched = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})" for k, v in mapped.items()
+                  if k in expected and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(expected[k].shape)]
+    if missing or unexpected or mismatched:
+        raise ValueError("state dict does not fit the network: " + mismatch_summary(missing, unexpected, mismatched))
     return mapped

@@ -1,22 +1,36 @@
-"""`python -m cosmos_policy [demo] [options]`: one action query, its actions and per-stage timing.
+"""`cosmos-policy` (also `python -m cosmos_policy`): the command line of Cosmos Policy.
 
-Without `--checkpoint` a tiny random-weight checkpoint is written to a temporary directory (the plumbing, not a
-trained policy). The observation is the real LIBERO sample of ../shared/data when it is there, a synthetic one
-otherwise.
+    cosmos-policy [demo] [options]     one action chunk per query, its actions and a per-stage latency report
+    cosmos-policy roofline [options]   launches, FLOPs, bytes and predicted GPU time of one pass, on the meta device
+
+Every user error is one line `cosmos-policy: error: ...` on stderr naming the flag or the file, with exit code 2 and
+no traceback (`--debug` shows it). A subcommand lives in its own module, imported only when it runs, which exposes
+`add_arguments(parser)` and `run(args) -> int` and raises `UsageError` for mistakes in what the user asked for.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-import tempfile
+import traceback
 from pathlib import Path
 
-import numpy as np
+from .errors import UsageError
 
-from .layout import get_layout
-from .testing import LIBERO_SAMPLE_TASK, write_tiny_checkpoint
+PROG = "cosmos-policy"
+DEFAULT_COMMAND = "demo"
+
+# subcommand -> (module, one-line help); `serve` and `eval` are added the same way
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("cosmos_policy.demo", "run the policy on one observation and report the latency of every stage"),
+    "roofline": ("cosmos_policy.roofline", "count launches, FLOPs and bytes of one pass and predict GPU times"),
+}
+
+# Library errors that describe the user's input (a file, a flag) when raised while loading what the user named;
+# a subcommand turns them into `UsageError` around its loading step only.
+USER_ERRORS = (UsageError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 SAMPLE_NAME = "libero_sample_observation.npz"
 
@@ -28,61 +42,76 @@ def default_data_dir() -> Path:
     return Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def load_observation(suite: str, task: str, data_dir: Path, seed: int = 0) -> tuple[dict, str]:
-    layout = get_layout(suite)
-    sample = data_dir / SAMPLE_NAME
-    if suite == "libero" and sample.is_file():
-        with np.load(sample) as data:
-            obs = {key: data[key] for key in ("primary_image", "wrist_image", "proprio")}
-        source = f"real LIBERO observation ({sample})"
-    else:
-        rng = np.random.default_rng(seed)
-        obs = {camera: rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for camera in layout.cameras}
-        obs["proprio"] = rng.uniform(-0.5, 0.5, layout.proprio_dim)
-        source = "synthetic observation"
-    obs["task_description"] = task
-    return obs, source
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's own errors (unknown choice, bad number) as `UsageError`, so they read like every other error."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (multi-line library messages are joined)."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text or type(err).__name__
+
+
+def build_parser(command: str | None) -> ArgumentParser:
+    """The parser, with the arguments of `command` only (the other subcommands' modules are not imported)."""
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog=f"Without a subcommand, {PROG} runs `{DEFAULT_COMMAND}`. "
+                                   f"`{PROG} COMMAND --help` lists a subcommand's options.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    for name, (_, help_text) in COMMANDS.items():
+        child = sub.add_parser(name, help=help_text, description=help_text,
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                           help="show the traceback of an error")
+        if name == command:
+            _load(name).add_arguments(child)
+    return parser
+
+
+def _load(command: str):
+    module_name = COMMANDS[command][0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name == module_name:  # the subcommand itself is absent, not one of its dependencies
+            raise UsageError(f"{command}: not available in this installation ({module_name} is missing)") from None
+        raise
+
+
+def _command_of(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The subcommand named in `argv` (inserting the default one before its options when none is named)."""
+    rest = [a for a in argv if a != "--debug"]
+    if not rest:
+        return DEFAULT_COMMAND, [*argv, DEFAULT_COMMAND]
+    first = rest[0]
+    if first in COMMANDS:
+        return first, argv
+    if first in ("-h", "--help") or not first.startswith("-"):
+        return None, argv  # top-level help, or an unknown command argparse will name
+    i = argv.index(first)
+    return DEFAULT_COMMAND, [*argv[:i], DEFAULT_COMMAND, *argv[i:]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cosmos_policy", description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", default="demo", choices=["demo"])
-    parser.add_argument("--checkpoint", help="official checkpoint directory or Hugging Face repo id "
-                                             "(default: a tiny random checkpoint written on the fly)")
-    parser.add_argument("--vae", help="VAE weights (tokenizer.pth of nvidia/Cosmos-Predict2-2B-Video2World)")
-    parser.add_argument("--suite", choices=["libero", "robocasa", "aloha"], default=None)
-    parser.add_argument("--task", default=LIBERO_SAMPLE_TASK, help="instruction (task_description)")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--backend", choices=["fused", "reference"], default="fused")
-    parser.add_argument("--seed", type=int, default=195)
-    parser.add_argument("--repeat", type=int, default=2, help="queries to run (the first one fills the caches)")
-    parser.add_argument("--data-dir", type=Path, default=None, help="directory holding " + SAMPLE_NAME)
-    parser.add_argument("--future-images", action="store_true", help="also decode the predicted future images")
-    args = parser.parse_args(argv)
-
-    from .policy import CosmosPolicy
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = args.checkpoint
-        if path is None:
-            path = write_tiny_checkpoint(tmp, suite=args.suite or "libero", instructions=(args.task,))
-            print(f"tiny random-weight checkpoint written to {path}")
-        policy = CosmosPolicy.from_pretrained(path, suite=args.suite, vae=args.vae, device=args.device,
-                                              backend=args.backend)
-        obs, source = load_observation(policy.layout.name, args.task, args.data_dir or default_data_dir())
-        print(f"suite {policy.layout.name}, device {policy.device}, dtype {policy.dtype}, backend {args.backend}; "
-              f"{source}; task {args.task!r}")
-        result = None
-        for i in range(max(1, args.repeat)):
-            result = policy.infer(obs, seed=args.seed, return_future_images=args.future_images)
-            stages = ", ".join(f"{k} {v:.1f}" for k, v in result["timing"].items())
-            print(f"query {i + 1}: {stages} (ms)")
-        with np.printoptions(precision=4, suppress=True, linewidth=120):
-            print(f"actions {result['actions'].shape} (seed {result['seed']}):\n{result['actions']}")
-        print(f"value {result['value']:.4f}")
-        if args.future_images:
-            print("future images: " + ", ".join(f"{k} {v.shape}" for k, v in result["future_images"].items()))
-    return 0
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        command, argv = _command_of(argv)
+        args = build_parser(command).parse_args(argv)
+        return int(_load(args.command).run(args) or 0)
+    except UsageError as err:  # anything else is a bug and keeps its traceback
+        if debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

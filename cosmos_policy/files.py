@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import CorruptFileError
 from .layout import IMAGE_SIZE, LAYOUTS
 from .vae import OFFICIAL_VAE_SOURCE
 
@@ -42,18 +43,21 @@ def resolve_directory(path: str | os.PathLike) -> Path:
         return local / "model" if (local / "model").is_dir() else local
     text = os.fspath(path)
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", text):
-        raise FileNotFoundError(f"path: {text!r} is neither a local checkpoint directory nor a Hugging Face repo id")
+        raise FileNotFoundError(f"{text}: no such checkpoint directory (nor a Hugging Face repo id like org/name)")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise ValueError(
-            f"path: {text!r} is not a local directory; to download it as a Hugging Face repo install huggingface_hub "
-            "(pip install huggingface_hub), or download the repository yourself and pass its directory"
+        raise FileNotFoundError(
+            f"{text}: not a directory, and huggingface_hub is not installed to fetch it from the Hugging Face Hub "
+            "(pip install huggingface_hub, or download the repository and pass its directory)"
         ) from None
     try:
         local = Path(snapshot_download(repo_id=text))
-    except Exception as err:  # network, authentication or missing repo: say which repo failed
-        raise OSError(f"path: could not download the Hugging Face repo {text!r}: {err}") from err
+    except Exception as err:  # offline, authentication or no such repo: one line naming the repo
+        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
+        detail = f"{type(err).__name__}: {first[:200]}" if first else type(err).__name__
+        raise FileNotFoundError(
+            f"{text}: not a directory, and could not be fetched from the Hugging Face Hub ({detail})") from err
     return local / "model" if (local / "model").is_dir() else local
 
 
@@ -72,10 +76,20 @@ def find_checkpoint_files(path, *, suite: str | None = None, vae=None) -> Checkp
     if suite is not None and suite not in LAYOUTS:
         raise ValueError(f"suite: expected one of {sorted(LAYOUTS)}, got {suite!r}")
     names = sorted(p.name for p in directory.iterdir())
+    if not any(n.endswith(".pt") for n in names):
+        what = "is empty" if not names else f"holds no .pt network checkpoint (found {_listing(names)})"
+        raise FileNotFoundError(f"{directory} {what}; expected an official checkpoint directory "
+                                "(Cosmos-Policy-<SUITE>-Predict2-2B.pt, <suite>_dataset_statistics.json, "
+                                "<suite>_t5_embeddings.pkl)")
     extra = {}
     config_path = directory / NETWORK_CONFIG_FILE
     if config_path.is_file():
-        extra = json.loads(config_path.read_text())
+        try:
+            extra = json.loads(config_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CorruptFileError(f"{config_path}: corrupt network config, not valid JSON ({err})") from None
+        if not isinstance(extra, dict):
+            raise CorruptFileError(f"{config_path}: the network config must be a JSON object")
     found = sorted({s for s in map(_suite_of, names) if s is not None})
     if suite is None:
         suite = extra.get("suite")
@@ -93,8 +107,6 @@ def find_checkpoint_files(path, *, suite: str | None = None, vae=None) -> Checkp
 
     pts = [n for n in names if n.endswith(".pt")]
     suite_pts = [n for n in pts if _suite_of(n) == suite]
-    if not (suite_pts or pts):
-        raise FileNotFoundError(f"network: no .pt checkpoint in {directory}")
     network = directory / (suite_pts or pts)[0]
     statistics = one("dataset statistics", rf"{suite}_dataset_statistics\.json")
     t5 = one("T5 embeddings", rf"{suite}_t5_embeddings\.pkl")
@@ -117,3 +129,8 @@ def find_checkpoint_files(path, *, suite: str | None = None, vae=None) -> Checkp
     if image_size <= 0 or image_size % 16:
         raise ValueError(f"{config_path}: image_size must be a positive multiple of 16, got {image_size}")
     return CheckpointFiles(directory, suite, network, config, t5, statistics, vae, image_size)
+
+
+def _listing(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

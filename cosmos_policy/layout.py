@@ -201,9 +201,21 @@ class DatasetStatistics:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> DatasetStatistics:
-        with open(path) as f:
-            raw = json.load(f)
-        return cls.from_dict(raw, source=str(path))
+        """Read `<suite>_dataset_statistics.json`; a damaged file raises `CorruptFileError` naming it."""
+        from .errors import CorruptFileError
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CorruptFileError(f"{os.fspath(path)}: corrupt dataset statistics, not valid JSON ({err})") from None
+        if not isinstance(raw, dict):
+            raise CorruptFileError(f"{os.fspath(path)}: dataset statistics must be a JSON object, "
+                                   f"got {type(raw).__name__}")
+        try:
+            return cls.from_dict(raw, source=os.fspath(path))
+        except (TypeError, ValueError) as err:  # ragged or non-numeric lists
+            raise CorruptFileError(str(err) if os.fspath(path) in str(err) else f"{os.fspath(path)}: {err}") from None
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "statistics") -> DatasetStatistics:

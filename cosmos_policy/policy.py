@@ -20,6 +20,7 @@ import torch
 from cosmos_kernels.sampling import arch_invariant_noise, sample
 
 from . import layout as L
+from . import profiling
 from ._graph import ChunkGraphs
 from .files import CheckpointFiles, find_checkpoint_files
 from .preprocess import prepare_image
@@ -76,25 +77,40 @@ class CosmosPolicy:
     def from_pretrained(cls, path, *, suite: str | None = None, vae=None, device=None, dtype=None,
                         backend: str = "fused", cuda_graph: bool | None = None, seed: int = 0,
                         text_encoder=None, trained_with_image_aug: bool = True,
-                        num_steps: int | None = None) -> CosmosPolicy:
+                        num_steps: int | None = None, network_config=None) -> CosmosPolicy:
         """Load an official checkpoint directory (or Hugging Face repo id), or one written by
         `cosmos_policy.testing.write_tiny_checkpoint`. `vae`: the Wan2.1 VAE weights (the official
         `tokenizer/tokenizer.pth` of nvidia/Cosmos-Predict2-2B-Video2World, or diffusers format), looked for in the
         checkpoint directory when not given. `device` defaults to CUDA when available, `dtype` to bf16 on CUDA and
-        fp32 on the CPU. `cuda_graph=None` captures the action chunk in a CUDA graph on CUDA devices."""
-        from .checkpoint import load_network_checkpoint
+        fp32 on the CPU. `cuda_graph=None` captures the action chunk in a CUDA graph on CUDA devices.
+        `network_config` (a `DiTConfig`) overrides the network size the directory implies.
+
+        The checkpoint's keys and shapes are checked against the network built on the meta device before any
+        weights are allocated: a checkpoint of another size is one short `ValueError`."""
+        from .checkpoint import check_fits, load_network_checkpoint
         from .model import CosmosDiT
 
+        device = resolve_device(device)
         files: CheckpointFiles = find_checkpoint_files(path, suite=suite, vae=vae)
-        device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available()
-                                                                              else "cpu")
         dtype = dtype if dtype is not None else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        network = CosmosDiT(files.network_config, backend=backend)
-        network.load_state_dict(load_network_checkpoint(files.network))
-        network = network.to(device=device, dtype=dtype)
+        config = network_config if network_config is not None else files.network_config
+        with profiling.nvtx_range("load.network"):
+            state = load_network_checkpoint(files.network, mmap=True)
+            with torch.device("meta"):
+                shapes = CosmosDiT(config, backend=backend).state_dict()
+            try:
+                check_fits(state, shapes)
+            except ValueError as err:
+                raise ValueError(f"{files.network}: {err}") from None
+            network = CosmosDiT(config, backend=backend)
+            network.load_state_dict(state)
+            del state
+            network = network.to(device=device, dtype=dtype)
+        with profiling.nvtx_range("load.vae"):
+            policy_vae = PolicyVAE.from_file(files.vae, device=device, dtype=dtype)
         return cls(
             network,
-            PolicyVAE.from_file(files.vae, device=device, dtype=dtype),
+            policy_vae,
             TextEmbeddings.from_file(files.t5_embeddings, encoder=text_encoder, device=device, dtype=dtype),
             L.DatasetStatistics.from_json(files.statistics),
             L.get_layout(files.suite),
@@ -123,7 +139,8 @@ class CosmosPolicy:
                    for i, obs in enumerate(observations)]
         self.text.check_known([c[2] for c in checked])
         seeds = self._seeds(seeds, len(observations))
-        prepared = self._prepare(checked)
+        with profiling.nvtx_range("preprocess"):
+            prepared = self._prepare(checked)
         clock = self._lap(timing, "preprocess", clock)
         result = self._run(prepared, seeds, return_future_images, timing, clock)
         timing["total"] = (self._clock() - start) * 1e3
@@ -244,35 +261,40 @@ class CosmosPolicy:
     def _run(self, prepared: _Prepared, seeds: list[int], return_future_images: bool, timing: dict,
              clock: float) -> list[dict]:
         layout, batch = self.layout, len(seeds)
-        context = self._context(prepared.instructions)
+        with profiling.nvtx_range("text"):
+            context = self._context(prepared.instructions)
         clock = self._lap(timing, "text", clock)
 
-        encoded = self.vae.encode_prefix(prepared.images, keep_state=return_future_images)
-        prefix, encoder_state = encoded if return_future_images else (encoded, None)
-        h, w = prefix.shape[-2:]
-        prefix = prefix.expand(batch, -1, -1, -1, -1)
-        gt = torch.zeros(batch, prefix.shape[1], layout.state_t, h, w, device=self.device)
-        gt[:, :, : layout.num_conditional_frames] = prefix
-        gt = L.inject_proprio(gt, prepared.proprio, layout.proprio_index)
+        with profiling.nvtx_range("vae_encode"):
+            encoded = self.vae.encode_prefix(prepared.images, keep_state=return_future_images)
+            prefix, encoder_state = encoded if return_future_images else (encoded, None)
+            h, w = prefix.shape[-2:]
+            prefix = prefix.expand(batch, -1, -1, -1, -1)
+            gt = torch.zeros(batch, prefix.shape[1], layout.state_t, h, w, device=self.device)
+            gt[:, :, : layout.num_conditional_frames] = prefix
+            gt = L.inject_proprio(gt, prepared.proprio, layout.proprio_index)
         clock = self._lap(timing, "vae_encode", clock)
 
-        noise = torch.cat([arch_invariant_noise(s, (1, *gt.shape[1:])) for s in seeds]).to(self.device)
-        noise = noise * layout.sigma_max
-        if self._graphs is not None:
-            latents = self._graphs.run(noise, gt, context, prepared.instructions)
-        else:
-            latents = sample(self._x0_fn(gt, context), noise, num_steps=self.num_steps,
-                             sigma_min=layout.sigma_min, sigma_max=layout.sigma_max, solver="2ab")
+        with profiling.nvtx_range("denoise"):
+            noise = torch.cat([arch_invariant_noise(s, (1, *gt.shape[1:])) for s in seeds]).to(self.device)
+            noise = noise * layout.sigma_max
+            if self._graphs is not None:
+                latents = self._graphs.run(noise, gt, context, prepared.instructions)
+            else:
+                latents = sample(self._x0_fn(gt, context), noise, num_steps=self.num_steps,
+                                 sigma_min=layout.sigma_min, sigma_max=layout.sigma_max, solver="2ab")
         clock = self._lap(timing, "denoise", clock)
 
-        actions = L.extract_actions(latents, layout.action_index, layout.chunk_size, layout.action_dim)
-        actions = self.statistics.unnormalize_actions(actions.double().cpu().numpy()).astype(np.float32)
-        values = L.extract_value(latents, layout.value_index).double().cpu().numpy()
+        with profiling.nvtx_range("postprocess"):
+            actions = L.extract_actions(latents, layout.action_index, layout.chunk_size, layout.action_dim)
+            actions = self.statistics.unnormalize_actions(actions.double().cpu().numpy()).astype(np.float32)
+            values = L.extract_value(latents, layout.value_index).double().cpu().numpy()
         clock = self._lap(timing, "postprocess", clock)
 
         futures = None
         if return_future_images:
-            futures = self._future_images(latents, prefix, encoder_state)
+            with profiling.nvtx_range("vae_decode"):
+                futures = self._future_images(latents, prefix, encoder_state)
             clock = self._lap(timing, "vae_decode", clock)
         results = []
         for i, s in enumerate(seeds):
@@ -321,6 +343,28 @@ class CosmosPolicy:
         now = self._clock()
         timing[stage] = timing.get(stage, 0.0) + (now - since) * 1e3
         return now
+
+
+def resolve_device(device=None) -> torch.device:
+    """`device` as a `torch.device` (CUDA when available by default); a CUDA device without a GPU is a
+    `ValueError` here rather than an error deep inside the first allocation."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device: {device!r} is not a device ({err})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device} asked for, but no CUDA GPU is available "
+                             f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {device} asked for, but only {torch.cuda.device_count()} CUDA GPUs are visible")
+    elif device.type not in ("cpu", "meta"):
+        available = getattr(torch, device.type, None)
+        if available is not None and hasattr(available, "is_available") and not available.is_available():
+            raise ValueError(f"device: {device} asked for, but it is not available")
+    return device
 
 
 def _check_seed(seed, name: str) -> int:

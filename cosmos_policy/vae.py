@@ -13,11 +13,14 @@ posterior mean; pixels enter as `uint8 / 127.5 - 1`.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
+from .checkpoint import _is_refusal, _refusal, corrupt_file, mismatch_summary
+from .errors import missing_extra
 from .layout import TEMPORAL_COMPRESSION
 
 LATENTS_MEAN = (
@@ -36,18 +39,30 @@ EncoderState = list  # the encoder's causal feature cache: one entry per causal 
 
 def load_autoencoder(path: str | os.PathLike):
     """An `AutoencoderKLWan` from the official `tokenizer.pth` (Wan2.1 key names, converted with diffusers' own
-    `convert_wan_vae_to_diffusers`), a diffusers model directory, or a diffusers-format `.safetensors` file."""
-    from diffusers import AutoencoderKLWan
+    `convert_wan_vae_to_diffusers`), a diffusers model directory, or a diffusers-format `.safetensors` file.
 
+    A damaged file raises `CorruptFileError` naming it; without diffusers, the error names the `[policy]` extra."""
+    AutoencoderKLWan = autoencoder_class()
     path = Path(path)
     if path.is_dir():
-        return AutoencoderKLWan.from_pretrained(path)
+        try:
+            return AutoencoderKLWan.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            raise corrupt_file(path, "diffusers AutoencoderKLWan directory", err) from None
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state_dict = load_file(str(path))
+        try:
+            state_dict = load_file(str(path))
+        except Exception as err:  # safetensors raises its own SafetensorError for a damaged header
+            raise corrupt_file(path, "safetensors VAE file", err) from None
     elif path.suffix in (".pth", ".pt"):
-        state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        except Exception as err:
+            if _is_refusal(err):
+                raise _refusal(path, err) from None
+            raise corrupt_file(path, "VAE checkpoint (tokenizer.pth)", err) from None
         if isinstance(state_dict, dict) and "state_dict" in state_dict:
             state_dict = state_dict["state_dict"]
     else:
@@ -65,8 +80,17 @@ def load_autoencoder(path: str | os.PathLike):
     model = AutoencoderKLWan(base_dim=base_dim, z_dim=z_dim)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
-        raise ValueError(f"vae: {path} does not match AutoencoderKLWan: missing {missing}, unexpected {unexpected}")
+        raise ValueError(f"vae: {path} does not match AutoencoderKLWan: {mismatch_summary(missing, unexpected)}")
     return model
+
+
+def autoencoder_class():
+    """diffusers' `AutoencoderKLWan`, or the error naming the extra that brings diffusers."""
+    try:
+        from diffusers import AutoencoderKLWan
+    except ImportError:
+        raise missing_extra("diffusers", "policy") from None
+    return AutoencoderKLWan
 
 
 def _quiet_to(module, dtype):
