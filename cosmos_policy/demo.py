@@ -307,6 +307,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--device {args.device}: {one_line(err).removeprefix('device: ')}") from None
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     out = writable_folder(args.out)
+    if args.data_dir is not None and not args.data_dir.is_dir():  # before minutes of loading
+        raise UsageError(f"--data-dir {args.data_dir}: no such directory")
     if args.trace is not None:
         writable_folder(args.trace.parent if str(args.trace.parent) else Path("."), "--trace")
     obs_suite = args.suite or "libero"
