@@ -344,7 +344,7 @@ class CosmosDiT(nn.Module):
             keep = max(1, min(tokens, emb.shape[1]))
             if keep <= min(128, emb.shape[1] // 2):
                 emb, extra = emb[:, :keep], context.shape[1] - keep
-        elif compact and emb.shape[1] > 1:
+        elif compact and emb.shape[1] > 1 and emb.device.type != "meta":
             nonzero = emb.ne(0).any(-1).cpu()  # (B, N); once per cached instruction
             keep = max(1, int(nonzero.sum(-1).max()))
             if keep <= min(128, emb.shape[1] // 2):
