@@ -1,0 +1,125 @@
+"""`python -m bench.report` on fabricated JSON, bad input, and a real pytest-benchmark run of a toy benchmark
+that uses the bench suites' own hooks (ratios in extra_info, the summary, `--benchmark-compare`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bench import report, summary
+from bench.common import REPO
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _fabricated() -> dict:
+    def bench(group, variant, median, device="cpu"):
+        return {"group": group, "name": f"test_{group}[{variant}]", "fullname": f"bench.py::test[{variant}]",
+                "extra_info": {"variant": variant, "device": device, "device_name": "Toy CPU 3000", "torch": "2.99",
+                               "triton": "9.9", "commit": "abc123def456"},
+                "stats": {"median": median, "min": median, "max": median, "rounds": 5}}
+
+    return {"machine_info": {"node": "toybox", "python_version": "3.12.0", "cpu": {"brand_raw": "Toy CPU 3000"}},
+            "commit_info": {"id": "abc123def4567890", "dirty": True}, "datetime": "2026-01-01T00:00:00",
+            "benchmarks": [bench("norm[libero]", "fused", 0.002), bench("norm[libero]", "reference", 0.008),
+                           bench("norm[libero]", "compile", 0.004), bench("attn[self]", "fused", 0.0005),
+                           bench("attn[self]", "sdpa", 0.0006)]}
+
+
+def test_markdown_and_chart(tmp_path, capsys):
+    src = tmp_path / "run.json"
+    src.write_text(json.dumps(_fabricated()))
+    assert report.main([str(src), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "run.md").read_text()
+    assert "commit: abc123def456+dirty" in md
+    assert "| norm[libero] | 2.000 | 8.000 | 4.000 | 4.00x | 2.00x |  |" in md
+    assert "| attn[self] | 0.500 | - | - | - | - | sdpa 0.600 (1.20x) |" in md
+    assert "## attn[self]" in md
+    assert "| reference | 8 | 4.00x | Toy CPU 3000 | abc123def456 | 2.99 | 9.9 |" in md
+    assert (tmp_path / "out" / "run.png").read_bytes()[:8] == PNG_MAGIC
+    out = capsys.readouterr().out
+    assert str(tmp_path / "out" / "run.md") in out and str(tmp_path / "out" / "run.png") in out
+
+
+def _error_line(args: list[str]) -> tuple[int, str]:
+    proc = subprocess.run([sys.executable, "-m", "bench.report", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    return proc.returncode, proc.stderr
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    ("not json {", "not JSON"),
+    ('{"machine_info": {}}', "not a pytest-benchmark JSON"),
+    ('[1, 2]', "not a pytest-benchmark JSON"),
+    ('{"benchmarks": [{"name": "x", "stats": {}}]}', "without any measured benchmark"),
+])
+def test_bad_input_is_one_line(tmp_path, content, message):
+    path = tmp_path / "in.json"
+    if content is not None:
+        path.write_text(content)
+    rc, err = _error_line([str(path)])
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("bench.report: error: ") and message in err, err
+
+
+def test_unwritable_out_dir(tmp_path):
+    src = tmp_path / "run.json"
+    src.write_text(json.dumps(_fabricated()))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(report.ReportError, match="--out"):
+        report.write(src, blocker / "sub")
+
+
+TOY_CONFTEST = "from bench.conftest import pytest_sessionfinish, pytest_terminal_summary  # noqa: F401\n"
+TOY_BENCH = """
+import pytest
+from bench.conftest import measure
+
+WORK = {"fused": 2_000, "reference": 20_000, "compile": 6_000}
+
+@pytest.mark.parametrize("variant", list(WORK))
+def test_toy(benchmark, variant):
+    measure(benchmark, "toy[sum]", variant, lambda: sum(range(WORK[variant])))
+"""
+
+
+def _run_toy(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_toy.py",
+                           "--benchmark-max-time=0.05", f"--benchmark-storage={tmp_path / 'storage'}", *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_real_run_summary_json_compare_and_report(tmp_path):
+    (tmp_path / "conftest.py").write_text(TOY_CONFTEST)  # the bench suites' hooks
+    (tmp_path / "test_toy.py").write_text(textwrap.dedent(TOY_BENCH))
+    first = _run_toy(tmp_path, "--benchmark-json=out.json", "--benchmark-save=first")
+    assert first.returncode == 0, first.stdout + first.stderr
+    data = json.loads((tmp_path / "out.json").read_text())
+    medians = {b["extra_info"]["variant"]: b["stats"]["median"] for b in data["benchmarks"]}
+    for b in data["benchmarks"]:  # every result carries the environment and the group's ratios
+        info = b["extra_info"]
+        assert b["group"] == "toy[sum]"
+        assert {"device_name", "torch", "triton", "python", "commit"} <= info.keys()
+        assert info["fused_vs_reference"] == pytest.approx(medians["reference"] / medians["fused"], rel=1e-3)
+        assert info["fused_vs_compile"] == pytest.approx(medians["compile"] / medians["fused"], rel=1e-3)
+    # The printed summary shows pytest-benchmark's own medians.
+    (group,) = summary.group_benchmarks(data["benchmarks"])
+    (row,) = summary.rows([group])
+    lines = [line for line in first.stdout.splitlines() if line.startswith("toy[sum]")]
+    assert lines and lines[-1].split()[:6] == list(row[:6]), first.stdout
+
+    second = _run_toy(tmp_path, "--benchmark-compare")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "Comparing against benchmarks from" in second.stdout + second.stderr
+
+    assert report.main([str(tmp_path / "out.json")]) == 0
+    assert "toy[sum]" in (tmp_path / "out.md").read_text()
