@@ -229,6 +229,10 @@ def summarize(counted: dict[str, Counted], passes: int, gpus: list[str]) -> dict
             "passes_per_chunk": passes,
             "parts": {name: {"launches": t.launches, "flops": t.flops, "bytes": t.bytes,
                              "nonmatmul_bytes": t.nonmatmul_bytes} for name, t in parts.items()},
+            # What launches in one pass, most launches first: where the hot path can still save.
+            "ops_per_pass": {name: {"calls": n, "launches": launches, "flops": flops, "bytes": moved}
+                             for name, (n, launches, flops, moved) in sorted(
+                                 per_pass.by_op.items(), key=lambda kv: (-kv[1][1], kv[0])) if launches},
         }
     return report
 
@@ -281,6 +285,9 @@ def format_report(report: dict, setup: dict, gpus: list[str]) -> str:
         times.append([f"{g} ({GPUS[g].label})", *(f"{b[k][g]:.2f}" for k in ("predicted_ms_per_pass",
                                                                              "predicted_ms_per_chunk")
                                                    for b in (ref, fused))])
+    ops = [["fused pass, top ops", "launches", "GB moved"]]
+    for name, row in list(fused["ops_per_pass"].items())[:8]:
+        ops.append([name, str(row["launches"]), f"{row['bytes'] / 1e9:.2f}"])
     cards = [["card", "bf16 TFLOP/s used / peak", "TB/s used / peak", "us/launch"]]
     for g in gpus:
         c = GPUS[g]
@@ -289,7 +296,8 @@ def format_report(report: dict, setup: dict, gpus: list[str]) -> str:
     sources = "\n".join(f"  {g}: {GPUS[g].peak_source}; {GPUS[g].efficiency_source}" for g in gpus)
     model = ("per op: max(FLOPs / matmul rate, bytes / bandwidth) + launches x launch cost; "
              "chunk = passes x (DiT pass + sampler step) + VAE encode")
-    return "\n\n".join([head, _table(counts), vae_line, _table(times), model, _table(cards), "sources:\n" + sources])
+    return "\n\n".join([head, _table(counts), _table(ops), vae_line, _table(times), model, _table(cards),
+                        "sources:\n" + sources])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -145,3 +145,13 @@ def test_sections_split_the_records():
             x * 3
     assert counter.totals("a").launches == 1 and counter.totals("b").launches == 2
     assert counter.totals().launches == 3
+
+
+def test_in_place_ops_are_launches():
+    x = torch.empty(8, device=META)
+    with DispatchCounter() as counter:
+        x.add_(1)
+        x.zero_()
+    add, zero = counter.records
+    assert (add.cost.launches, add.cost.bytes_read, add.cost.bytes_written) == (1, 32, 32)
+    assert (zero.cost.launches, zero.cost.bytes_read, zero.cost.bytes_written) == (1, 0, 32)
