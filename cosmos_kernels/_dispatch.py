@@ -150,6 +150,9 @@ def resolve_backend(
     if device.type == "cpu":
         return "cpu" if "cpu" in supported and backend_available("cpu", device) else "reference"
     if as_cuda(device):
+        if device.type == "cuda" and "cuda" in supported and "cuda" in cuda_order and not _ext.has_cuda_extension():
+            warn_once("no-cuda-extension", f"cosmos_kernels: {_ext.cuda_kernels_note()}; the ops run on Triton "
+                      "or the reference instead")
         for name in cuda_order:
             if name in supported and backend_available(name, device) and probe_passed(op_name, name, device):
                 return name
