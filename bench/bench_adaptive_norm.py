@@ -8,44 +8,14 @@ achieved GB/s and the fraction of the card's measured copy bandwidth.
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
-import cosmos_kernels as ck
 from bench.conftest import DEVICES, VARIANTS, compiled, copy_gbs, measure
-from cosmos_kernels.adaptive_norm import reference
+from bench.workloads import norm_inputs, workload
 
 SHAPES = {"libero": (9, 196), "robocasa": (11, 196)}
-D = 2048
 OPS = ["layer_norm_modulate", "gated_residual_layer_norm_modulate", "rms_norm"]
-
-
-@functools.lru_cache(maxsize=1)  # the variants of one group run in a row and share their inputs
-def _inputs(device: str, dtype: torch.dtype, frames: int, tokens: int):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, frames, tokens, D, generator=g).to(device, dtype)
-    residual = torch.randn(1, frames, tokens, D, generator=g).to(device, dtype)
-    mod = torch.randn(1, frames, 1, 3 * D, generator=g).to(device, dtype)
-    mod2 = torch.randn(1, frames, 1, 3 * D, generator=g).to(device, dtype)
-    weight = torch.randn(D, generator=g).to(device, dtype)
-    return x, residual, mod, mod2, weight
-
-
-def workload(op: str, x, residual, mod, mod2, weight):
-    """(fused function, reference function, its arguments, bytes the op must move)."""
-    shift, scale, gate = mod.chunk(3, dim=-1)
-    shift2, scale2, _ = mod2.chunk(3, dim=-1)
-    elt = x.element_size()
-    return {
-        "layer_norm_modulate": (ck.layer_norm_modulate, reference.layer_norm_modulate, (x, shift, scale),
-                                2 * x.numel() * elt),
-        "gated_residual_layer_norm_modulate": (
-            ck.gated_residual_layer_norm_modulate, reference.gated_residual_layer_norm_modulate,
-            (residual, x, gate, shift2, scale2), 4 * x.numel() * elt),
-        "rms_norm": (ck.rms_norm, reference.rms_norm, (x, weight), 2 * x.numel() * elt),
-    }[op]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -55,7 +25,7 @@ def workload(op: str, x, residual, mod, mod2, weight):
 @pytest.mark.parametrize("op", OPS)
 def test_adaptive_norm(benchmark, op, shape, dtype, device, variant):
     frames, tokens = SHAPES[shape]
-    fused, ref, args, nbytes = workload(op, *_inputs(device, dtype, frames, tokens))
+    fused, ref, args, nbytes = workload(op, *norm_inputs(device, dtype, frames, tokens))
     fn = {"fused": fused, "reference": ref, "compile": compiled(ref)}[variant]
     dt = str(dtype).removeprefix("torch.")
     median = measure(benchmark, f"{op}[{shape},{dt},{device}]", variant, lambda: fn(*args), device=device,

@@ -17,30 +17,13 @@ import torch
 
 import cosmos_kernels as ck
 from bench.conftest import DEVICES, VARIANTS, compiled, measure
+from bench.workloads import HEAD_DIM, HEADS, attention_inputs
 from cosmos_kernels import _dispatch
 from cosmos_kernels.attention import ops, reference
 
-HEADS, HEAD_DIM = 16, 128
 SHAPES = {"self1764": (1764, 1764), "self2156": (2156, 2156), "cross1764x512": (1764, 512)}
 ATTENTION_VARIANTS = ["fused", "triton", "flash_attn", "sdpa"]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@functools.lru_cache(maxsize=1)  # shared by the variants of one group, which run in a row
-def inputs(device: str, dtype: torch.dtype, Lq: int, Lk: int):
-    """q, k, v (k and v strided views of a packed projection), the norm weights and the 3D RoPE tables."""
-    g = torch.Generator().manual_seed(0)
-    if Lq == Lk:
-        qkv = torch.randn(1, Lq, 3 * HEADS * HEAD_DIM, generator=g).to(device, dtype)
-        q, k, v = qkv.view(1, Lq, 3, HEADS, HEAD_DIM).unbind(2)
-    else:
-        q = torch.randn(1, Lq, HEADS, HEAD_DIM, generator=g).to(device, dtype)
-        kv = torch.randn(1, Lk, 2 * HEADS * HEAD_DIM, generator=g).to(device, dtype)
-        k, v = kv.view(1, Lk, 2, HEADS, HEAD_DIM).unbind(2)
-    q_weight, k_weight = (torch.rand(HEAD_DIM, generator=g).add(0.5).to(device) for _ in range(2))
-    cos, sin = ck.rope_3d_tables(Lq // 196, 14, 14, HEAD_DIM, h_extrapolation_ratio=3.0, w_extrapolation_ratio=3.0,
-                                 device=device)
-    return q, k, v, q_weight, k_weight, cos, sin
 
 
 @pytest.mark.parametrize("variant", VARIANTS + ["triton"])
@@ -49,7 +32,7 @@ def test_qk_norm_rope(benchmark, device, variant):
     if variant == "triton" and device != "cuda":
         pytest.skip("the Triton kernel runs on CUDA only (the interpreter is no benchmark)")
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    q, k, _, qw, kw, cos, sin = inputs(device, dtype, 1764, 1764)
+    q, k, _, qw, kw, cos, sin = attention_inputs(device, dtype, 1764, 1764)
     args = (q, k, qw, kw, cos, sin)
     fn = {"fused": ck.qk_norm_rope, "reference": reference.qk_norm_rope, "compile": compiled(reference.qk_norm_rope),
           "triton": functools.partial(ck.qk_norm_rope, backend="triton")}[variant]
@@ -64,7 +47,7 @@ def test_qk_norm_rope(benchmark, device, variant):
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_attention(benchmark, shape, norm_rope, variant):
     Lq, Lk = SHAPES[shape]
-    q, k, v, qw, kw, cos, sin = inputs("cuda", torch.bfloat16, Lq, Lk)
+    q, k, v, qw, kw, cos, sin = attention_inputs("cuda", torch.bfloat16, Lq, Lk)
     if variant != "fused" and variant not in ops.auto_candidates(q):
         pytest.skip(f"attention backend {variant!r} is not usable here")
     extra = {}

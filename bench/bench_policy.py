@@ -19,7 +19,7 @@ from cosmos_policy import CosmosPolicy
 from cosmos_policy import layout as L
 from cosmos_policy.testing import LIBERO_SAMPLE_TASK, tiny_autoencoder, tiny_statistics, write_tiny_checkpoint
 
-REPEATS = 5
+REPEATS = 3
 TARGET_MS = 60.0
 
 

@@ -1,0 +1,294 @@
+"""The measuring steps of `bench.gpu_suite`, each run in its own process: `python -m bench.gpu_steps STEP --out FILE`.
+
+Steps: `env` (versions, the card, optional modules), `ops` (adaptive-norm family and qk_norm_rope at the 2B's
+shapes, GB/s against the measured copy bandwidth), `attention` (TFLOP/s per backend), `dit` (one 2B DiT pass,
+random weights, bf16, LIBERO's 1,764 tokens, against the measured bf16 matmul rate), `chunk` (the 2B LIBERO action
+chunk, eager and as a CUDA graph). Each step rewrites its JSON after every measurement, so a step stopped at its
+time limit still leaves what it measured. `--smoke` runs the same code on the CPU at toy sizes (for tests).
+Needs only torch and the package (no pytest, no pytest-benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bench.common import environment, git_commit, versions
+
+OPTIONAL = ("pytest", "pytest_benchmark", "diffusers", "nvtx", "matplotlib", "flash_attn")
+CHUNK_TARGET_MS = 60.0
+
+
+class Recorder:
+    """Results and notes of one step, written to its JSON file after every change."""
+
+    def __init__(self, path: Path, step: str) -> None:
+        self.path, self.data = path, {"step": step, "results": [], "notes": [], "headline": []}
+        self.flush()
+
+    def add(self, **result) -> None:
+        self.data["results"].append(result)
+        self.flush()
+
+    def note(self, text: str) -> None:
+        self.data["notes"].append(text)
+        print(f"note: {text}", flush=True)
+        self.flush()
+
+    def headline(self, text: str) -> None:
+        self.data["headline"].append(text)
+        print(text, flush=True)
+        self.flush()
+
+    def flush(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        tmp.replace(self.path)
+
+
+def device_median_s(fn: Callable[[], object], device: str, *, inner: int = 10, rounds: int = 15,
+                    warmup: int = 3) -> float:
+    """Median seconds per call over `rounds` rounds of `inner` back-to-back calls (CUDA events on a GPU)."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(rounds):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(inner):
+                fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3 / inner)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples.append((time.perf_counter() - t0) / inner)
+    return statistics.median(samples)
+
+
+def _setup(smoke: bool) -> tuple[str, torch.dtype]:
+    if smoke:
+        return "cpu", torch.float32
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_steps: error: no CUDA device (use --smoke for the CPU check)")
+    return "cuda", torch.bfloat16
+
+
+def step_env(rec: Recorder, smoke: bool) -> None:
+    info = {**versions(), "commit": git_commit(), "cuda": torch.cuda.is_available(),
+            "modules": {m: importlib.util.find_spec(m) is not None for m in OPTIONAL}}
+    if info["cuda"]:
+        major, minor = torch.cuda.get_device_capability()
+        info.update(device_name=torch.cuda.get_device_name(), capability=[major, minor],
+                    memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
+                    torch_cuda=torch.version.cuda)
+    rec.data["env"] = info
+    rec.headline(f"{info.get('device_name', 'no CUDA device')}; torch {info['torch']}, triton {info['triton']}, "
+                 f"python {info['python']}")
+
+
+def step_ops(rec: Recorder, smoke: bool) -> None:
+    import cosmos_kernels as ck
+    from bench.common import copy_bandwidth_gbs
+    from bench.workloads import attention_inputs, norm_inputs, workload
+    from cosmos_kernels.attention import reference as attention_reference
+
+    device, dtype = _setup(smoke)
+    copy_gbs = copy_bandwidth_gbs(device)
+    rec.data["copy_GB/s"] = copy_gbs
+    rec.headline(f"copy bandwidth {copy_gbs:.0f} GB/s")
+    shapes = {"libero 1764": (9, 196), "16k tokens": (84, 196)} if not smoke else {"toy": (2, 8)}
+    ops = ("layer_norm_modulate", "gated_residual_layer_norm_modulate", "rms_norm")
+    variants = ("fused", "reference") if smoke else ("fused", "reference", "compile")  # smoke: no compile time
+    for variant in variants:  # fused first: the numbers that matter most come first
+        for op in ops:
+            for shape, (frames, tokens) in shapes.items():
+                fused, ref, args, nbytes = workload(op, *norm_inputs(device, dtype, frames, tokens))
+                fn = {"fused": fused, "reference": ref,
+                      "compile": torch.compile(ref, dynamic=False, fullgraph=True)}[variant]
+                t = device_median_s(lambda fn=fn, args=args: fn(*args), device)
+                rec.add(op=op, shape=shape, variant=variant, ms=t * 1e3, **{"GB/s": nbytes / t / 1e9},
+                        fraction_of_copy_bw=nbytes / t / 1e9 / copy_gbs)
+    length = 1764 if not smoke else 196
+    q, k, _, qw, kw, cos, sin = attention_inputs(device, dtype, length, length)
+
+    variants = {"fused": ck.qk_norm_rope, "reference": attention_reference.qk_norm_rope}
+    if not smoke:
+        variants["compile"] = torch.compile(attention_reference.qk_norm_rope, dynamic=False, fullgraph=True)
+    if device == "cuda":
+        variants["triton"] = lambda *a: ck.qk_norm_rope(*a, backend="triton")
+    for variant, fn in variants.items():
+        t = device_median_s(lambda fn=fn: fn(q, k, qw, kw, cos, sin), device)
+        rec.add(op="qk_norm_rope", shape=f"L={q.shape[1]}", variant=variant, ms=t * 1e3)
+    _ops_headlines(rec)
+
+
+def _ops_headlines(rec: Recorder) -> None:
+    by = {(r["op"], r["shape"], r["variant"]): r for r in rec.data["results"]}
+    for (op, shape, variant), r in by.items():
+        if variant != "fused":
+            continue
+        ratios = [f"vs {v} {by[(op, shape, v)]['ms'] / r['ms']:.2f}x" for v in ("reference", "compile")
+                  if (op, shape, v) in by]
+        bw = f", {r['fraction_of_copy_bw']:.0%} of copy bw" if "fraction_of_copy_bw" in r else ""
+        rec.headline(f"{op} [{shape}]: {r['ms']:.4f} ms{bw}; " + ", ".join(ratios))
+
+
+def step_attention(rec: Recorder, smoke: bool) -> None:
+    import cosmos_kernels as ck
+    from bench.workloads import HEAD_DIM, HEADS, attention_inputs
+    from cosmos_kernels.attention import ops
+
+    device, dtype = _setup(smoke)
+    shapes = ({"self1764": (1764, 1764), "self2156": (2156, 2156), "cross1764x512": (1764, 512)} if not smoke
+              else {"self196": (196, 196), "cross196x64": (196, 64)})
+    for shape, (lq, lk) in shapes.items():
+        q, k, v, qw, kw, cos, sin = attention_inputs(device, dtype, lq, lk)
+        for norm_rope in (True, False):
+            extra = dict(q_norm_weight=qw, k_norm_weight=kw) if norm_rope else {}
+            if norm_rope and lq == lk:
+                extra.update(rope_cos=cos, rope_sin=sin)
+            flops = 4 * HEADS * lq * lk * HEAD_DIM
+            row = {}
+            for backend in [None, *ops.auto_candidates(q)]:
+                call = lambda b=backend, q=q, k=k, v=v, e=extra: ck.attention(q, k, v, backend=b, **e)  # noqa: E731
+                t = device_median_s(call, device)
+                name = backend or "auto"
+                row[name] = flops / t / 1e12
+                rec.add(shape=shape, norm_rope=norm_rope, backend=name, ms=t * 1e3, **{"TFLOP/s": row[name]})
+            key = (tuple(q.shape), tuple(k.shape), q.dtype, str(q.device), norm_rope, norm_rope and lq == lk)
+            chose = ops.chosen_backends().get(key, "?")
+            rec.headline(f"attention {shape} {'norm+rope' if norm_rope else 'plain'}: "
+                         + ", ".join(f"{b} {tf:.1f}" for b, tf in row.items()) + f" TFLOP/s (auto chose {chose})")
+
+
+def _dit(smoke: bool, device: str, dtype: torch.dtype):
+    from cosmos_policy.config import DiTConfig
+    from cosmos_policy.model import CosmosDiT
+
+    config = DiTConfig.tiny() if smoke else DiTConfig.cosmos_predict2_2b()
+    with torch.device(device):
+        network = CosmosDiT(config, backend="fused").to(dtype)
+    with torch.no_grad():
+        for p in network.parameters():
+            p.normal_(0, 0.02)
+    return network.eval().requires_grad_(False)
+
+
+def matmul_tflops(device: str, dtype: torch.dtype, n: int) -> float:
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    return 2 * n**3 / device_median_s(lambda: a @ b, device, inner=5, rounds=10) / 1e12
+
+
+def step_dit(rec: Recorder, smoke: bool) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device, dtype = _setup(smoke)
+    peak = matmul_tflops(device, dtype, 8192 if not smoke else 256)
+    rec.data["matmul_TFLOP/s"] = peak
+    network = _dit(smoke, device, dtype)
+    c = network.config
+    frames, conditional, text_tokens = 9, 4, 12  # LIBERO: 9 latent frames of 28 x 28, 4 of them clean
+    x = torch.randn(1, c.in_channels, frames, 28, 28, device=device)
+    timesteps = torch.full((1, frames // c.patch_temporal), 0.5, device=device)
+    timesteps[:, :conditional] = 0.0
+    context = torch.zeros(1, 512, c.crossattn_emb_channels, device=device, dtype=dtype)
+    context[:, :text_tokens] = torch.randn(1, text_tokens, c.crossattn_emb_channels, device=device)  # real-text padding
+    cond = torch.zeros(1, 1, frames, 28, 28, device=device)
+    cond[:, :, :conditional] = 1.0
+    with torch.inference_mode():
+        network.backend = "reference"
+        with FlopCounterMode(display=False) as counter:
+            network(x, timesteps, context, cond)
+        flops = counter.get_total_flops()
+        rec.data["flops_per_pass"] = flops
+        for backend in ("fused", "reference"):
+            network.backend = backend
+            t = device_median_s(lambda: network(x, timesteps, context, cond), device, inner=2, rounds=7, warmup=2)
+            rec.add(backend=backend, ms=t * 1e3, **{"TFLOP/s": flops / t / 1e12}, fraction_of_matmul=flops / t / 1e12
+                    / peak)
+    fused, ref = rec.data["results"]
+    kind = str(dtype).removeprefix("torch.")
+    rec.headline(f"{kind} matmul {peak:.0f} TFLOP/s; DiT pass ({flops / 1e12:.2f} TFLOP, 1764 tokens): fused "
+                 f"{fused['ms']:.2f} ms = {fused['fraction_of_matmul']:.0%} of matmul, reference {ref['ms']:.2f} ms")
+
+
+def step_chunk(rec: Recorder, smoke: bool) -> None:
+    import numpy as np
+
+    if importlib.util.find_spec("diffusers") is None:
+        rec.note("skipped: the VAE needs diffusers (pip install diffusers, or bring its wheel with --wheels)")
+        rec.data["skipped"] = True
+        return
+    from cosmos_policy import CosmosPolicy
+    from cosmos_policy import layout as L
+    from cosmos_policy.testing import LIBERO_SAMPLE_TASK, tiny_autoencoder, tiny_statistics
+    from cosmos_policy.text import TextEmbeddings
+    from cosmos_policy.vae import PolicyVAE
+
+    device, dtype = _setup(smoke)
+    network = _dit(smoke, device, dtype)
+    # base_dim 96 is the Wan2.1 VAE's real width; random weights, no file needed
+    vae = PolicyVAE(tiny_autoencoder(seed=0, base_dim=96 if not smoke else 16), device=device, dtype=dtype)
+    emb = torch.zeros(1, 512, network.config.crossattn_emb_channels)
+    emb[:, :12] = torch.randn(1, 12, network.config.crossattn_emb_channels)  # zero past the instruction's tokens
+    text = TextEmbeddings({LIBERO_SAMPLE_TASK: emb}, device=device, dtype=dtype)
+    stats = L.DatasetStatistics.from_dict(tiny_statistics("libero"))
+    rng = np.random.default_rng(0)
+    obs = {camera: rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for camera in L.LIBERO.cameras}
+    obs.update(proprio=rng.uniform(-0.5, 0.5, 9), task_description=LIBERO_SAMPLE_TASK)
+    modes = {"eager": False, "cuda_graph": True} if device == "cuda" else {"eager": False}
+    if device != "cuda":
+        rec.note("CUDA graph mode needs a CUDA device")
+    for mode, graph in modes.items():
+        policy = CosmosPolicy(network, vae, text, stats, L.LIBERO, cuda_graph=graph)
+        for seed in range(2):
+            policy.infer(obs, seed=seed)  # warm-up: caches, graph capture, probes
+        walls, stages = [], []
+        for seed in range(2, 2 + (15 if not smoke else 2)):
+            t0 = time.perf_counter()
+            stages.append(policy.infer(obs, seed=seed)["timing"])  # actions come back on the host: synced
+            walls.append((time.perf_counter() - t0) * 1e3)
+        p50, p95, p99 = (float(np.percentile(walls, q)) for q in (50, 95, 99))
+        rec.add(mode=mode, p50_ms=p50, p95_ms=p95, p99_ms=p99, target_ms=CHUNK_TARGET_MS,
+                stages_ms={s: statistics.median(t[s] for t in stages) for s in stages[0]})
+        verdict = "pass" if p50 <= CHUNK_TARGET_MS else "fail"
+        rec.headline(f"LIBERO chunk {mode}: p50 {p50:.1f} / p95 {p95:.1f} / p99 {p99:.1f} ms "
+                     f"(target {CHUNK_TARGET_MS:.0f} ms p50: {verdict})")
+        del policy
+    if device == "cuda":
+        rec.data["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+
+
+STEPS = {"env": step_env, "ops": step_ops, "attention": step_attention, "dit": step_dit, "chunk": step_chunk}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.gpu_steps", description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=list(STEPS))
+    parser.add_argument("--out", type=Path, required=True, help="the step's JSON file")
+    parser.add_argument("--smoke", action="store_true", help="toy sizes on the CPU (a check of the code paths)")
+    args = parser.parse_args(argv)
+    rec = Recorder(args.out, args.step)
+    rec.data["environment"] = environment("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    with torch.inference_mode():
+        STEPS[args.step](rec, args.smoke)
+    rec.data["done"] = True
+    rec.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
