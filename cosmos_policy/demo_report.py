@@ -60,9 +60,9 @@ def _pass_flops(policies: dict, args) -> float | None:
 
     from .demo import _sibling
 
-    policy = policies.get("reference") or _sibling(next(iter(policies.values())), "reference")
     if args is None:
         return None
+    policy = policies.get("reference") or _sibling(next(iter(policies.values())), "reference")
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         policy.network(*args)
     return float(counter.get_total_flops())
@@ -196,10 +196,10 @@ def render(report: dict) -> str:
     if ratio and ratio["chunk_p50"]:
         lines.append(f"reference / fused chunk p50: {ratio['chunk_p50']:.2f}x")
     lines.append("\nlatency targets (DESIGN.md, H100 SXM, bf16, B=1)")
-    lines.append(f"{'what':<46}{'target':<42}{'measured':<34}status")
+    lines.append(f"{'what':<45}{'target':<42}{'measured':<28}status")
     for row in report["targets"]:
         status = row["status"] + (f": {row['note']}" if row["note"] else "")
-        lines.append(f"{row['what']:<46}{row['target']:<42}{row['measured'] or '-':<34}{status}")
+        lines.append(f"{row['what']:<45}{row['target']:<42}{row['measured'] or '-':<28}{status}")
     actions = np.asarray(report["actions"])
     with np.printoptions(precision=4, suppress=True, linewidth=120):
         lines.append(f"\nactions {actions.shape} (seed {report['seed']}):\n{actions}")
