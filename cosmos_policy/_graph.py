@@ -69,6 +69,7 @@ class ChunkGraphs:
         self._chunks: OrderedDict[tuple, _Chunk] = OrderedDict()
         self._pool = None
         self.disabled_reason: str | None = None
+        self.failures = 0
 
     def __len__(self) -> int:
         return len(self._chunks)

@@ -24,10 +24,11 @@ from . import profiling
 from ._graph import ChunkGraphs
 from .files import CheckpointFiles, find_checkpoint_files
 from .preprocess import prepare_image
+from .seeds import SEED_LIMIT, SeedCounter, check_seed
 from .text import TextEmbeddings
 from .vae import PolicyVAE
 
-SEED_LIMIT = 2**32
+__all__ = ["CosmosPolicy", "SEED_LIMIT", "resolve_device"]
 
 
 @dataclass
@@ -43,6 +44,10 @@ class CosmosPolicy:
     Observations are dicts as the official `get_action` receives them: the suite's camera images (uint8 H x W x 3:
     LIBERO `primary_image`, `wrist_image`; RoboCasa adds `secondary_image`; ALOHA `primary_image`, `left_wrist_image`,
     `right_wrist_image`), `proprio` and `task_description`.
+
+    Seeds follow the official rule: the k-th query since loading (or since `reset()`) uses `seed + k`, k counted
+    from 0, so `from_pretrained(..., seed=195)` gives 195, 196, ... A query with an explicit seed uses it and leaves
+    the count alone.
     """
 
     def __init__(self, network, vae: PolicyVAE, text: TextEmbeddings, statistics: L.DatasetStatistics,
@@ -63,8 +68,7 @@ class CosmosPolicy:
             raise ValueError(f"cuda_graph=True needs a CUDA device, the policy runs on {self.device}")
         use_graph = self.device.type == "cuda" if cuda_graph is None else bool(cuda_graph)
         self._graphs = ChunkGraphs(self) if use_graph else None
-        self._initial_seed = _check_seed(seed, "seed")
-        self._rng = np.random.RandomState(self._initial_seed)
+        self._seed_counter = SeedCounter(seed)
         self._contexts: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
         t = layout.state_t
         self._cond_frames = torch.zeros(t, dtype=torch.bool, device=self.device)
@@ -122,7 +126,8 @@ class CosmosPolicy:
 
     def infer(self, obs: Mapping, seed: int | None = None, return_future_images: bool = False) -> dict:
         """One observation -> {"actions": (chunk, action_dim) float32, "value", "seed", "timing" (ms per stage),
-        and "future_images" ({camera: uint8 (224, 224, 3)}) when asked}.
+        and "future_images" ({camera: uint8 (224, 224, 3)}) when asked}. Without `seed` the query takes the next
+        value of the seed rule (`seed + k`); with it, that seed, and the count does not move.
 
         Raises ValueError naming the key for a missing camera, a wrong image shape or dtype, a wrong proprio length
         or an unknown instruction, before anything in the policy changes."""
@@ -130,7 +135,9 @@ class CosmosPolicy:
 
     def infer_batch(self, observations: Sequence[Mapping], seeds: Sequence[int] | None = None,
                     return_future_images: bool = False) -> list[dict]:
-        """Many observations as one batch (sample i uses its own seed, so it equals `infer(obs_i, seeds[i])`)."""
+        """Many observations as one batch (sample i uses its own seed, so it equals `infer(obs_i, seeds[i])`).
+        Without `seeds`, sample i takes the seed rule's next values in order (they count as len(observations)
+        queries)."""
         timing: dict[str, float] = {}
         start = clock = self._clock()
         if not isinstance(observations, Sequence) or isinstance(observations, (str, bytes)) or not observations:
@@ -149,7 +156,8 @@ class CosmosPolicy:
     def plan(self, obs: Mapping, num_candidates: int = 8, seed: int | None = None,
              batch_size: int | None = None) -> dict:
         """Best-of-N: N action chunks with seeds seed, seed+1, ..., ranked by the value each predicts alongside its
-        actions; run as one batch (or batches of `batch_size`). Ties keep the lowest seed."""
+        actions; run as one batch (or batches of `batch_size`). Ties keep the lowest seed. Without `seed` the base
+        seed is the seed rule's next value (the plan counts as one query)."""
         if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
             raise ValueError(f"num_candidates: expected an int >= 1, got {num_candidates!r}")
         timing: dict[str, float] = {}
@@ -176,12 +184,60 @@ class CosmosPolicy:
                 "index": best, "candidate_values": values, "candidate_seeds": seeds,
                 "candidate_actions": np.stack([r["actions"] for r in results]), "timing": timing}
 
-    def reset(self) -> None:
-        """Start a new episode: the policy's own seed sequence restarts (the exact caches are kept)."""
-        self._rng = np.random.RandomState(self._initial_seed)
+    def reset(self, seed: int | None = None) -> None:
+        """Start a new episode: the next query is query 0 again, seeded `seed` (the loading seed when None).
+        The exact caches and captured graphs are kept."""
+        self._seed_counter.reset(seed)
+
+    def warmup(self, batch_sizes: Sequence[int] = (1,), instructions: Sequence[str] | None = None) -> dict:
+        """Pay now what a first query would: Triton compilation, the backend probes, attention's backend choice,
+        the exact caches of each instruction and, on CUDA, the graph capture of each (batch size, instruction).
+
+        Runs one synthetic observation of the right shapes per batch size and instruction (default: the first
+        instruction of the checkpoint's embeddings) with explicit seeds, so the seed rule does not move. Returns
+        {"batch_sizes", "instructions", "runs": [{"instruction", "batch_size", "ms"}], "total_ms", "cuda_graphs",
+        "graph_failures", "next_seed"}."""
+        sizes = list(batch_sizes)
+        if not sizes or any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1 for b in sizes):
+            raise ValueError(f"batch_sizes: expected ints >= 1, got {batch_sizes!r}")
+        if instructions is None:
+            known = self.text.instructions()
+            if not known:
+                raise ValueError("instructions: the checkpoint has no T5 embeddings; name the instructions to warm up")
+            instructions = known[:1]
+        elif isinstance(instructions, str):
+            instructions = [instructions]
+        instructions = list(instructions)
+        self.text.check_known(instructions, key="instructions")
+        start, runs = time.perf_counter(), []
+        for instruction in instructions:
+            obs = self.synthetic_observation(instruction)
+            for size in sizes:
+                began = time.perf_counter()
+                self.infer_batch([obs] * int(size), seeds=[0] * int(size))
+                runs.append({"instruction": instruction, "batch_size": int(size),
+                             "ms": (time.perf_counter() - began) * 1e3})
+        graphs = self._graphs
+        return {"batch_sizes": [int(b) for b in sizes], "instructions": instructions, "runs": runs,
+                "total_ms": (time.perf_counter() - start) * 1e3, "cuda_graphs": len(graphs) if graphs else 0,
+                "graph_failures": graphs.failures if graphs else 0, "next_seed": self.next_seed}
+
+    def synthetic_observation(self, instruction: str | None = None) -> dict:
+        """An observation of the suite's shapes: grey images, the proprio at the middle of its range."""
+        size = L.IMAGE_SIZE
+        obs: dict = {camera: np.full((size, size, 3), 128, dtype=np.uint8) for camera in self.layout.cameras}
+        stats = self.statistics
+        obs["proprio"] = (np.asarray(stats.proprio_min) + np.asarray(stats.proprio_max)) / 2
+        obs["task_description"] = instruction if instruction is not None else self.text.instructions()[0]
+        return obs
+
+    @property
+    def next_seed(self) -> int:
+        """The seed the next query without an explicit one will use."""
+        return self._seed_counter.next
 
     def cache_info(self) -> dict:
-        info = {"contexts": len(self._contexts), "rng_state": _rng_digest(self._rng)}
+        info = {"contexts": len(self._contexts), "next_seed": self.next_seed}
         info.update(self.text.cache_info())
         info.update(self.vae.cache_info())
         for name in ("kv_cache", "modulation_cache", "rope_cache"):
@@ -225,11 +281,11 @@ class CosmosPolicy:
         return images, proprio, obs["task_description"]
 
     def _seeds(self, seeds, count: int) -> list[int]:
-        if seeds is None:  # advance the policy's own generator, only once the inputs are known to be good
-            return [int(s) for s in self._rng.randint(0, SEED_LIMIT, size=count, dtype=np.uint64)]
+        if seeds is None:  # the seed rule moves only once the inputs are known to be good
+            return self._seed_counter.take(count)
         if len(seeds) != count:
             raise ValueError(f"seeds: expected {count} seeds, got {len(seeds)}")
-        return [_check_seed(s, "seed") for s in seeds]
+        return [check_seed(s, "seed") for s in seeds]
 
     def _prepare(self, checked) -> _Prepared:
         per_camera = []
@@ -365,14 +421,3 @@ def resolve_device(device=None) -> torch.device:
         if available is not None and hasattr(available, "is_available") and not available.is_available():
             raise ValueError(f"device: {device} asked for, but it is not available")
     return device
-
-
-def _check_seed(seed, name: str) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < SEED_LIMIT:
-        raise ValueError(f"{name}: expected an int in [0, 2**32), got {seed!r}")
-    return int(seed)
-
-
-def _rng_digest(rng: np.random.RandomState) -> tuple:
-    _, keys, pos, *_ = rng.get_state()
-    return int(keys.sum()), int(pos)

@@ -113,10 +113,10 @@ def test_batch_equals_single_queries(policy, obs):
         assert abs(got["value"] - single["value"]) < 1e-4
 
 
-def test_own_generator_and_reset(policy, obs):
+def test_own_seeds_and_reset(policy, obs):
     policy.reset()
     first, second = policy.infer(obs), policy.infer(obs)
-    assert first["seed"] != second["seed"] and not np.array_equal(first["actions"], second["actions"])
+    assert (first["seed"], second["seed"]) == (0, 1) and not np.array_equal(first["actions"], second["actions"])
     policy.reset()
     again = policy.infer(obs)
     assert again["seed"] == first["seed"] and np.array_equal(again["actions"], first["actions"])
@@ -175,6 +175,54 @@ def test_bad_input_names_the_key_and_changes_nothing(policy, obs, key, value, ma
     with pytest.raises(ValueError, match=match):
         policy.plan(_bad(obs, key, value), num_candidates=2)
     assert policy.cache_info() == before
+
+
+def test_seed_rule_counts_queries_from_the_loading_seed(tiny_dir, obs):
+    """The official rule: query k since loading or reset() uses seed + k; explicit seeds leave the count alone."""
+    policy = CosmosPolicy.from_pretrained(tiny_dir, backend="reference", device="cpu", seed=195)
+    assert policy.next_seed == 195
+    first = policy.infer(obs)
+    assert first["seed"] == 195 and policy.next_seed == 196
+    assert policy.infer(obs, seed=7)["seed"] == 7 and policy.next_seed == 196  # explicit: no move
+    assert [r["seed"] for r in policy.infer_batch([obs, obs, obs])] == [196, 197, 198]
+    assert policy.infer_batch([obs, obs], seeds=[3, 4])[1]["seed"] == 4 and policy.next_seed == 199
+    planned = policy.plan(obs, num_candidates=2)
+    assert planned["candidate_seeds"] == [199, 200] and policy.next_seed == 200  # one plan = one query
+    with pytest.raises(ValueError, match="proprio"):  # a refused query does not count
+        policy.infer(_bad(obs, "proprio", np.zeros(3)))
+    assert policy.next_seed == 200
+    policy.reset()
+    again = policy.infer(obs)
+    assert again["seed"] == 195 and np.array_equal(again["actions"], first["actions"])
+    policy.reset(seed=2**32 - 1)
+    assert [r["seed"] for r in policy.infer_batch([obs, obs])] == [2**32 - 1, 0]  # wraps at 2**32
+    assert policy.cache_info()["next_seed"] == 1
+
+
+def test_warmup_runs_every_size_without_moving_the_seed_rule(tiny_dir, obs):
+    policy = CosmosPolicy.from_pretrained(tiny_dir, backend="fused", device="cpu", seed=195)
+    calls = []
+    inner = policy._run
+
+    def spy(prepared, seeds, *args):
+        calls.append((len(seeds), tuple(prepared.instructions), tuple(im.shape for im in prepared.images)))
+        return inner(prepared, seeds, *args)
+
+    policy._run = spy
+    report = policy.warmup(batch_sizes=(1, 2), instructions=[OTHER_TASK])
+    size = policy.image_size
+    assert calls == [(1, (OTHER_TASK,), ((1, 3, size, size),) * 2), (2, (OTHER_TASK,) * 2, ((2, 3, size, size),) * 2)]
+    assert [(r["instruction"], r["batch_size"]) for r in report["runs"]] == [(OTHER_TASK, 1), (OTHER_TASK, 2)]
+    assert report["next_seed"] == 195 and policy.next_seed == 195 and report["cuda_graphs"] == 0
+    assert policy.network.kv_cache.misses > 0 and len(policy.network.kv_cache) >= 1  # the instruction's K/V is cached
+    policy.warmup()  # default: the checkpoint's first instruction
+    assert calls[-1][1] == (LIBERO_SAMPLE_TASK,)
+    assert policy.infer(obs)["seed"] == 195
+    for bad, match in (((0,), "batch_sizes"), ((), "batch_sizes"), ((True,), "batch_sizes")):
+        with pytest.raises(ValueError, match=match):
+            policy.warmup(batch_sizes=bad)
+    with pytest.raises(ValueError, match="fly to the moon"):
+        policy.warmup(instructions=["fly to the moon"])
 
 
 def test_bad_seeds_and_options(policy, obs, tiny_dir):
