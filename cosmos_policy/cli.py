@@ -26,6 +26,9 @@ DEFAULT_COMMAND = "demo"
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("cosmos_policy.demo", "run the policy on one observation and report the latency of every stage"),
     "roofline": ("cosmos_policy.roofline", "count launches, FLOPs and bytes of one pass and predict GPU times"),
+    "eval": ("cosmos_policy.evaluation.cli", "closed-loop evaluation in a simulator (LIBERO), resumable, on Ray"),
+    "serve": ("cosmos_policy.serve.command", "serve the policy to robot clients (openpi websocket, HTTP /act)"),
+    "loadtest": ("cosmos_policy.serve.loadtest", "bounded load on a running server: latency percentiles, req/s"),
 }
 
 # Library errors that describe the user's input (a file, a flag) when raised while loading what the user named;
