@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cosmos_kernels import cuda_kernels_note
+
 SCHEMA = "cosmos-policy-demo/1"
 CHUNK_TARGET_MS = 60.0  # DESIGN.md: LIBERO action chunk, H100 SXM, bf16, B=1, p50
 PASS_TARGET = 0.70  # DESIGN.md: one DiT pass at >= 70 % of measured bf16 matmul throughput
@@ -34,6 +36,7 @@ def header(what: dict, suite: str, device: torch.device, dtype: torch.dtype, obs
         f"image {what['image_size']}px, device {device} ({name}), dtype {dt}",
         f"observation: {observation['description']}",
         f"task: {args.task!r}; seed {args.seed}; {args.chunks} chunks per phase after 1 warm-up chunk",
+        f"kernels: {cuda_kernels_note()}",
     ])
 
 
