@@ -10,6 +10,7 @@ GPU's kernels without one): the fake implementations of the fast backends run, p
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +27,7 @@ KERNEL_BACKENDS = ("reference", "cpu", "cuda", "triton")
 _warned: set[str] = set()
 _probe_fns: dict[tuple[str, str], Callable[[torch.device], bool]] = {}
 _probe_results: dict[tuple[str, str, str], bool] = {}
+_deferred: dict[tuple, Callable[[], bool]] = {}
 _meta_as_cuda = False
 
 
@@ -92,8 +94,12 @@ def probe_passed(op_name: str, backend: str, device: torch.device) -> bool:
     probe = _probe_fns.get((op_name, backend))
     if probe is None:
         return True
-    if torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
-        # Cannot run a probe while tracing or capturing; it runs at the first eager call instead.
+    if torch.compiler.is_compiling():
+        return True  # cannot run a probe while tracing; it runs at the first eager call instead
+    if torch.cuda.is_current_stream_capturing():
+        # Cannot run it inside a capture either: the capture goes on with the backend, and whoever captured
+        # runs the probe afterwards (`run_deferred`) and captures again if it fails.
+        defer(("probe", *key), lambda: probe_passed(op_name, backend, device))
         return True
     try:
         ok = bool(probe(device))
@@ -105,6 +111,46 @@ def probe_passed(op_name: str, backend: str, device: torch.device) -> bool:
         warn_once(key[0] + key[1], f"cosmos_kernels: backend {backend!r} of {op_name} disabled on {device}: "
                   f"{reason}. Falling back.")
     return ok
+
+
+def defer(key: tuple, check: Callable[[], bool]) -> None:
+    """Record one-time work skipped inside a CUDA-graph capture (a probe, a timed choice made provisionally).
+
+    `check()` runs eagerly after the capture (`run_deferred`) and returns whether what was captured meanwhile
+    still stands (False: the capture used an unchecked or provisional backend and must be redone)."""
+    _deferred.setdefault(key, check)
+
+
+def deferred() -> list[tuple]:
+    """The keys of the work deferred so far and not yet run."""
+    return list(_deferred)
+
+
+def run_deferred() -> bool:
+    """Run the deferred work (call it outside any capture); False when a capture since the last call must be redone."""
+    ok = True
+    while _deferred:
+        _, check = _deferred.popitem()
+        try:
+            ok = bool(check()) and ok
+        except Exception:  # a check that cannot run leaves the capture unverified
+            ok = False
+    return ok
+
+
+def on_tensor_device(launch: Callable) -> Callable:
+    """Run a Triton launcher with its first tensor argument's CUDA device current: Triton launches on the current
+    device and stream, so a tensor on `cuda:1` would otherwise be launched on `cuda:0`."""
+
+    @functools.wraps(launch)
+    def guarded(*args, **kwargs):
+        device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+        if device is None or device.type != "cuda":
+            return launch(*args, **kwargs)
+        with torch.cuda.device(device):
+            return launch(*args, **kwargs)
+
+    return guarded
 
 
 def _env_choice(env_var: str) -> str | None:

@@ -1,27 +1,55 @@
 """The whole action chunk (every network pass and the sampler updates) as one CUDA graph.
 
-The loop is `cosmos_kernels.sampling.Sampler` (fixed shape, fused step, no host sync; fp32 state, which matches the
-float64 `sample()` to about 1e-6). A graph is captured per (batch size, instructions): the instruction's cross-attention
-K/V and the modulation vectors of the fixed sigma schedule come from the network's exact caches (the per-pass times
-are handed to the fused network as host tensors, which it caches by value) and stay pinned for the graph's life. Noise
+The loop is `cosmos_kernels.sampling.Sampler` (fixed shape, fused step, no host sync). A graph is captured per key:
+latent shape (batch size included), instructions and the text tensor, step count and sigma range, the network's
+dtype, device, backend and weight versions. It reads the instruction's cross-attention K/V and the modulation vectors
+of the fixed sigma schedule from the network's exact caches (pinned for the graph's life), so every graph is dropped
+when the network frees those caches (`clear_caches()`, `load_state_dict()`, `.to()`: its `cache_epoch` moves). Noise
 and clean latents are copied into static buffers before each replay.
 
-With `capture=False` the same loop runs eagerly (that is how it is tested without a GPU).
+A capture that fails leaves that key on the eager fused loop (the same `Sampler`, not the float64 `sample()`) with a
+warning, and is retried after 1, 2, 4, ... (at most 64) more queries. A capture during which a backend probe or a timed
+backend choice had to wait is checked afterwards and captured again when it baked in an unchecked or provisional
+backend. With `capture=False` the same loop runs eagerly (how it is tested without a GPU); `capturer` replaces the
+CUDA capture itself (tests pass a fake one).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 
-from cosmos_kernels.sampling import Sampler, sample
+from cosmos_kernels import _dispatch
+from cosmos_kernels.sampling import Sampler
+
+MAX_RETRY_DELAY = 64
+
+Capturer = Callable[[Callable[[], torch.Tensor], torch.device, object], tuple[object, torch.Tensor]]
+
+
+def cuda_capture(run: Callable[[], torch.Tensor], device: torch.device, pool) -> tuple[object, torch.Tensor]:
+    """Warm `run` up eagerly on a side stream (lazy initialisation, cache fills), then capture one call of it."""
+    with torch.cuda.device(device):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread-local: another thread's unsafe CUDA call neither breaks this capture nor is broken by it
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+            out = run()
+    return graph, out
 
 
 class _Chunk:
     def __init__(self, policy, batch: int, gt: torch.Tensor, context: torch.Tensor):
         layout, network = policy.layout, policy.network
+        self.device = policy.device
         self.sampler = Sampler(gt.shape, num_steps=policy.num_steps, sigma_min=layout.sigma_min,
                                sigma_max=layout.sigma_max, solver="2ab", net_dtype=policy.dtype,
                                device=policy.device)
@@ -32,8 +60,9 @@ class _Chunk:
         self.host_times = [torch.where(frames, 0.0, t).to(torch.float32).expand(batch, -1)
                            for t in self.sampler.timesteps.to(torch.float32).tolist()]
         self.use_host_times = getattr(network, "backend", None) == "fused"
-        self.network, self.context, self.mask5 = network, context, policy._cond_mask
+        self.network, self.context, self.mask5 = network, context, policy._cond_mask  # held: the graph reads them
         self.graph, self.out = None, None
+        self.failures, self.retry_in = 0, 0
 
     def net_fn(self, net_in: torch.Tensor, timesteps: torch.Tensor, k: int) -> torch.Tensor:
         times = self.host_times[k] if self.use_host_times else timesteps
@@ -41,18 +70,6 @@ class _Chunk:
 
     def run_eager(self) -> torch.Tensor:
         return self.sampler.run(self.net_fn, self.noise, self.gt, self.cond_mask)
-
-    def capture(self, pool) -> None:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up: fills the caches, lazy initialisation happens outside
-            for _ in range(2):
-                self.run_eager()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
-            self.out = self.run_eager()
-        self.graph = graph
 
     def __call__(self, noise: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         self.noise.copy_(noise)
@@ -64,41 +81,80 @@ class _Chunk:
 
 
 class ChunkGraphs:
-    def __init__(self, policy, max_graphs: int = 4, capture: bool = True):
+    def __init__(self, policy, max_graphs: int = 4, capture: bool = True, capturer: Capturer | None = None):
         self.policy, self.max_graphs, self.capture = policy, max_graphs, capture
+        self.capturer: Capturer = capturer if capturer is not None else cuda_capture
         self._chunks: OrderedDict[tuple, _Chunk] = OrderedDict()
         self._pool = None
-        self.disabled_reason: str | None = None
-        self.failures = 0
+        self._epoch = getattr(policy.network, "cache_epoch", 0)
+        self.failures = 0  # failed captures so far
+        self.last_error: str | None = None  # of the latest failed capture, None once a capture succeeds
+        self.invalidations = 0
 
     def __len__(self) -> int:
-        return len(self._chunks)
+        """Captured graphs held."""
+        return sum(chunk.graph is not None for chunk in self._chunks.values())
+
+    @property
+    def disabled_reason(self) -> str | None:
+        return self.last_error
+
+    def invalidate(self) -> None:
+        """Drop every captured graph (and its memory pool)."""
+        if self._chunks:
+            self.invalidations += 1
+        self._chunks.clear()
+        self._pool = None
+
+    def key(self, gt: torch.Tensor, context: torch.Tensor, instructions: list[str]) -> tuple:
+        """Everything that changes what a capture reads or computes."""
+        p, network = self.policy, self.policy.network
+        weights = network._weights_key() if hasattr(network, "_weights_key") else (p.dtype, p.device)
+        text = (id(context), getattr(context, "_version", 0), tuple(context.shape), context.dtype, context.device)
+        return (tuple(gt.shape), tuple(instructions), text, p.num_steps, p.layout.name, p.layout.sigma_min,
+                p.layout.sigma_max, p.dtype, str(p.device), getattr(network, "backend", None), weights)
 
     def run(self, noise: torch.Tensor, gt: torch.Tensor, context: torch.Tensor, instructions: list[str]):
-        if self.disabled_reason is not None:
-            return self._fallback(noise, gt, context)
-        key = (noise.shape[0], tuple(instructions))
+        epoch = getattr(self.policy.network, "cache_epoch", 0)
+        if epoch != self._epoch:  # the network freed what the graphs read
+            self.invalidate()
+            self._epoch = epoch
+        key = self.key(gt, context, instructions)
         chunk = self._chunks.get(key)
         if chunk is None:
-            try:
-                chunk = _Chunk(self.policy, noise.shape[0], gt, context)
-                if self.capture:
-                    chunk.noise.copy_(noise)
-                    chunk.gt.copy_(gt)
-                    if self._pool is None:
-                        self._pool = torch.cuda.graph_pool_handle()
-                    chunk.capture(self._pool)
-            except Exception as err:  # keep serving: an uncapturable setup falls back to the checked sampler
-                self.disabled_reason = f"{type(err).__name__}: {err}"
-                warnings.warn(f"CUDA graph capture failed, running eagerly ({self.disabled_reason})", stacklevel=3)
-                return self._fallback(noise, gt, context)
-            self._chunks[key] = chunk
+            chunk = self._chunks[key] = _Chunk(self.policy, noise.shape[0], gt, context)
             while len(self._chunks) > self.max_graphs:
                 self._chunks.popitem(last=False)
         self._chunks.move_to_end(key)
+        if self.capture and chunk.graph is None:
+            if chunk.retry_in > 0:
+                chunk.retry_in -= 1
+            else:
+                chunk.noise.copy_(noise)
+                chunk.gt.copy_(gt)
+                self._capture(chunk)
         return chunk(noise, gt)
 
-    def _fallback(self, noise, gt, context):
-        p, layout = self.policy, self.policy.layout
-        return sample(p._x0_fn(gt, context), noise, num_steps=p.num_steps, sigma_min=layout.sigma_min,
-                      sigma_max=layout.sigma_max, solver="2ab")
+    def _capture(self, chunk: _Chunk) -> None:
+        if self._pool is None and chunk.device.type == "cuda":
+            self._pool = torch.cuda.graph_pool_handle()
+        error = None
+        for _ in range(2):  # a second capture when the first one had to bake in an unchecked backend
+            _dispatch.run_deferred()  # nothing pending may be blamed on this capture
+            try:
+                graph, out = self.capturer(chunk.run_eager, chunk.device, self._pool)
+            except Exception as err:  # keep serving: this key runs the eager fused loop for now
+                _dispatch.run_deferred()
+                error = f"{type(err).__name__}: {err}"
+                break
+            if _dispatch.run_deferred():
+                chunk.graph, chunk.out, chunk.failures = graph, out, 0
+                self.last_error = None
+                return
+            error = "a backend probe or choice deferred during the capture invalidated it"
+        chunk.failures += 1
+        self.failures += 1
+        chunk.retry_in = min(2 ** (chunk.failures - 1), MAX_RETRY_DELAY)
+        self.last_error = error
+        warnings.warn(f"CUDA graph capture failed, running the fused loop eagerly; retrying after "
+                      f"{chunk.retry_in} more queries ({error})", RuntimeWarning, stacklevel=4)

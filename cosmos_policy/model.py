@@ -130,6 +130,7 @@ class CosmosDiT(nn.Module):
         self.kv_cache = LRUCache(kv_cache_bytes, "cross-attention K/V cache")
         self.modulation_cache = LRUCache(modulation_cache_bytes, "modulation cache")
         self.rope_cache = LRUCache(rope_cache_bytes, "RoPE cache")
+        self.cache_epoch = 0  # bumped whenever cached tensors are freed: graphs that read them must go too
 
     # -- weights --------------------------------------------------------------------------------------------
 
@@ -147,9 +148,18 @@ class CosmosDiT(nn.Module):
         return super().load_state_dict(mapped, strict=True, assign=assign)
 
     def clear_caches(self) -> None:
-        """Drop every cached K/V, modulation and RoPE table (also entries pinned for a captured graph)."""
+        """Drop every cached K/V, modulation and RoPE table (also entries pinned for a captured graph); bumps
+        `cache_epoch`, which tells graph owners (`CosmosPolicy`) that their captures read freed memory."""
         for cache in (self.kv_cache, self.modulation_cache, self.rope_cache):
             cache.clear()
+        self.cache_epoch += 1
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to(), .cuda(), .half(), ...: the cached tensors belong to the old weights and the old device
+        out = super()._apply(fn, recurse)
+        if hasattr(self, "kv_cache"):
+            self.clear_caches()
+        return out
 
     @property
     def dtype(self) -> torch.dtype:

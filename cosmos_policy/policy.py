@@ -236,6 +236,17 @@ class CosmosPolicy:
         """The seed the next query without an explicit one will use."""
         return self._seed_counter.next
 
+    def clear_caches(self) -> None:
+        """Free every exact cache (network K/V, modulation, RoPE; VAE prefix states; text contexts) and every
+        captured graph, which read those caches."""
+        clear = getattr(self.network, "clear_caches", None)
+        if callable(clear):
+            clear()
+        self.vae.clear_cache()
+        self._contexts.clear()
+        if self._graphs is not None:
+            self._graphs.invalidate()
+
     def cache_info(self) -> dict:
         info = {"contexts": len(self._contexts), "next_seed": self.next_seed}
         info.update(self.text.cache_info())

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cosmos_kernels import _alloc
+from cosmos_kernels import _alloc, _dispatch
 from cosmos_kernels._registry import TritonConfig, register_triton_kernel
 
 MAX_SINGLE_TILE = 8192
@@ -139,6 +139,7 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
+@_dispatch.on_tensor_device  # launch on the tensors' GPU
 def layer_norm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float,
                         residual: torch.Tensor | None = None, gate: torch.Tensor | None = None):
     """Launch on (N0, N1, N2, D) row grids; with `residual` and `gate`, the gated variant."""
@@ -159,6 +160,7 @@ def layer_norm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tenso
     return (new_res, out) if gated else out
 
 
+@_dispatch.on_tensor_device  # launch on the tensors' GPU
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     n0, n1, n2, d = x.shape
     out = _alloc.empty(x.shape, dtype=x.dtype, device=x.device)

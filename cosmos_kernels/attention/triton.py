@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cosmos_kernels import _alloc
+from cosmos_kernels import _alloc, _dispatch
 from cosmos_kernels._registry import TritonConfig, register_triton_kernel
 
 LOG2E = 1.4426950408889634
@@ -90,6 +90,7 @@ def _qk_rope_block_h(heads: int, head_dim: int) -> int:
     return max(1, min(triton.next_power_of_2(heads), 2048 // (2 * half_block(head_dim))))
 
 
+@_dispatch.on_tensor_device  # launch on the tensors' GPU
 def qk_norm_rope(q, k, q_weight, k_weight, cos, sin, eps: float):
     """Launch on (B, L, H, D) tensors (any strides, last dim contiguous); weights and tables fp32 or None."""
     b, lq, h, d = q.shape
@@ -220,6 +221,7 @@ def attention_config(head_dim: int, dtype: torch.dtype, device: torch.device, ro
     return gpu_config(head_dim, dtype, _capability(index)[0] >= 9, rope)
 
 
+@_dispatch.on_tensor_device  # launch on the tensors' GPU
 def attention(q, k, v, q_weight, k_weight, cos, sin, scale: float, eps: float) -> torch.Tensor:
     """Launch on (B, L, H, D) tensors (any strides, last dim contiguous); weights and tables fp32 or None."""
     b, lq, h, d = q.shape

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cosmos_kernels import _alloc
+from cosmos_kernels import _alloc, _dispatch
 from cosmos_kernels._registry import TritonConfig, register_triton_kernel
 
 MAX_BLOCK = 1024
@@ -69,6 +69,7 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
+@_dispatch.on_tensor_device  # launch on the tensors' GPU
 def sampler_step(v, x, x0_prev, x0_prev2, cond_latent, cond_mask, coeffs, step):
     """Launch on (B, C, T, S) latents (contiguous last dim); see reference.py for the semantics."""
     bsz, c, t, s = x.shape
