@@ -8,8 +8,9 @@ place), norm weights and RoPE tables in fp32 or None.
 Attention backends: "triton" (our flash-attention forward with the norm and RoPE fused into the tile
 loads), "flash_attn" (FA3 / FA2 when importable), "sdpa" (`qk_norm_rope`, then PyTorch's
 scaled_dot_product_attention) and "reference". Automatic choice: "sdpa" on the CPU; on CUDA the usable
-candidates are timed once per (shapes, dtype, device, norm, rope) at first eager use and the fastest is
-kept. `COSMOS_KERNELS_DETERMINISTIC=1` replaces the timing with the fixed choice "sdpa". An explicit
+candidates are timed on the device once per (GPU, versions, shapes, norm, rope) at first eager use and the
+fastest is kept, also on disk (`picker.py`). `COSMOS_KERNELS_DETERMINISTIC=1` replaces the timing with the
+fixed choice "sdpa". An explicit
 `backend` wins over `COSMOS_KERNELS_ATTENTION`, which wins over `COSMOS_KERNELS_BACKEND` (where that names
 an attention backend, e.g. "reference" or "triton"), which wins over the automatic choice.
 """
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from cosmos_kernels import _checks, _dispatch, _ext
-from cosmos_kernels.attention import reference
+from cosmos_kernels.attention import picker, reference
 from cosmos_kernels.tools import dispatch_counter
 
 _NS = "cosmos_kernels"
@@ -32,7 +33,6 @@ ATTENTION_ENV = "COSMOS_KERNELS_ATTENTION"
 ATTENTION_BACKENDS = ("reference", "sdpa", "triton", "flash_attn")
 QK_NORM_ROPE_BACKENDS = ("reference", "cpu", "cuda", "triton")
 MAX_HEAD_DIM = 256
-DETERMINISTIC_CHOICE = "sdpa"
 
 
 # -- Triton custom ops and fakes -------------------------------------------------------------------------
@@ -51,10 +51,11 @@ def _qk_norm_rope_triton(
 def _attention_triton(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weight: torch.Tensor | None,
     k_weight: torch.Tensor | None, cos: torch.Tensor | None, sin: torch.Tensor | None, scale: float, eps: float,
+    last_key_repeats: int,
 ) -> torch.Tensor:
     from cosmos_kernels.attention import triton as triton_kernels  # Triton is optional
 
-    return triton_kernels.attention(q, k, v, q_weight, k_weight, cos, sin, scale, eps)
+    return triton_kernels.attention(q, k, v, q_weight, k_weight, cos, sin, scale, eps, last_key_repeats)
 
 
 def _fake_qk(q: torch.Tensor, k: torch.Tensor, *args: object) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,7 +75,9 @@ if _ext.has_cpu_extension():
 # One kernel per call (q and k in one launch; attention with its norm and RoPE in its tile loads).
 dispatch_counter.register_cost(f"{_NS}::qk_norm_rope", dispatch_counter.no_matrix_flops)
 dispatch_counter.register_cost(f"{_NS}::qk_norm_rope_triton", dispatch_counter.no_matrix_flops)
-dispatch_counter.register_cost(f"{_NS}::attention_triton", dispatch_counter.attention_flops)
+# attention_triton: its kernel, plus one qk_norm_rope launch first when K is normalised or rotated.
+dispatch_counter.register_cost(f"{_NS}::attention_triton", dispatch_counter.attention_flops,
+                               launches=lambda q, k, v, qw, kw, cos, *a, **kw_: 1 + (kw is not None or cos is not None))
 
 
 # -- checks -----------------------------------------------------------------------------------------------
@@ -99,12 +102,12 @@ def _check_pair_like(op: str, name: str, t: torch.Tensor, q: torch.Tensor, *, sa
 
 
 def _check_weights(op: str, q_name: str, k_name: str, qw, kw, head_dim: int, device: torch.device):
-    if (qw is None) != (kw is None):
-        raise ValueError(f"{op}: {q_name} and {k_name} must both be given or both be None")
-    if qw is None:
-        return None, None
+    """Each side's norm weight is optional on its own (cross-attention over cached, normalised keys)."""
     out = []
     for name, w in ((q_name, qw), (k_name, kw)):
+        if w is None:
+            out.append(None)
+            continue
         _checks.check_float_tensor(op, name, w)
         if w.dim() != 1 or w.shape[0] != head_dim:
             raise ValueError(f"{op}: {name} must have shape ({head_dim},) to match head_dim, got {tuple(w.shape)}")
@@ -165,7 +168,7 @@ def qk_norm_rope(
 
     q, k: `(B, L, heads, head_dim)`, possibly strided views of one packed QKV projection (read in place);
     k may be longer or shorter than q when no tables are given (cross-attention normalises q and k but
-    rotates neither). `q_weight`, `k_weight`: `(head_dim,)` or both None (no norm). `cos`, `sin`:
+    rotates neither). `q_weight`, `k_weight`: `(head_dim,)` or None (that side is not normalised). `cos`, `sin`:
     `(L, head_dim)` tables (see `rope_3d_tables`) or both None (no RoPE). Computed in fp32; returns new
     tensors `(q_out, k_out)` in q's dtype.
     """
@@ -187,10 +190,26 @@ def qk_norm_rope(
     return _qk_norm_rope_kernel(name, q, k, q_weight, k_weight, cos, sin, eps)
 
 
-def _qk_norm_rope_kernel(name, q, k, q_weight, k_weight, cos, sin, eps):
-    fn = torch.ops.cosmos_kernels.qk_norm_rope_triton if name == "triton" else torch.ops.cosmos_kernels.qk_norm_rope
-    return fn.default(_last_dim_contiguous(q), _last_dim_contiguous(k), _fp32(q_weight), _fp32(k_weight),
-                      _fp32(cos), _fp32(sin), float(eps))
+def _qk_norm_rope_kernel(name, q, k, q_weight, k_weight, cos, sin, eps, *, k_out: bool = True):
+    """One launch. The C++ kernels normalise both sides or neither: a one-sided norm without tables runs them on
+    the normalised side alone (the other side a zero-length view); `k_out=False` returns k itself then (the
+    attention path reads it as it is). A one-sided norm with tables there is the reference's job."""
+    q, k = _last_dim_contiguous(q), _last_dim_contiguous(k)
+    args = (_fp32(q_weight), _fp32(k_weight), _fp32(cos), _fp32(sin), float(eps))
+    if name == "triton":
+        return torch.ops.cosmos_kernels.qk_norm_rope_triton.default(q, k, *args)
+    fn = torch.ops.cosmos_kernels.qk_norm_rope.default
+    if (q_weight is None) == (k_weight is None):
+        return fn(q, k, *args)
+    if cos is not None:
+        return reference.qk_norm_rope(q, k, q_weight, k_weight, cos, sin, eps)
+    if q_weight is not None:
+        w = args[0]
+        q_out = fn(q, k[:, :0], w, w, None, None, args[4])[0]
+        return q_out, k.clone() if k_out else k
+    w = args[1]
+    k_norm = fn(k[:, :0], k, w, w, None, None, args[4])[1]
+    return q.clone(), k_norm
 
 
 # -- attention ---------------------------------------------------------------------------------------------
@@ -213,25 +232,27 @@ def _flash_attn_func():
     return _flash_attn_fn
 
 
-def _backend_usable(name: str, q: torch.Tensor) -> bool:
+def _backend_usable(name: str, q: torch.Tensor, repeats: int = 1) -> bool:
     if name in ("reference", "sdpa"):
         return True
     if name == "triton":
         return _dispatch.triton_available(q.device)
-    if name == "flash_attn":
-        return q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and _flash_attn_func() is not None
+    if name == "flash_attn":  # takes no score bias: a repeated last key is not its case
+        return (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and repeats == 1
+                and _flash_attn_func() is not None)
     return False
 
 
-def _resolve_attention_backend(requested: str | None, q: torch.Tensor) -> str | None:
+def _resolve_attention_backend(requested: str | None, q: torch.Tensor, repeats: int = 1) -> str | None:
     """explicit > COSMOS_KERNELS_ATTENTION > COSMOS_KERNELS_BACKEND (when it names an attention backend) > auto."""
     op = "attention"
     if requested is not None and requested != "auto":
         if requested not in ATTENTION_BACKENDS:
             raise ValueError(f"{op}: backend must be one of {ATTENTION_BACKENDS} or None, got {requested!r}")
-        if not _backend_usable(requested, q):
+        if not _backend_usable(requested, q, repeats):
             why = {"triton": " (Triton on CPU tensors needs TRITON_INTERPRET=1)",
-                   "flash_attn": " (needs the flash_attn package, a CUDA device and fp16 / bf16 tensors)"}
+                   "flash_attn": " (needs the flash_attn package, a CUDA device, fp16 / bf16 tensors and "
+                                 "last_key_repeats=1)"}
             raise ValueError(f"{op}: backend {requested!r} is not available for {q.dtype} tensors on {q.device}"
                              + why.get(requested, ""))
         return requested
@@ -239,7 +260,7 @@ def _resolve_attention_backend(requested: str | None, q: torch.Tensor) -> str | 
         pinned = os.environ.get(env_var, "").strip().lower()
         if pinned in ("", "auto") or (env_var == _dispatch.BACKEND_ENV and pinned not in ATTENTION_BACKENDS):
             continue  # the package-wide pin counts only where it names an attention backend ("reference", ...)
-        if pinned in ATTENTION_BACKENDS and _backend_usable(pinned, q):
+        if pinned in ATTENTION_BACKENDS and _backend_usable(pinned, q, repeats):
             return pinned
         _dispatch.warn_once(f"{env_var}={pinned}:{q.device.type}:{q.dtype}",
                             f"{env_var}={pinned!r} is not usable for attention on {q.dtype} tensors on "
@@ -259,14 +280,18 @@ def attention(
     rope_cos: torch.Tensor | None = None,
     rope_sin: torch.Tensor | None = None,
     norm_eps: float = 1e-6,
+    last_key_repeats: int = 1,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Non-causal softmax attention, `(B, Lq, heads, d)` over `(B, Lk, heads, d)` -> `(B, Lq, heads, d)`.
 
     `Lq != Lk` is allowed (cross-attention). head_dim: a multiple of 16 up to 256 (64, 96, 128, ...);
-    fp32, bf16, fp16. With norm weights (`(d,)`, both or neither) and / or RoPE tables (`(L, d)`, both or
-    neither, self-attention only) q and k first go through `qk_norm_rope`; the "triton" backend fuses that
-    into its tile loads. `scale` defaults to `1 / sqrt(d)`. Returns a new tensor in q's dtype.
+    fp32, bf16, fp16. With norm weights (`(d,)`, each side's or None) and / or RoPE tables (`(L, d)`, both or
+    neither, self-attention only) q and k first go through `qk_norm_rope`; the "triton" backend fuses the Q
+    side into its tile loads. `last_key_repeats=n` makes the last key and value row stand for n equal rows
+    (exact: the zero padding of a text embedding attends as one zero row with count n; "sdpa" adds log(n) to
+    its score as an fp32 bias, "triton" log2(n); "flash_attn", which takes no bias, is not used then).
+    `scale` defaults to `1 / sqrt(d)`. Returns a new tensor in q's dtype.
     """
     op = "attention"
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -285,133 +310,87 @@ def attention(
     cos, sin = _check_tables(op, rope_cos, rope_sin, q, k)
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     eps = float(norm_eps)
+    repeats = _check_repeats(op, last_key_repeats, k)
     if _dispatch.needs_autograd(q, k, v, qw, kw, cos, sin):
         _dispatch.warn_autograd(op)
         return reference.attention(q, k, v, scale=scale, q_norm_weight=qw, k_norm_weight=kw, rope_cos=cos,
-                                   rope_sin=sin, norm_eps=eps)
-    name = _resolve_attention_backend(backend, q)
+                                   rope_sin=sin, norm_eps=eps, last_key_repeats=repeats)
+    name = _resolve_attention_backend(backend, q, repeats)
     if name is None:
-        name = _auto_backend(q, k, v, qw, kw, cos, sin, scale, eps)
+        name = picker.auto_backend(run_backend, auto_candidates, q, k, v, qw, kw, cos, sin, scale, eps, repeats)
     if name not in ("reference", "sdpa"):
         _checks.check_backend_dtype(op, name, q)
-    return run_backend(name, q, k, v, qw, kw, cos, sin, scale, eps)
+    return run_backend(name, q, k, v, qw, kw, cos, sin, scale, eps, repeats)
 
 
-def run_backend(name: str, q, k, v, qw, kw, cos, sin, scale: float, eps: float) -> torch.Tensor:
+def _check_repeats(op: str, repeats: object, k: torch.Tensor) -> int:
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"{op}: last_key_repeats must be an int >= 1, got {repeats!r}")
+    if repeats > 1 and k.shape[1] == 0:
+        raise ValueError(f"{op}: last_key_repeats={repeats} needs at least one key, got k of shape {tuple(k.shape)}")
+    return repeats
+
+
+_MAX_BIASES = 64
+_biases: dict[tuple, torch.Tensor] = {}
+
+
+def _repeat_bias(lk: int, repeats: int, device: torch.device) -> torch.Tensor:
+    """The fp32 `(1, Lk)` score bias: log(repeats) on the last key (fp32 keeps the count exact to an ulp)."""
+    key = (lk, repeats, device)
+    bias = _biases.get(key)
+    if bias is None:
+        bias = torch.zeros(1, lk, dtype=torch.float32, device=device)
+        bias[0, -1] = math.log(repeats)
+        if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            if len(_biases) >= _MAX_BIASES:
+                _biases.pop(next(iter(_biases)))
+            _biases[key] = bias  # one per (length, count, device): no per-call fill
+    return bias
+
+
+def run_backend(name: str, q, k, v, qw, kw, cos, sin, scale: float, eps: float, repeats: int = 1) -> torch.Tensor:
     """Run one attention backend on checked inputs."""
     if name == "reference" or (q.dtype not in _checks.KERNEL_DTYPES and name != "sdpa"):
         return reference.attention(q, k, v, scale=scale, q_norm_weight=qw, k_norm_weight=kw, rope_cos=cos,
-                                   rope_sin=sin, norm_eps=eps)
+                                   rope_sin=sin, norm_eps=eps, last_key_repeats=repeats)
     if name == "triton":
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
         return torch.ops.cosmos_kernels.attention_triton.default(q, k, v, _fp32(qw), _fp32(kw), _fp32(cos),
-                                                                 _fp32(sin), scale, eps)
-    if qw is not None or cos is not None:
-        q, k = qk_norm_rope(q, k, qw, kw, cos, sin, eps)
+                                                                 _fp32(sin), scale, eps, repeats)
+    if qw is not None or kw is not None or cos is not None:
+        if q.dtype in _checks.KERNEL_DTYPES:
+            backend = _dispatch.resolve_backend("qk_norm_rope", q.device, None, supported=QK_NORM_ROPE_BACKENDS,
+                                                dtype=q.dtype)
+            if backend != "reference":
+                q, k = _qk_norm_rope_kernel(backend, q, k, qw, kw, cos, sin, eps, k_out=False)
+            else:
+                q, k = reference.qk_norm_rope(q, k, qw, kw, cos, sin, eps)
+        else:
+            q, k = reference.qk_norm_rope(q, k, qw, kw, cos, sin, eps)
     if name == "flash_attn":
-        return _flash_attn_func()(q, k, v, softmax_scale=scale, causal=False)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)
+        out = _flash_attn_func()(q, k, v, softmax_scale=scale, causal=False)
+        return out[0] if isinstance(out, tuple) else out  # older FA3 builds return (out, lse)
+    bias = None if repeats == 1 else _repeat_bias(k.shape[1], repeats, q.device)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=bias,
+                                         scale=scale)
     return out.transpose(1, 2)
 
 
-# -- automatic choice -------------------------------------------------------------------------------------------
+# -- automatic choice (timing and its disk cache live in picker.py) ---------------------------------------------
 
-_MAX_CHOICES = 256
-_choices: dict[tuple, str] = {}
+DETERMINISTIC_CHOICE = picker.DETERMINISTIC_CHOICE
+chosen_backends = picker.chosen_backends
 
 
-def auto_candidates(q: torch.Tensor) -> list[str]:
-    """The backends auto considers for these tensors, in the order they are timed."""
-    if q.device.type != "cuda" or q.dtype not in _checks.KERNEL_DTYPES:
+def auto_candidates(q: torch.Tensor, repeats: int = 1) -> list[str]:
+    """The backends auto considers for these tensors, in the order they are timed: the Triton kernel only once
+    its run-time probe has passed on this device."""
+    if not _dispatch.as_cuda(q.device) or q.dtype not in _checks.KERNEL_DTYPES:
         return ["sdpa"]
     out = []
     for name in ("triton", "flash_attn", "sdpa"):
-        if _backend_usable(name, q) and (name != "triton" or _dispatch.probe_passed("attention", name, q.device)):
+        if _backend_usable(name, q, repeats) and (name != "triton"
+                                                 or _dispatch.probe_passed("attention", name, q.device)):
             out.append(name)
     return out
-
-
-def _auto_backend(q, k, v, qw, kw, cos, sin, scale, eps) -> str:
-    if q.device.type != "cuda":
-        return "sdpa"
-    if os.environ.get(_dispatch.DETERMINISTIC_ENV, "0") == "1":
-        return DETERMINISTIC_CHOICE
-    key = (tuple(q.shape), tuple(k.shape), q.dtype, str(q.device), qw is not None, cos is not None)
-    choice = _choices.get(key)
-    if choice is not None:
-        return choice
-    if torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
-        return DETERMINISTIC_CHOICE  # no timing while tracing or capturing; the first eager call times
-    candidates = auto_candidates(q)
-    if len(candidates) == 1:
-        choice = candidates[0]
-    else:
-        timings = {name: _time_backend(name, q, k, v, qw, kw, cos, sin, scale, eps) for name in candidates}
-        choice = min(timings, key=timings.get)
-    if len(_choices) >= _MAX_CHOICES:
-        _choices.pop(next(iter(_choices)))
-    _choices[key] = choice
-    return choice
-
-
-def _time_backend(name, q, k, v, qw, kw, cos, sin, scale, eps, repeats: int = 5) -> float:
-    """Median milliseconds of one call (after a warm-up that also compiles); inf if the backend fails."""
-    try:
-        for _ in range(2):
-            run_backend(name, q, k, v, qw, kw, cos, sin, scale, eps)
-        times = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run_backend(name, q, k, v, qw, kw, cos, sin, scale, eps)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        return sorted(times)[len(times) // 2]
-    except Exception as exc:  # a backend that cannot run these shapes is simply not chosen
-        _dispatch.warn_once(f"attention-time:{name}", f"attention: backend {name!r} failed while timing "
-                            f"({type(exc).__name__}: {exc}); not chosen")
-        return math.inf
-
-
-def chosen_backends() -> dict[tuple, str]:
-    """The automatic choices made so far: (q shape, k shape, dtype, device, norm, rope) -> backend."""
-    return dict(_choices)
-
-
-# -- run-time probes of the GPU backends -----------------------------------------------------------------------
-
-def _register_probes() -> None:
-    # bf16 at head_dim 128, the model's case (tensor-core tiles, 16-byte packets); L = 40 is no multiple of
-    # any block. A broken kernel is off by O(1); bf16 rounding stays far below the tolerance.
-    def inputs(device):
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        q, k, v = (torch.randn(1, 40, 2, 128, generator=gen) for _ in range(3))
-        w = torch.rand(128, generator=gen) + 0.5
-        cos, sin = reference.rope_3d_tables(2, 4, 5, 128)
-        return [t.to(device) for t in (q.bfloat16(), k.bfloat16(), v.bfloat16(), w, cos, sin)]
-
-    def close(got, want):
-        return torch.allclose(got.double().cpu(), want.double().cpu(), atol=5e-2, rtol=2e-2)
-
-    def qk_probe(backend):
-        def run(device):
-            q, k, _, w, cos, sin = inputs(device)
-            got = qk_norm_rope(q, k, w, w, cos, sin, backend=backend)
-            want = reference.qk_norm_rope(q.double(), k.double(), w.double(), w.double(), cos.double(), sin.double())
-            return all(close(g, x) for g, x in zip(got, want))
-        return run
-
-    def attention_probe(device):
-        q, k, v, w, cos, sin = inputs(device)
-        got = attention(q, k, v, q_norm_weight=w, k_norm_weight=w, rope_cos=cos, rope_sin=sin, backend="triton")
-        want = reference.attention(q.double(), k.double(), v.double(), q_norm_weight=w.double(),
-                                   k_norm_weight=w.double(), rope_cos=cos.double(), rope_sin=sin.double())
-        return close(got, want)
-
-    for backend in ("cuda", "triton"):
-        _dispatch.register_probe("qk_norm_rope", backend, qk_probe(backend))
-    _dispatch.register_probe("attention", "triton", attention_probe)
-
-
-_register_probes()

@@ -66,14 +66,21 @@ def attention(
     rope_cos: torch.Tensor | None = None,
     rope_sin: torch.Tensor | None = None,
     norm_eps: float = 1e-6,
+    last_key_repeats: int = 1,
 ) -> torch.Tensor:
     """Non-causal softmax attention of `(B, Lq, heads, d)` queries over `(B, Lk, heads, d)` keys / values.
 
-    q and k first go through `qk_norm_rope` (rounded to the input dtype) when norm weights or RoPE
-    tables are given; scores, softmax and the weighted sum are computed in fp32 (float64 for float64).
+    q and k first go through `qk_norm_rope` (rounded to the input dtype) when norm weights (each side's
+    own, or None) or RoPE tables are given; scores, softmax and the weighted sum are computed in fp32
+    (float64 for float64). `last_key_repeats=n`: the last key and value rows stand for n equal rows, as if
+    they were repeated n times.
     """
-    if q_norm_weight is not None or rope_cos is not None:
+    if q_norm_weight is not None or k_norm_weight is not None or rope_cos is not None:
         q, k = qk_norm_rope(q, k, q_norm_weight, k_norm_weight, rope_cos, rope_sin, norm_eps)
+    if last_key_repeats != 1:
+        extra = last_key_repeats - 1
+        k = torch.cat([k, k[:, -1:].expand(-1, extra, -1, -1)], dim=1)
+        v = torch.cat([v, v[:, -1:].expand(-1, extra, -1, -1)], dim=1)
     compute = _compute_dtype(q)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     qf, kf, vf = (t.to(compute).transpose(1, 2) for t in (q, k, v))  # (B, heads, L, d)

@@ -3,15 +3,18 @@
 `_qk_norm_rope_kernel`: one program per token and block of heads, for q and k in one launch; each head
 is loaded as its two halves, so the rotate-half RoPE is a pairwise update of registers.
 
-`_attention_fwd_kernel`: a flash-attention forward (online softmax in fp32 with exp2). The per-head
-RMSNorm and the RoPE of q and k are applied to each Q and K tile as it is loaded, so the normalised and
-rotated q and k never make a round trip through memory. Q and K are held as two half-width tiles and
-QK^T is the sum of two dots, which keeps the rotation free of data movement.
+`_attention_fwd_kernel`: a flash-attention forward (online softmax in fp32 with exp2). K is normalised and
+rotated once per key by `_qk_norm_rope_kernel` (a K tile is read by every Q block: fusing its norm into the
+tile loads would redo it 14-17 times per head at the model's lengths); the Q side, loaded once per program,
+gets its RMSNorm and RoPE in the tile load. Q and K are held as two half-width tiles and QK^T is the sum of
+two dots, which keeps the rotation free of data movement. A last key that stands for several equal keys (the
+zero padding of a text embedding, merged into one row) gets log2(count) added to its score: exact.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import triton
@@ -74,16 +77,17 @@ def _norm_rope_token(
 def _qk_norm_rope_kernel(
     q_ptr, k_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr,
     NQ, Lq, Lk, H, sqb, sql, sqh, skb, skl, skh, st, eps,
-    HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr, NORM: tl.constexpr, ROPE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr, NORM_Q: tl.constexpr, NORM_K: tl.constexpr,
+    ROPE: tl.constexpr,
 ):
     token = tl.program_id(0).to(tl.int64)
     pid_h = tl.program_id(1)
     if token < NQ:  # tokens of q first, then those of k: one launch for both
         _norm_rope_token(q_ptr, qw_ptr, q_out_ptr, cos_ptr, sin_ptr, token, Lq, H, sqb, sql, sqh, st, eps, pid_h,
-                         HEAD_DIM, HALF, BLOCK_H, NORM, ROPE)
+                         HEAD_DIM, HALF, BLOCK_H, NORM_Q, ROPE)
     else:
         _norm_rope_token(k_ptr, kw_ptr, k_out_ptr, cos_ptr, sin_ptr, token - NQ, Lk, H, skb, skl, skh, st, eps,
-                         pid_h, HEAD_DIM, HALF, BLOCK_H, NORM, ROPE)
+                         pid_h, HEAD_DIM, HALF, BLOCK_H, NORM_K, ROPE)
 
 
 def _qk_rope_block_h(heads: int, head_dim: int) -> int:
@@ -92,7 +96,8 @@ def _qk_rope_block_h(heads: int, head_dim: int) -> int:
 
 @_dispatch.on_tensor_device  # launch on the tensors' GPU
 def qk_norm_rope(q, k, q_weight, k_weight, cos, sin, eps: float):
-    """Launch on (B, L, H, D) tensors (any strides, last dim contiguous); weights and tables fp32 or None."""
+    """Launch on (B, L, H, D) tensors (any strides, last dim contiguous); weights (each side's, or None) and
+    tables fp32 or None."""
     b, lq, h, d = q.shape
     lk = k.shape[1]
     q_out = _alloc.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -100,14 +105,14 @@ def qk_norm_rope(q, k, q_weight, k_weight, cos, sin, eps: float):
     tokens = b * (lq + lk)
     if tokens == 0 or h == 0:
         return q_out, k_out
-    norm, rope = q_weight is not None, cos is not None
+    norm_q, norm_k, rope = q_weight is not None, k_weight is not None, cos is not None
     block_h = _qk_rope_block_h(h, d)
     grid = (tokens, triton.cdiv(h, block_h))
     _qk_norm_rope_kernel[grid](
-        q, k, q_weight if norm else q, k_weight if norm else k, cos if rope else q, sin if rope else q,
+        q, k, q_weight if norm_q else q, k_weight if norm_k else k, cos if rope else q, sin if rope else q,
         q_out, k_out, b * lq, lq, lk, h, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
         k.stride(2), cos.stride(0) if rope else 0, eps,
-        HEAD_DIM=d, HALF=half_block(d), BLOCK_H=block_h, NORM=norm, ROPE=rope, num_warps=4,
+        HEAD_DIM=d, HALF=half_block(d), BLOCK_H=block_h, NORM_Q=norm_q, NORM_K=norm_k, ROPE=rope, num_warps=4,
     )
     return q_out, k_out
 
@@ -145,10 +150,10 @@ def _load_norm_rope_tile(
 @triton.jit
 def _attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, out_ptr,
-    Lq, Lk, H, sqb, sql, sqh, skb, skl, skh, svb, svl, svh, st, qk_scale, eps,
+    Lq, Lk, H, sqb, sql, sqh, skb, skl, skh, svb, svl, svh, st, qk_scale, eps, last_key_log2,
     HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, NORM: tl.constexpr, ROPE: tl.constexpr, EVEN_N: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    REPEAT_LAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -169,11 +174,14 @@ def _attention_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start_n in range(0, Lk, BLOCK_N):
         rows_n = start_n + tl.arange(0, BLOCK_N)
+        # K arrives normalised and rotated (once per key, by qk_norm_rope): a plain two-half load.
         k1, k2 = _load_norm_rope_tile(k_base, rows_n, Lk, skl, kw_ptr, cos_ptr, sin_ptr, st, eps,
-                                      HEAD_DIM, HALF, NORM, ROPE)
+                                      HEAD_DIM, HALF, False, False)
         scores = tl.dot(q1, tl.trans(k1.to(dtype)), input_precision=DOT_PRECISION)
         scores = tl.dot(q2, tl.trans(k2.to(dtype)), acc=scores, input_precision=DOT_PRECISION)
         scores = scores * qk_scale  # log2-domain: scale * log2(e)
+        if REPEAT_LAST:  # the last key stands for `repeats` equal keys: weight exp(s) * repeats
+            scores = scores + tl.where((rows_n == Lk - 1)[None, :], last_key_log2, 0.0)
         if not EVEN_N:
             scores = tl.where((rows_n < Lk)[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
@@ -196,21 +204,26 @@ def _capability(index: int) -> tuple[int, int]:
 
 
 def gpu_config(head_dim: int, dtype: torch.dtype, hopper: bool, rope: bool) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) on a GPU.
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) on a GPU; BLOCK_N is a power of two (tl.arange).
 
-    Checked for sm_90a by the compile report (no spills, HGMMA). Three K/V stages fit Hopper's 227 KB of
-    shared memory; two fit Ampere and consumer cards. RoPE on the K tiles adds four fp32 table tiles per
-    stage, so at head_dim 128 those configurations take BLOCK_N = 32 and two stages to stay within the
-    register file.
+    Checked for sm_90a by the compile report (no spills, HGMMA). K tiles are plain loads (K is normalised
+    and rotated once before the kernel; only the Q tile, loaded once per program, carries the norm and the
+    tables), so RoPE no longer shrinks the key tiles: 128 keys at head_dim 64, 64 at 128. Three K/V stages
+    fit Hopper's 227 KB of shared memory; two fit Ampere and consumer cards.
     """
     stages = 3 if hopper else 2
     if dtype == torch.float32:
         return 64, 32, 4, 2  # fp32 dots in full precision (no tensor cores): small tiles
     if head_dim <= 64:
-        return 128, 64, 8, stages
+        return 128, 128 if hopper else 64, 8, 2 if hopper else stages
     if head_dim <= 128:
-        return (128, 32, 8, 2) if rope else (128, 64, 8, stages)
+        return 128, 64, 8, stages
     return 64, 32, 8, 2 if hopper else 1  # head_dim up to 256: one stage fits consumer cards' 99 KB
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 attention stays fp32 (no TF32 rounding of its inputs); bf16 / fp16 tiles use tensor cores as they are."""
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def attention_config(head_dim: int, dtype: torch.dtype, device: torch.device, rope: bool) -> tuple[int, int, int, int]:
@@ -222,8 +235,11 @@ def attention_config(head_dim: int, dtype: torch.dtype, device: torch.device, ro
 
 
 @_dispatch.on_tensor_device  # launch on the tensors' GPU
-def attention(q, k, v, q_weight, k_weight, cos, sin, scale: float, eps: float) -> torch.Tensor:
-    """Launch on (B, L, H, D) tensors (any strides, last dim contiguous); weights and tables fp32 or None."""
+def attention(q, k, v, q_weight, k_weight, cos, sin, scale: float, eps: float, last_key_repeats: int = 1,
+              config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """Launch on (B, L, H, D) tensors (any strides, last dim contiguous); weights (each side's, or None) and
+    tables fp32 or None. K is normalised and rotated first, once per key (one `qk_norm_rope` launch, none
+    when K needs neither); the Q side is fused into the kernel's tile loads. `config` overrides the tiles."""
     b, lq, h, d = q.shape
     lk = k.shape[1]
     out = _alloc.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -231,17 +247,20 @@ def attention(q, k, v, q_weight, k_weight, cos, sin, scale: float, eps: float) -
         return out
     if lk == 0:  # softmax over no keys: the empty sum
         return out.zero_()
-    norm, rope = q_weight is not None, cos is not None
-    block_m, block_n, warps, stages = attention_config(d, q.dtype, q.device, rope)
+    rope = cos is not None
+    if k_weight is not None or rope:
+        _, k = qk_norm_rope(k[:, :0], k, None, k_weight, cos, sin, eps)  # no q rows: K alone
+    norm = q_weight is not None
+    block_m, block_n, warps, stages = config or attention_config(d, q.dtype, q.device, rope)
     grid = (triton.cdiv(lq, block_m), b * h)
     _attention_fwd_kernel[grid](
-        q, k, v, q_weight if norm else q, k_weight if norm else k, cos if rope else q, sin if rope else q, out,
+        q, k, v, q_weight if norm else q, q, cos if rope else q, sin if rope else q, out,
         lq, lk, h, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), cos.stride(0) if rope else 0, scale * LOG2E, eps,
+        math.log2(last_key_repeats),
         HEAD_DIM=d, HALF=half_block(d), BLOCK_D=2 * half_block(d), BLOCK_M=block_m, BLOCK_N=block_n,
-        NORM=norm, ROPE=rope, EVEN_N=lk % block_n == 0,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=warps, num_stages=stages,
+        NORM=norm, ROPE=rope, EVEN_N=lk % block_n == 0, REPEAT_LAST=last_key_repeats != 1,
+        DOT_PRECISION=dot_precision(q.dtype), num_warps=warps, num_stages=stages,
     )
     return out
 
@@ -255,28 +274,32 @@ def _register_for_compile_report() -> None:
         sig = {n: f"*{dt}" for n in ("q_ptr", "k_ptr", "v_ptr", "out_ptr")}
         sig.update({"qw_ptr": "*fp32", "kw_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32"})
         sig.update({n: "i32" for n in ints})
-        sig.update(qk_scale="fp32", eps="fp32")
+        sig.update(qk_scale="fp32", eps="fp32", last_key_log2="fp32")
         sig.update({n: "constexpr" for n in ("HEAD_DIM", "HALF", "BLOCK_D", "BLOCK_M", "BLOCK_N", "NORM", "ROPE",
-                                              "EVEN_N", "DOT_PRECISION")})
+                                              "EVEN_N", "REPEAT_LAST", "DOT_PRECISION")})
         torch_dt = torch.bfloat16 if dt == "bf16" else torch.float16
-        for d in (64, 128):
-            for norm, rope in ((True, True), (True, False), (False, True), (False, False)):
-                block_m, block_n, warps, stages = gpu_config(d, torch_dt, hopper=True, rope=rope)
-                attn_configs.append(TritonConfig(
-                    f"{dt} d={d}{' norm' if norm else ''}{' rope' if rope else ''}", sig,
-                    {"HEAD_DIM": d, "HALF": half_block(d), "BLOCK_D": 2 * half_block(d), "BLOCK_M": block_m,
-                     "BLOCK_N": block_n, "NORM": norm, "ROPE": rope, "EVEN_N": False, "DOT_PRECISION": "tf32"},
-                    num_warps=warps, num_stages=stages))
+        # The launch's own specialisations: self-attention (norm + RoPE on Q, EVEN_N False at 1,764 keys) and
+        # cross-attention over compacted text (Q norm, the last key repeated), per architecture family.
+        for arch, hopper in (("sm90", True), ("sm80/sm89", False)):
+            for d in (64, 128):
+                for norm, rope, repeat in ((True, True, False), (True, False, True), (False, False, False)):
+                    block_m, block_n, warps, stages = gpu_config(d, torch_dt, hopper=hopper, rope=rope)
+                    label = (f"{arch} {dt} d={d}{' norm' if norm else ''}{' rope' if rope else ''}"
+                             f"{' repeat-last' if repeat else ''}")
+                    attn_configs.append(TritonConfig(label, sig, {
+                        "HEAD_DIM": d, "HALF": half_block(d), "BLOCK_D": 2 * half_block(d), "BLOCK_M": block_m,
+                        "BLOCK_N": block_n, "NORM": norm, "ROPE": rope, "EVEN_N": False, "REPEAT_LAST": repeat,
+                        "DOT_PRECISION": dot_precision(torch_dt)}, num_warps=warps, num_stages=stages))
         rsig = {n: f"*{dt}" for n in ("q_ptr", "k_ptr", "q_out_ptr", "k_out_ptr")}
         rsig.update({"qw_ptr": "*fp32", "kw_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32"})
         rsig.update({n: "i32" for n in ("NQ", "Lq", "Lk", "H", "sqb", "sql", "sqh", "skb", "skl", "skh", "st")})
         rsig.update(eps="fp32")
-        rsig.update({n: "constexpr" for n in ("HEAD_DIM", "HALF", "BLOCK_H", "NORM", "ROPE")})
-        for rope in (True, False):
+        rsig.update({n: "constexpr" for n in ("HEAD_DIM", "HALF", "BLOCK_H", "NORM_Q", "NORM_K", "ROPE")})
+        for norm_q, rope in ((True, True), (False, True), (True, False)):
             rope_configs.append(TritonConfig(
-                f"{dt} 16x128{' rope' if rope else ''}", rsig,
-                {"HEAD_DIM": 128, "HALF": 64, "BLOCK_H": _qk_rope_block_h(16, 128), "NORM": True, "ROPE": rope},
-                num_warps=4))
+                f"{dt} 16x128{' norm-q' if norm_q else ''} norm-k{' rope' if rope else ''}", rsig,
+                {"HEAD_DIM": 128, "HALF": 64, "BLOCK_H": _qk_rope_block_h(16, 128), "NORM_Q": norm_q, "NORM_K": True,
+                 "ROPE": rope}, num_warps=4))
     register_triton_kernel("attention.flash_attention_fwd", _attention_fwd_kernel, attn_configs, matrix=True)
     register_triton_kernel("attention.qk_norm_rope", _qk_norm_rope_kernel, rope_configs)
 

@@ -192,10 +192,10 @@ def test_bad_weight_size(gen):
         _call(**args)
 
 
-def test_bad_only_one_weight(gen):
+def test_bad_one_sided_weight_is_still_checked(gen):
     args = _good(gen)
-    args["k_weight"] = None
-    with pytest.raises(ValueError, match="q_weight and k_weight must both be given"):
+    args["k_weight"], args["q_weight"] = None, torch.ones(3)
+    with pytest.raises(ValueError, match="q_weight must have shape"):
         _call(**args)
 
 
