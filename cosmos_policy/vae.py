@@ -7,7 +7,7 @@ four zero frames of the proprio slot, are the same for every query: their latent
 after them are computed once and reused.
 
 Latents are normalised per channel, `(mu - mean) / std`, with the Wan2.1 constants (spec 2); encode returns the
-posterior mean; pixels enter as `uint8 / 127.5 - 1`.
+posterior mean; pixels enter as `uint8 / 127.5 - 1`, computed in the VAE's dtype.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 from .checkpoint import _is_refusal, _refusal, corrupt_file, mismatch_summary
 from .errors import missing_extra
 from .layout import TEMPORAL_COMPRESSION
+from .preprocess import to_pixels
 
 LATENTS_MEAN = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -129,7 +130,7 @@ class PolicyVAE:
     # -- encoding -------------------------------------------------------------------------------------------------
 
     def to_pixels(self, frames_uint8: torch.Tensor) -> torch.Tensor:
-        return (frames_uint8.to(self.device, torch.float32) / 127.5 - 1.0).to(self.dtype)
+        return to_pixels(frames_uint8, self.dtype, self.device)  # in the VAE's dtype, as the official model does
 
     @torch.no_grad()
     def encode_chunks(self, chunks: list[torch.Tensor], state: EncoderState | None = None):

@@ -16,13 +16,17 @@ PARAMETRIZATIONS = ("rectified_flow", "x0")
 NetFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
-def _preconditioning(parametrization: str, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(c_skip, c_out, c_in, timestep) per sigma, float64."""
+def _preconditioning(parametrization: str, sigma: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """(c_skip, c_out, c_in, timestep) per float64 sigma, computed in `dtype` from sigma rounded to it, in the
+    official order (`t = sigma / (sigma + 1)`, `1 - t`); returned as float64 (exact for fp32 values)."""
+    s = sigma.to(dtype)
     if parametrization == "rectified_flow":
-        t = sigma / (1 + sigma)
-        return 1 - t, -t, 1 - t, t
-    one = torch.ones_like(sigma)
-    return 0 * one, one, one, sigma.clone()
+        t = s / (s + 1)
+        out = (1 - t, -t, 1 - t, t)
+    else:
+        one = torch.ones_like(s)
+        out = (0 * one, one, one, s)
+    return tuple(v.to(torch.float64) for v in out)
 
 
 class Sampler:
@@ -34,6 +38,10 @@ class Sampler:
     graph and replayed. `solver`, `schedule` and the pass count follow `sample()`; only the multistep
     solvers ("euler", "2ab", "dpmpp_2m", "3ab") run here. In fp32 it matches `sample()` (float64) to
     about 1e-6 relative error.
+
+    The scalings (`c_skip`, `c_out`, `c_in`, the network's timestep) are computed as the official denoiser computes
+    them: in `scaling_dtype` (fp32, the state's dtype there) from sigma rounded to it, so the network sees the
+    official inputs bit for bit at the first pass; `torch.float64` computes them in float64 and rounds once.
 
     Contract with the network, `run(net_fn, ...)` calls `net_fn(net_in, timesteps, k)` once per pass
     k = 0 .. num_passes - 1, in order, and nothing else:
@@ -65,6 +73,7 @@ class Sampler:
         net_dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         backend: str | None = None,
+        scaling_dtype: torch.dtype = torch.float32,
     ) -> None:
         shape = tuple(int(s) for s in shape)
         if len(shape) != 5 or any(s < 1 for s in shape):
@@ -74,6 +83,8 @@ class Sampler:
             raise ValueError(f"Sampler: parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}")
         if net_dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise TypeError(f"Sampler: net_dtype must be float32, bfloat16 or float16, got {net_dtype}")
+        if scaling_dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"Sampler: scaling_dtype must be float32 or float64, got {scaling_dtype}")
         self.shape, self.net_dtype = shape, net_dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         # Chosen once, here (a GPU backend's probe runs now, never inside a CUDA-graph capture).
@@ -83,7 +94,7 @@ class Sampler:
         plan = multistep_plan(solver, num_steps, sigma_min, sigma_max, rho, schedule)
         self.num_passes = plan.num_passes
         self.sigmas = plan.sigmas  # float64 (passes,), host copy for the caller's caches
-        c_skip, c_out, c_in, timestep = _preconditioning(parametrization, plan.sigmas)
+        c_skip, c_out, c_in, timestep = _preconditioning(parametrization, plan.sigmas, scaling_dtype)
         self.timesteps = timestep  # float64 (passes,)
         table = torch.zeros(self.num_passes, step_reference.NUM_COLUMNS, dtype=torch.float64)
         table[:, step_reference.C_SKIP] = c_skip
