@@ -127,6 +127,11 @@ class PolicyServer:
         try:
             if self._http_sock is not None:
                 http_task = asyncio.create_task(self._serve_http())
+                while self.http is None or not self.http.started:  # ready means both ports listen
+                    if http_task.done():
+                        http_task.result()  # its startup error
+                        raise RuntimeError("the HTTP front end stopped during its startup")
+                    await asyncio.sleep(0.005)
             if on_ready is not None:
                 on_ready()
             log.info("serving %s (openpi websocket)%s", self.ws_url,
