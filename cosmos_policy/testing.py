@@ -3,7 +3,7 @@
 `write_tiny_checkpoint(directory, suite="libero")` writes what the official policy repositories hold (the network `.pt`
 with `net.` keys, `<suite>_t5_embeddings.pkl`, `<suite>_dataset_statistics.json`), the Wan2.1 VAE as the official
 `tokenizer/tokenizer.pth` (Wan2.1 key names), and `network_config.json`, the one extra file our loader needs for a
-network of a non-official size.
+network of a non-official size. The T5 embeddings are like real ones: non-zero only for the instruction's tokens.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 
 from .files import NETWORK_CONFIG_FILE
 from .layout import IMAGE_SIZE, get_layout
+from .text import TEXT_TOKENS
 
 LIBERO_SAMPLE_TASK = "put both the alphabet soup and the tomato sauce in the basket"
 TINY_VAE_BASE_DIM = 16
@@ -92,6 +93,20 @@ def tiny_autoencoder(seed: int = 0, base_dim: int = TINY_VAE_BASE_DIM):
     return model.eval()
 
 
+def instruction_tokens(instruction: str) -> int:
+    """About the T5 token count of an instruction: ~1.3 pieces per word, plus the end-of-sequence token."""
+    return min(TEXT_TOKENS, max(1, round(1.3 * len(instruction.split()))) + 1)
+
+
+def t5_like_embedding(instruction: str, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(1, 512, dim) random text embedding shaped like a real T5 one: non-zero for the instruction's tokens (tens),
+    zero from there up to 512, as the official embeddings are padded."""
+    embedding = torch.zeros(1, TEXT_TOKENS, dim)
+    tokens = instruction_tokens(instruction)
+    embedding[:, :tokens] = torch.randn(1, tokens, dim, generator=generator)
+    return embedding
+
+
 def tiny_statistics(suite: str, seed: int = 0) -> dict:
     layout = get_layout(suite)
     rng = np.random.default_rng(seed)
@@ -129,9 +144,8 @@ def write_tiny_checkpoint(
         torch.manual_seed(seed)
         network = CosmosDiT(config, backend="reference")
         _randomize(network, seed)
-        embeddings = {
-            instruction: torch.randn(1, 512, config.crossattn_emb_channels) for instruction in instructions
-        }
+        embeddings = {instruction: t5_like_embedding(instruction, config.crossattn_emb_channels)
+                      for instruction in instructions}
     save_network_checkpoint(network.state_dict(), directory / CHECKPOINT_NAMES[suite])
     extra = {"suite": suite, "image_size": image_size, "network": config.to_dict()}
     (directory / NETWORK_CONFIG_FILE).write_text(json.dumps(extra, indent=2))
