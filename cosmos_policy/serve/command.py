@@ -66,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: bfloat16 on CUDA, float32 on the CPU")
     parser.add_argument("--seed", type=_seed, default=195,
                         help="base seed: a connection's k-th query uses seed + k (the official rule)")
+    parser.add_argument("--seed-step", type=_seed, default=1,
+                        help="the k-th query uses seed + seed_step * k; 0: every query uses --seed (the official "
+                             "LIBERO loop's seed for a single-candidate policy)")
     parser.add_argument("--task", default=LIBERO_SAMPLE_TASK,
                         help="the instruction the random-weight model knows (without --checkpoint)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
@@ -129,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             policy, what = load_policy(args, tmp)
-            server = PolicyServer(policy, host=args.host, seed=args.seed, max_queue=args.queue,
-                                  max_batch=args.max_batch, max_message_bytes=args.max_message_mb * 2**20,
+            server = PolicyServer(policy, host=args.host, seed=args.seed, seed_step=args.seed_step,
+                                  max_queue=args.queue, max_batch=args.max_batch,
+                                  max_message_bytes=args.max_message_mb * 2**20,
                                   sockets=(ws_sock, http_sock), http_port=None if args.no_http else args.http_port)
         except BaseException:
             ws_sock.close()

@@ -133,7 +133,7 @@ class HttpFrontEnd:
 
     def _seed(self, options: dict) -> int:
         if "seed" not in options:
-            return (self.server.seed + self.counter) % SEED_LIMIT
+            return (self.server.seed + self.server.seed_step * self.counter) % SEED_LIMIT
         seed = options["seed"]
         if isinstance(seed, np.integer):
             seed = int(seed)

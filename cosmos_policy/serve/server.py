@@ -34,7 +34,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def metadata(policy, seed: int, engine: InferenceEngine, max_message_bytes: int) -> dict:
+def metadata(policy, seed: int, engine: InferenceEngine, max_message_bytes: int, seed_step: int = 1) -> dict:
     """What a client needs to know: the model, its chunk, the observation it expects and the rules of the server."""
     layout = policy.layout
     known = getattr(policy.text, "instructions", None)
@@ -53,8 +53,9 @@ def metadata(policy, seed: int, engine: InferenceEngine, max_message_bytes: int)
         "observation": observation,
         "instructions": instructions[:1000],
         "seed": seed,
-        "seed_rule": "a websocket connection's k-th query uses seed + k; {'__ctrl__': 'episode_start'} restarts k; "
-                     "HTTP /act uses the request's seed, else the server's counter",
+        "seed_step": seed_step,
+        "seed_rule": f"a websocket connection's k-th query uses seed + {seed_step} * k; {{'__ctrl__': "
+                     f"'episode_start'}} restarts k; HTTP /act uses the request's seed, else the server's counter",
         "protocol": PROTOCOL,
         "max_batch": engine.max_batch,
         "max_queue": engine.max_queue,
@@ -65,18 +66,22 @@ def metadata(policy, seed: int, engine: InferenceEngine, max_message_bytes: int)
 class PolicyServer:
     """Serve `policy` over websocket (`port`) and HTTP (`http_port`; None: no HTTP front end).
 
+    `seed_step`: the k-th query of a connection uses `seed + seed_step * k` (0: every query uses `seed`).
     `sockets`: (websocket, http or None) sockets already bound with `bind`, used instead of `port` / `http_port`."""
 
     def __init__(self, policy, host: str = "127.0.0.1", port: int = 8000, http_port: int | None = 8777, *,
-                 seed: int = 195, max_queue: int = 32, max_batch: int = 8,
+                 seed: int = 195, seed_step: int = 1, max_queue: int = 32, max_batch: int = 8,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, sockets: tuple | None = None):
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
             raise ValueError(f"seed: expected an int in [0, 2**32), got {seed!r}")
+        if isinstance(seed_step, bool) or not isinstance(seed_step, int) or seed_step < 0:
+            raise ValueError(f"seed_step: expected an int >= 0, got {seed_step!r}")
         if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int) or max_message_bytes < 1:
             raise ValueError(f"max_message_bytes: expected an int >= 1, got {max_message_bytes!r}")
         self.policy, self.host, self.seed, self.max_message_bytes = policy, host, seed, max_message_bytes
+        self.seed_step = seed_step
         self.engine = InferenceEngine(policy, max_queue=max_queue, max_batch=max_batch)
-        self.metadata = metadata(policy, seed, self.engine, max_message_bytes)
+        self.metadata = metadata(policy, seed, self.engine, max_message_bytes, seed_step)
         if sockets is not None:
             self._ws_sock, self._http_sock = sockets
         else:

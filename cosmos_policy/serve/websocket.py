@@ -1,10 +1,11 @@
 """The websocket front end, openpi's protocol: msgpack frames, a metadata message on connect, one reply per
 observation, errors as text frames (the connection stays open for the next query), `GET /healthz`.
 
-Seeds: a connection's k-th answered query uses `seed + k`. The control message `{"__ctrl__": "episode_start"}`
-(optionally with `"seed": s`, the connection's new base seed) restarts k at 0 and is answered with
-`{"__ctrl__": "episode_start", "next_seed": ...}`; the stock openpi client's `reset()` sends nothing, so a client
-that wants the official per-episode seeds sends it with `client.infer({"__ctrl__": "episode_start"})`.
+Seeds: a connection's k-th answered query uses `seed + k` (in general `seed + seed_step * k`; `--seed-step 0` gives
+every query the base seed, as the official LIBERO evaluation does for a single-candidate policy). The control
+message `{"__ctrl__": "episode_start"}` (optionally with `"seed": s`, the connection's new base seed) restarts k at
+0 and is answered with `{"__ctrl__": "episode_start", "next_seed": ...}`; the stock openpi client's `reset()` sends
+nothing, so a client that wants the per-episode seed sequence sends it with `client.infer({"__ctrl__": ...})`.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class WebsocketFrontEnd:
         if not isinstance(future_images, bool):
             await connection.send(f"error: {FUTURE_IMAGES_KEY}: expected true or false")
             return base, k
-        seed = (base + k) % SEED_LIMIT
+        seed = (base + self.server.seed_step * k) % SEED_LIMIT
         try:
             result = await asyncio.wrap_future(self.server.engine.submit(obs, seed, future_images))
         except Busy as err:

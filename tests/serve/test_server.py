@@ -274,3 +274,19 @@ def test_memory_stays_bounded_under_bad_clients(server, observation):
     stats = server.stats()
     assert stats["waiting"] == 0 and stats["running"] == 0
     _answers_next_client(server, observation)
+
+
+def test_seed_step_zero_gives_every_query_the_base_seed(tiny_checkpoint, observation):
+    from cosmos_policy.serve import PolicyServer
+
+    from .conftest import load
+
+    with PolicyServer(load(tiny_checkpoint), port=0, http_port=None, seed=196, seed_step=0, max_batch=1) as one:
+        assert one.http_url is None and "seed + 0 * k" in one.metadata["seed_rule"]
+        client = Client(one.ws_url)
+        try:
+            assert [client.send(observation)["seed"] for _ in range(2)] == [196, 196]
+        finally:
+            client.close()
+    with pytest.raises(ValueError, match="seed_step"):
+        PolicyServer(object(), seed_step=-1)
