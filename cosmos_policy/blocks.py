@@ -74,6 +74,63 @@ class Attention(nn.Module):
         self.output_proj = nn.Linear(inner, query_dim, bias=False)
         self.q_norm = RMSNorm(head_dim, eps)
         self.k_norm = RMSNorm(head_dim, eps)
+        self.is_self_attention = query_dim == context_dim
+        self.pack_qkv()
+
+    # -- the packed QKV projection of self-attention ------------------------------------------------------------
+    # q_proj, k_proj and v_proj keep their own parameters (and the official state_dict keys), but their weights
+    # are views of one (3 * inner, D) tensor, so that the fused network runs one GEMM. In-place updates and
+    # `load_state_dict` (which copies into the parameters) keep the views; `.to()` and assignments replace them,
+    # after which `pack_qkv` (run by `_apply` and, lazily, by `packed_qkv_weight`) packs them again.
+
+    def _qkv(self) -> tuple[nn.Parameter, nn.Parameter, nn.Parameter]:
+        mods = self._modules  # plain dict reads: this runs on every fused forward
+        return tuple(mods[name]._parameters["weight"] for name in ("q_proj", "k_proj", "v_proj"))
+
+    def pack_qkv(self) -> None:
+        """Make q / k / v weights views of one packed tensor (values unchanged); self-attention only."""
+        if not self.is_self_attention:
+            return
+        weights = self._qkv()
+        if any(w.requires_grad and torch.is_grad_enabled() and w.grad_fn is not None for w in weights):
+            return
+        with torch.no_grad():
+            packed = torch.cat([w.detach() for w in weights])
+        n = weights[0].shape[0]
+        for i, w in enumerate(weights):
+            w.data = packed[i * n: (i + 1) * n]
+        self._packed = packed
+
+    def packed_qkv_weight(self) -> torch.Tensor | None:
+        """The `(3 * inner, D)` weight whose rows are exactly q_proj's, k_proj's and v_proj's (None: not packed,
+        say inside a CUDA-graph capture after a `.to()`, where nothing may be allocated)."""
+        if not self.is_self_attention:
+            return None
+        packed = getattr(self, "_packed", None)
+        if packed is None or not self._is_packed(packed):
+            if self.q_proj.weight.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                return None
+            self.pack_qkv()
+            packed = self._packed
+        return packed
+
+    def _is_packed(self, packed: torch.Tensor) -> bool:
+        """O(1): each weight is the right slice of `packed`'s storage (works on meta tensors too)."""
+        weights = self._qkv()
+        n, d = weights[0].shape
+        if packed.device.type == "meta":  # no addresses: compare storages and offsets
+            storage = packed.untyped_storage()._cdata
+            same = [w.untyped_storage()._cdata == storage and w.storage_offset() == i * n * d
+                    for i, w in enumerate(weights)]
+        else:
+            base, size = packed.data_ptr(), packed.element_size()
+            same = [w.data_ptr() == base + i * n * d * size for i, w in enumerate(weights)]
+        return all(same) and all(w.dtype == packed.dtype and w.shape == (n, d) and w.is_contiguous() for w in weights)
+
+    def _apply(self, fn, recurse: bool = True):
+        out = super()._apply(fn, recurse)
+        self.pack_qkv()  # .to() / .cuda() / .half() gave each weight its own new tensor
+        return out
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, self.head_dim))

@@ -35,37 +35,6 @@ BACKENDS = ("fused", "reference")
 MiB = 1 << 20
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, q_norm_weight: torch.Tensor,
-              k_norm_weight: torch.Tensor | None, rope_cos: torch.Tensor | None, rope_sin: torch.Tensor | None,
-              norm_eps: float) -> torch.Tensor:
-    """QK RMSNorm, rotate-half RoPE and softmax attention on `(B, L, heads, head_dim)` tensors.
-
-    `k_norm_weight=None` means `k` is already normalised (cached cross-attention keys); RoPE tables are
-    `(L, head_dim)` and apply to self-attention only. The one place the fused network runs attention.
-    """
-    if k_norm_weight is None:  # cached, already normalised keys: only q still needs its norm
-        q, q_norm_weight = cosmos_kernels.rms_norm(q, q_norm_weight, norm_eps), None
-    return cosmos_kernels.attention(q, k, v, q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight,
-                                    rope_cos=rope_cos, rope_sin=rope_sin, norm_eps=norm_eps)
-
-
-def attention_with_zero_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, q_norm_weight: torch.Tensor,
-                             extra_zero_keys: int, norm_eps: float) -> torch.Tensor:
-    """Attention over `k`, `v` plus `extra_zero_keys` more keys and values that are exactly zero.
-
-    Zero-padded text positions have key 0 (RMSNorm of 0 is 0) and value 0: they add `exp(0 - max)` each to the
-    softmax denominator and nothing to the numerator, so they are counted instead of stored (exact; computed
-    in fp32). `k` and `v` hold the remaining (few) positions.
-    """
-    q = cosmos_kernels.rms_norm(q, q_norm_weight, norm_eps)
-    scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * q.shape[-1] ** -0.5
-    top = scores.amax(-1, keepdim=True).clamp_min(0.0)  # the zero keys' logit is 0
-    weights = torch.exp(scores - top)
-    denom = weights.sum(-1, keepdim=True) + extra_zero_keys * torch.exp(-top)
-    out = torch.einsum("bhqk,bkhd->bqhd", weights / denom, v.float())
-    return out.to(q.dtype)
-
-
 TEXT_TOKENS_ATTR = "cosmos_text_tokens"
 
 
@@ -344,30 +313,48 @@ class CosmosDiT(nn.Module):
         return kv
 
     def _compute_cross_kv(self, context: torch.Tensor, compact: bool) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
-        """Per block (keys, values, extra zero keys). With `compact`, all-zero text rows (the zero padding of T5
-        embeddings) are dropped down to the longest non-zero prefix set and counted instead (one host read)."""
+        """Per block (keys, values, last-key repeats). With `compact`, all-zero text rows (the zero padding of T5
+        embeddings) become one zero row that stands for all of them (`attention(..., last_key_repeats=n)`,
+        exact: a zero row's key is RMSNorm(0) = 0 and its value 0); one host read finds them."""
         emb = context.to(self.dtype)
-        extra = 0
+        n = emb.shape[1]
+        repeats = 1
         tokens = text_tokens(context)
-        if compact and emb.shape[1] > 1 and tokens is not None:
+        if compact and n > 1 and tokens is not None:
             # Told how many leading rows are non-zero (meta tensors have no values to read).
-            keep = max(1, min(tokens, emb.shape[1]))
-            if keep <= min(128, emb.shape[1] // 2):
-                emb, extra = emb[:, :keep], context.shape[1] - keep
-        elif compact and emb.shape[1] > 1 and emb.device.type != "meta":
+            keep = max(1, min(tokens, n)) + 1  # the instruction's rows and one zero row
+            if keep <= min(129, n // 2):
+                emb, repeats = emb[:, :keep], n - keep + 1
+        elif compact and n > 1 and emb.device.type != "meta":
             nonzero = emb.ne(0).any(-1).cpu()  # (B, N); once per cached instruction
-            keep = max(1, int(nonzero.sum(-1).max()))
-            if keep <= min(128, emb.shape[1] // 2):
+            keep = int(nonzero.sum(-1).max()) + 1  # every row then ends with at least one zero row
+            if keep <= min(129, n // 2):
                 # Each row keeps its non-zero positions first (stable), then zero rows up to `keep`.
                 order = torch.sort((~nonzero).to(torch.int8), dim=-1, stable=True).indices[:, :keep]
                 emb = torch.gather(emb, 1, order.to(emb.device)[..., None].expand(-1, -1, emb.shape[-1]))
-                extra = context.shape[1] - keep
+                repeats = n - keep + 1
         kv = []
         for block in self.blocks:
             attn = block.cross_attn
             k = cosmos_kernels.rms_norm(attn.heads(attn.k_proj(emb)), attn.k_norm.weight, self.config.eps)
-            kv.append((k, attn.heads(attn.v_proj(emb)), extra))
+            kv.append((k, attn.heads(attn.v_proj(emb)), repeats))
         return kv
+
+    def _block_params(self, weights_key: tuple) -> list[tuple[torch.Tensor, ...]]:
+        """Per block, what the kernels read, prepared once per set of weights: the packed QKV weight and the
+        q / k / cross-q norm weights in fp32 (the attention kernels' dtype; no per-call casts)."""
+        entry = getattr(self, "_prepared", None)
+        if entry is not None and entry[0] == weights_key and all(
+                b.self_attn.packed_qkv_weight() is p[0] for b, p in zip(self.blocks, entry[1])):
+            return entry[1]
+        params = []
+        for block in self.blocks:
+            sa, ca = block.self_attn, block.cross_attn
+            params.append((sa.packed_qkv_weight(), *(w.detach().float() for w in (
+                sa.q_norm.weight, sa.k_norm.weight, ca.q_norm.weight))))
+        if self._caching() and not _capturing(self.device):
+            self._prepared = (weights_key, params)
+        return params
 
     def _forward_fused(self, x, timesteps, context, grid):
         eps, d = self.config.eps, self.config.model_channels
@@ -375,6 +362,7 @@ class CosmosDiT(nn.Module):
         mods = self._modulation(timesteps, weights_key)
         cos, sin = self._cached_rope(grid)
         kv = self._cross_kv(context, weights_key)
+        params = self._block_params(weights_key)
         b, t, s, _ = x.shape
 
         def mod(i: int, j: int) -> torch.Tensor:  # j-th D-vector of block i (block num_blocks = final layer)
@@ -383,21 +371,23 @@ class CosmosDiT(nn.Module):
         normed = cosmos_kernels.layer_norm_modulate(x, mod(0, 0), mod(0, 1), eps)
         for i, block in nvtx_enumerate(self.blocks, "dit.block"):
             sa, ca = block.self_attn, block.cross_attn
-            q, k, v = (sa.heads(proj(normed.view(b, t * s, d))) for proj in (sa.q_proj, sa.k_proj, sa.v_proj))
-            out = attention(q, k, v, q_norm_weight=sa.q_norm.weight, k_norm_weight=sa.k_norm.weight,
-                            rope_cos=cos, rope_sin=sin, norm_eps=eps)
+            qkv_weight, q_norm, k_norm, cross_q_norm = params[i]
+            flat = normed.view(b, t * s, d)
+            if qkv_weight is not None and self._caching():  # one GEMM; q, k, v are strided views of its output
+                q, k, v = F.linear(flat, qkv_weight).unflatten(-1, (3, sa.num_heads, sa.head_dim)).unbind(2)
+            else:  # autograd records through the three parameters, or a capture after .to()
+                q, k, v = (sa.heads(proj(flat)) for proj in (sa.q_proj, sa.k_proj, sa.v_proj))
+            out = cosmos_kernels.attention(q, k, v, q_norm_weight=q_norm, k_norm_weight=k_norm, rope_cos=cos,
+                                           rope_sin=sin, norm_eps=eps)
             out = sa.output_proj(out.flatten(2)).view(b, t, s, d)
             x, normed = cosmos_kernels.gated_residual_layer_norm_modulate(x, out, mod(i, 2), mod(i, 3), mod(i, 4), eps)
 
-            ck, cv, extra = kv[i]
+            ck, cv, repeats = kv[i]
             ck, cv = ck.expand(b, -1, -1, -1), cv.expand(b, -1, -1, -1)
             q = ca.heads(ca.q_proj(normed.view(b, t * s, d)))
-            if extra:
-                out = attention_with_zero_keys(q, ck, cv, q_norm_weight=ca.q_norm.weight, extra_zero_keys=extra,
-                                               norm_eps=eps)
-            else:
-                out = attention(q, ck, cv, q_norm_weight=ca.q_norm.weight, k_norm_weight=None, rope_cos=None,
-                                rope_sin=None, norm_eps=eps)
+            # The keys are cached normalised: only q's RMSNorm, inside the attention launch(es).
+            out = cosmos_kernels.attention(q, ck, cv, q_norm_weight=cross_q_norm, norm_eps=eps,
+                                           last_key_repeats=repeats)
             out = ca.output_proj(out.flatten(2)).view(b, t, s, d)
             x, normed = cosmos_kernels.gated_residual_layer_norm_modulate(x, out, mod(i, 5), mod(i, 6), mod(i, 7), eps)
 

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from cosmos_kernels.tools import dispatch_counter
 from cosmos_policy import CosmosDiT, DiTConfig
 from cosmos_policy.blocks import timestep_sinusoid, unpatchify
 from cosmos_policy.cache import LRUCache
+from cosmos_policy.model import with_text_tokens
 from tests.policy._dit_helpers import random_dit, random_inputs, rel_error
 
 
 def _run(model: CosmosDiT, inputs: dict, backend: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     model.backend = backend
+    if model.dtype != dtype:  # a move drops the caches
+        model.to(dtype)
     with torch.no_grad():
-        return model.to(dtype)(**inputs)
+        return model(**inputs)
 
 
 # -- configuration --------------------------------------------------------------------------------------------
@@ -124,8 +131,9 @@ def test_zero_padded_text_is_counted_not_stored(gen, dtype, lengths):
     want = _run(model, {k: v.double() for k, v in inputs.items()}, "reference", torch.float64)
     ref = _run(model, inputs, "reference", dtype)
     got = _run(model, inputs, "fused", dtype)
-    keys, _, extra = next(iter(model.kv_cache._entries.values()))[0][2][0]
-    assert keys.shape[1] == max(1, max(lengths)) and extra == 40 - keys.shape[1]
+    keys, values, repeats = next(iter(model.kv_cache._entries.values()))[0][2][0]
+    assert keys.shape[1] == max(lengths) + 1 and repeats == 40 - keys.shape[1] + 1  # one zero row for the rest
+    assert not keys[:, -1].any() and not values[:, -1].any()
     ref_err, err = rel_error(ref, want), rel_error(got, want)
     assert err <= 2 * ref_err + 4 * torch.finfo(dtype).eps, f"fused {err:.3e} vs reference {ref_err:.3e}"
 
@@ -254,3 +262,110 @@ def test_integer_latents_are_a_type_error(gen):
     inputs["x_B_C_T_H_W"] = inputs["x_B_C_T_H_W"].long()
     with pytest.raises(TypeError, match="x_B_C_T_H_W"):
         model(**inputs)
+
+
+# -- the fused hot path: padded text on the kernel path, packed QKV, dispatched ops ----------------------------
+
+def _libero_inputs(gen, config, padded: bool, tag: bool = False) -> dict:
+    """1764 tokens (9 frames of 28x28) and 512 T5 positions, of which 13 are non-zero when `padded`."""
+    inputs = random_inputs(gen, config, t=9, h=28, w=28, n_text=512, n_cond=4)
+    if padded:
+        inputs["crossattn_emb"][:, 13:] = 0.0
+        if tag:
+            with_text_tokens(inputs["crossattn_emb"], 13)
+    return inputs
+
+
+@pytest.mark.parametrize("tag", [False, True])
+def test_fused_on_zero_padded_text_within_1e5_in_fp32(gen, tag):
+    model = random_dit(gen)
+    inputs = _libero_inputs(gen, model.config, padded=True, tag=tag)
+    ref = _run(model, inputs, "reference")
+    got = _run(model, inputs, "fused")
+    assert next(iter(model.kv_cache._entries.values()))[0][2][0][0].shape[1] == 14  # compacted: 13 rows + 1 zero
+    assert rel_error(got, ref) < 1e-5
+
+
+class _OpCount(TorchDispatchMode):
+    """Ops dispatched, as a GPU would launch them: views and allocations are free, a custom op counts the kernels
+    its GPU implementation launches (its registered cost)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = func._schema.name
+        if func.namespace in dispatch_counter.CUSTOM_NAMESPACES:
+            self.ops[name] += dispatch_counter._COSTS[name](args, kwargs, out).launches
+        elif not (name.split("::")[-1] in dispatch_counter.NO_LAUNCH or func.is_view):
+            self.ops[name] += 1
+        return out
+
+
+def _count_pass(gen, blocks: int, padded: bool, backend: str) -> Counter:
+    model = random_dit(gen, num_blocks=blocks).to(torch.bfloat16)
+    model.backend = backend
+    inputs = _libero_inputs(gen, model.config, padded)
+    inputs = {k: v.bfloat16() if k != "timesteps_B_T" else v for k, v in inputs.items()}  # fp32 timesteps
+    with torch.no_grad():
+        model(**inputs)  # steady state: the exact caches are filled
+        with _OpCount() as counter:
+            model(**inputs)
+    return counter.ops
+
+
+CONVERSIONS = ("aten::_to_copy", "aten::copy_")
+SOFTMAX_PIECES = ("aten::bmm", "aten::exp", "aten::amax", "aten::softmax", "aten::_softmax")
+
+
+@pytest.mark.parametrize("padded", [True, False], ids=["padded-text", "dense-text"])
+def test_fused_block_dispatches_at_most_14_ops(gen, padded):
+    """bf16 CPU tensors at 1764 tokens; per block = the difference between 3 and 2 blocks."""
+    fused = {n: _count_pass(gen, n, padded, "fused") for n in (2, 3)}
+    block = fused[3] - fused[2]
+    assert sum(block.values()) <= 14, dict(block)
+    assert not any(fused[3][op] for op in SOFTMAX_PIECES), dict(fused[3])
+    assert sum(fused[3][op] for op in CONVERSIONS) <= 2 and not any(block[op] for op in CONVERSIONS), dict(fused[3])
+    ref = {n: _count_pass(gen, n, padded, "reference") for n in (2, 3)}
+
+    def at(counts, blocks):  # every block dispatches the same ops: extrapolate to the 2B's depth
+        per_block = sum(counts[3].values()) - sum(counts[2].values())
+        return sum(counts[2].values()) + (blocks - 2) * per_block
+
+    assert at(fused, 28) <= 0.20 * at(ref, 28), (at(fused, 28), at(ref, 28))
+
+
+def test_packed_qkv_follows_the_parameters(gen):
+    """One QKV GEMM from views of the module's own weights, in step through load_state_dict (copy and assign),
+    .to() and in-place updates; the state_dict keys are the official ones for both backends."""
+    model = random_dit(gen)
+    keys = list(model.state_dict())
+    assert not any("packed" in k or "qkv" in k for k in keys)
+    inputs = random_inputs(gen, model.config)
+
+    def check():
+        for block in model.blocks:
+            attn = block.self_attn
+            packed = attn.packed_qkv_weight()
+            assert torch.equal(packed, torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
+            assert attn._is_packed(packed)
+        assert rel_error(_run(model, inputs, "fused"), _run(model, inputs, "reference")) < 1e-5
+
+    check()
+    with torch.no_grad():
+        model.blocks[0].self_attn.k_proj.weight.mul_(1.5)  # in place: the packed view sees it
+    check()
+    other = random_dit(gen).state_dict()
+    model.load_state_dict(other)
+    check()
+    model.load_state_dict({k: v.clone() for k, v in random_dit(gen).state_dict().items()}, assign=True)
+    check()
+    model.to(torch.float64).to(torch.float32)
+    check()
+    model.blocks[1].self_attn.v_proj.weight = torch.nn.Parameter(torch.randn(128, 128, generator=gen) * 0.1)
+    check()
+    model.backend = "reference"
+    assert list(model.state_dict()) == keys
