@@ -1,9 +1,10 @@
-"""The evaluation loop: episodes go to free simulator workers, and every worker waiting for a chunk is answered by one
+"""The evaluation loop: episodes go to free simulator workers, and the workers waiting for a chunk are answered by one
 batched policy query.
 
-A batch is sent once no worker is still executing a chunk (a worker busy resetting does not hold it up), so the K
-workers that step in lockstep share one `infer_batch`. Each episode's seeds are fixed by the protocol, so the results
-do not depend on K, on the batching or on which worker ran an episode.
+The loop runs in lockstep rounds: a batch is sent once every busy worker has replied. So which observations share a
+batch depends only on the episode order and K, never on timing, and a run is reproducible bit for bit (subprocesses
+and Ray alike). Each episode's seeds are fixed by the protocol; only the batch size can change the last bits of the
+actions (a batched matmul may round differently), which can tell runs with different K apart.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def evaluate(episodes: Sequence[EpisodeSpec], pool, policy, store: ResultStore,
                     finish(slot, reply)
                 else:
                     waiting[slot] = reply["observation"]
-            if waiting and not any(m == "chunk" for m in busy.values()):
+            if waiting and not busy:
                 slots = sorted(waiting)
                 seeds = [query_seed(active[s].spec.seed) for s in slots]
                 t0 = time.monotonic()
