@@ -41,13 +41,17 @@ def check_last_dim(op: str, name: str, t: torch.Tensor, size: int, against: str)
 
 
 def broadcast_shape(op: str, out_name: str, out: torch.Size, **tensors: torch.Tensor) -> torch.Size:
-    """Check that every tensor broadcasts to `out` without enlarging it; return `out`."""
+    """Check that every tensor broadcasts to `out` without enlarging it; return `out`.
+
+    Plain tuple comparisons (O(ndim), no `torch.broadcast_shapes`, whose symbolic-shape machinery costs tens
+    of microseconds per call): the op's host cost must stay near the eager ops it replaces."""
+    n = len(out)
     for name, t in tensors.items():
-        try:
-            shape = torch.broadcast_shapes(out, t.shape)
-        except RuntimeError:
-            shape = None
-        if shape != out:
+        shape = t.shape
+        if shape == out:
+            continue
+        k = len(shape)
+        if k > n or any(s != 1 and s != o for s, o in zip(shape, out[n - k:])):
             raise ValueError(f"{op}: {name} of shape {tuple(t.shape)} does not broadcast to "
                              f"{out_name}'s shape {tuple(out)}")
     return out

@@ -32,6 +32,10 @@ def as_row_grid(out_shape: torch.Size, *tensors: torch.Tensor) -> list[torch.Ten
     The views share memory with the inputs unless the strides cannot be expressed in three leading dims
     or the last dim is not contiguous; those operands (rare) are copied.
     """
+    if len(out_shape) == 4 and all(t.dim() <= 4 and (t.stride(-1) == 1 or t.shape[-1] == 1) for t in tensors):
+        # Fast path, the network's (B, T, S, D) tokens and (B, T, 1, D) modulation: already a row grid once
+        # expanded (broadcast dims get stride 0); no stride arithmetic on the host.
+        return [t if t.shape == out_shape else t.expand(out_shape) for t in tensors]
     d = out_shape[-1]
     lead = list(out_shape[:-1])
     ops = []
