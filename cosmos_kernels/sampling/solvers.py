@@ -11,8 +11,10 @@ and the multistep solvers here integrate a polynomial through the latest x0 pred
 
     x_{k+1} = a_k x_k + b0_k x0_k + b1_k x0_{k-1} + b2_k x0_{k-2},
 
-so a schedule's coefficients are computed once, in float64, as a `(passes - 1, 4)` table that both
-`sample()` and the fused step of `Sampler` consume.
+so a schedule's coefficients are computed once, in float64, as a `(passes - 1, 4)` table that the fused
+step of `Sampler` and `sample()` consume. `sample()` runs "2ab" in the official grouping instead,
+`exp(-dt) x + dt (b1 x0 + b2 x0_prev)` with per-sample coefficients from torch's float64 ops, so it is
+bit-for-bit the official chain.
 
 Cost rule: `num_steps` is the total number of network passes, the final clean x0 prediction at
 sigma_min included. Multistep solvers run `num_steps - 1` intervals; Heun spends two passes per interval
@@ -81,16 +83,28 @@ def _euler(s: float, t: float) -> tuple[float, ...]:
     return t / s, (s - t) / s, 0.0, 0.0
 
 
-def _official_2ab(s: float, t: float, s_prev: float) -> tuple[float, ...]:
-    """`res_x0_rk2_step` of the official sampler, operation for operation (float64)."""
-    lam_s, lam_t, lam_prev = -math.log(s), -math.log(t), -math.log(s_prev)
+def official_2ab_terms(
+    s: torch.Tensor, t: torch.Tensor, s_prev: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(exp(-dt), dt, b1, b2)` of the official `res_x0_rk2_step`: torch float64 ops in its order.
+
+    The update is then `exp(-dt) x + dt (b1 x0 + b2 x0_prev)`. torch's float64 `expm1` differs from
+    `math.expm1` in the last bit for some steps, so the official tensor ops are used, not Python floats.
+    """
+    lam_s, lam_t, lam_prev = -torch.log(s), -torch.log(t), -torch.log(s_prev)
     dt = lam_t - lam_s
     c2 = (lam_prev - lam_s) / dt
-    phi1 = math.expm1(-dt) / -dt
+    phi1 = torch.expm1(-dt) / -dt
     phi2 = (phi1 - 1.0) / -dt
     b1 = phi1 - 1.0 / c2 * phi2
     b2 = 1.0 / c2 * phi2
-    return math.exp(-dt), dt * b1, dt * b2, 0.0
+    return torch.exp(-dt), dt, b1, b2
+
+
+def _official_2ab(s: float, t: float, s_prev: float) -> tuple[float, ...]:
+    """`res_x0_rk2_step` as one linear row; dt folded into b1, b2 (the fused step's form)."""
+    decay, dt, b1, b2 = official_2ab_terms(*(torch.tensor(v, dtype=torch.float64) for v in (s, t, s_prev)))
+    return float(decay), float(dt * b1), float(dt * b2), 0.0
 
 
 def _dpmpp_2m(s: float, t: float, s_prev: float) -> tuple[float, ...]:
@@ -227,6 +241,10 @@ def sample(
         x0 = denoise(x, sigma)
         if k == len(sigmas) - 1:
             return x0.to(in_dtype)
+        if solver == "2ab":
+            x = _official_2ab_update(x, x0, history[-1] if history else None, sigmas, k)
+            history.append(x0)
+            continue
         a, *b = coeffs[k]
         terms = [x0, *reversed(history[-2:])]
         x = a * x
@@ -235,6 +253,19 @@ def sample(
                 x = x + weight * term
         history.append(x0)
     raise AssertionError("unreachable")
+
+
+def _official_2ab_update(x: torch.Tensor, x0: torch.Tensor, x0_prev: torch.Tensor | None, sigmas: list[float],
+                         k: int) -> torch.Tensor:
+    """One official 2ab update after pass k: per-sample float64 coefficients on x's device, grouped as the
+    official `reg_x0_euler_step` / `res_x0_rk2_step` group them (bit-for-bit with that chain)."""
+    ones = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
+    view = (-1,) + (1,) * (x.dim() - 1)
+    s, t = sigmas[k] * ones, sigmas[k + 1] * ones
+    if x0_prev is None:  # the first interval: x0 Euler
+        return ((s - t) / s).view(view) * x0 + (t / s).view(view) * x
+    decay, dt, b1, b2 = official_2ab_terms(s, t, sigmas[k - 1] * ones)
+    return decay.view(view) * x + dt.view(view) * (b1.view(view) * x0 + b2.view(view) * x0_prev)
 
 
 def _heun(denoise, x: torch.Tensor, num_steps: int, sigma_min: float, sigma_max: float, rho: float,

