@@ -245,7 +245,11 @@ class LocalPolicy:
 class _PolicyActor:
     """Loads the policy inside a Ray actor (one per GPU, or one on the CPU)."""
 
-    def __init__(self, loader: Callable[[], object]):
+    def __init__(self, loader: Callable[[], object], threads: int):
+        import torch
+
+        # Ray caps an actor's threads at its CPU share; the driver's count keeps the CPU matmuls' rounding the same
+        torch.set_num_threads(threads)
         self.policy = LocalPolicy(loader())
 
     def warmup(self, batch_sizes):
@@ -269,7 +273,9 @@ class RayPolicy:
         else:
             actor = ray.remote(num_cpus=0)(_PolicyActor)
             count = 1
-        self._actors = [actor.remote(loader) for _ in range(count)]
+        import torch
+
+        self._actors = [actor.remote(loader, torch.get_num_threads()) for _ in range(count)]
 
     def warmup(self, batch_sizes: Sequence[int]) -> None:
         sizes = sorted({max(1, -(-b // len(self._actors))) for b in batch_sizes})
