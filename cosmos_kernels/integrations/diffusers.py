@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+import cosmos_kernels as ck
 from cosmos_kernels import _checks
 from cosmos_kernels.attention.ops import ATTENTION_BACKENDS, MAX_HEAD_DIM
 
@@ -110,6 +111,27 @@ def with_backend(cls: type, backend: str | None) -> type:
     if backend is None:
         return cls
     return type(cls.__name__, (cls,), {"_ck_backend": backend, "__module__": cls.__module__})
+
+
+def _grid(t: torch.Tensor) -> torch.Tensor:
+    return t.unsqueeze(-3) if t.dim() == 3 else t
+
+
+# The diffusers models hand the norms (B, L, D) tokens with (B, 1, D) or (B, L, D) modulation. Viewed as
+# (B, 1, L, D) they take the ops' 4-D row-grid path: the same numbers, and under torch.compile the 3-D path's
+# as_strided views of compiled intermediates have read wrong memory.
+def layer_norm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float,
+                        backend: str | None) -> torch.Tensor:
+    out = ck.layer_norm_modulate(_grid(x), _grid(shift), _grid(scale), eps, backend=backend)
+    return out.squeeze(-3) if x.dim() == 3 else out
+
+
+def gated_residual_layer_norm_modulate(residual: torch.Tensor, x: torch.Tensor, gate: torch.Tensor,
+                                       shift: torch.Tensor, scale: torch.Tensor, eps: float,
+                                       backend: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    new, normed = ck.gated_residual_layer_norm_modulate(_grid(residual), _grid(x), _grid(gate), _grid(shift),
+                                                        _grid(scale), eps, backend=backend)
+    return (new.squeeze(-3), normed.squeeze(-3)) if residual.dim() == 3 else (new, normed)
 
 
 def check_head_dim(model_name: str, head_dim: int) -> None:

@@ -48,17 +48,17 @@ class FusedCosmosTransformerBlock(tc.CosmosTransformerBlock):
             hidden_states = hidden_states + extra_pos_emb
 
         shift, scale, gate1 = _modulation(self.norm1, embedded_timestep, temb, 3)
-        normed = ck.layer_norm_modulate(hidden_states, shift, scale, self.norm1.norm.eps, backend=be)
+        normed = integ.layer_norm_modulate(hidden_states, shift, scale, self.norm1.norm.eps, be)
         attn_output = self.attn1(normed, image_rotary_emb=image_rotary_emb)
 
         shift, scale, gate2 = _modulation(self.norm2, embedded_timestep, temb, 3)
-        hidden_states, normed = ck.gated_residual_layer_norm_modulate(
-            hidden_states, attn_output, gate1, shift, scale, self.norm2.norm.eps, backend=be)
+        hidden_states, normed = integ.gated_residual_layer_norm_modulate(
+            hidden_states, attn_output, gate1, shift, scale, self.norm2.norm.eps, be)
         attn_output = self.attn2(normed, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask)
 
         shift, scale, gate3 = _modulation(self.norm3, embedded_timestep, temb, 3)
-        hidden_states, normed = ck.gated_residual_layer_norm_modulate(
-            hidden_states, attn_output, gate2, shift, scale, self.norm3.norm.eps, backend=be)
+        hidden_states, normed = integ.gated_residual_layer_norm_modulate(
+            hidden_states, attn_output, gate2, shift, scale, self.norm3.norm.eps, be)
         hidden_states = hidden_states + gate3 * self.ff(normed)
 
         if controlnet_residual is not None:
@@ -77,7 +77,7 @@ class FusedCosmosAdaLayerNorm(tc.CosmosAdaLayerNorm):
         shift, scale = _modulation(self, embedded_timestep, temb, 2)
         if shift.dtype != hidden_states.dtype:
             return super().forward(hidden_states, embedded_timestep, temb)
-        return ck.layer_norm_modulate(hidden_states, shift, scale, self.norm.eps, backend=self._ck_backend)
+        return integ.layer_norm_modulate(hidden_states, shift, scale, self.norm.eps, self._ck_backend)
 
 
 class CosmosKernelsAttnProcessor:

@@ -97,21 +97,21 @@ class FusedWanTransformerBlock(tw.WanTransformerBlock):
         dtype = hidden_states.dtype
 
         # diffusers normalises and modulates the fp32 copy of the activations, then rounds once
-        normed = ck.layer_norm_modulate(hidden_states.float(), shift, scale, self.norm1.eps, backend=be).to(dtype)
+        normed = integ.layer_norm_modulate(hidden_states.float(), shift, scale, self.norm1.eps, be).to(dtype)
         attn_output = self.attn1(normed, None, None, rotary_emb)
         if isinstance(self.norm2, torch.nn.Identity):
             hidden_states = (hidden_states.float() + attn_output * gate).type_as(hidden_states)
             normed = hidden_states
         else:  # LN(r) * w + b == LN(r) * (1 + (w - 1)) + b
-            residual, normed = ck.gated_residual_layer_norm_modulate(
+            residual, normed = integ.gated_residual_layer_norm_modulate(
                 hidden_states.float(), attn_output.float(), gate, self.norm2.bias.float(),
-                self.norm2.weight.float() - 1, self.norm2.eps, backend=be)
+                self.norm2.weight.float() - 1, self.norm2.eps, be)
             hidden_states, normed = residual.to(dtype), normed.to(dtype)
 
         attn_output = self.attn2(normed, encoder_hidden_states, None, None)
-        one = c_shift.new_ones(()).expand(c_shift.shape[-1])  # hidden + attn2 has no gate
-        residual, normed = ck.gated_residual_layer_norm_modulate(
-            hidden_states.float(), attn_output.float(), one, c_shift, c_scale, self.norm3.eps, backend=be)
+        one = c_shift.new_ones(c_shift.shape[-1])  # hidden + attn2 has no gate
+        residual, normed = integ.gated_residual_layer_norm_modulate(
+            hidden_states.float(), attn_output.float(), one, c_shift, c_scale, self.norm3.eps, be)
         hidden_states, normed = residual.to(dtype), normed.to(dtype)
         ff_output = self.ffn(normed)
         return (hidden_states.float() + ff_output.float() * c_gate).type_as(hidden_states)

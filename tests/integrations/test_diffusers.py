@@ -252,14 +252,17 @@ def test_wan_rope_permutation_leaves_scores_unchanged(gen):
     assert torch.allclose(torch.einsum("blhd,bmhd->bhlm", q_half, k_half), scores, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind,case", [("cosmos", "predict2-video2world"), ("wan", "wan2.2-ti2v")])
-def test_compile_fullgraph(kind, case, gen):
+# Inductor for Cosmos (per-token modulation from per-frame timesteps); Wan through dynamo + AOT autograd with the
+# ops' fakes (no graph break is the claim; inductor doubles the test's time on this CPU).
+@pytest.mark.parametrize("kind,case,compiler", [("cosmos", "predict2-video2world", "inductor"),
+                                                ("wan", "wan2.2-ti2v", "aot_eager")])
+def test_compile_fullgraph(kind, case, compiler, gen):
     model = tiny_model(kind, case, gen, num_layers=1)
     inputs = tiny_inputs(kind, case, model, gen)
     apply_cosmos_kernels(model)
     eager = run(model, inputs)
     torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, dynamic=False)
+    compiled = torch.compile(model, fullgraph=True, dynamic=False, backend=compiler)
     got = run(compiled, inputs)
     assert rel(got, eager) <= 1e-5
     remove_cosmos_kernels(model)
