@@ -80,6 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=_positive, default=8,
                         help="requests waiting together run as one batch of at most this many (1: every "
                              "answer bit-identical to policy.infer; batched ones agree to float rounding)")
+    parser.add_argument("--warmup-all-instructions", action="store_true",
+                        help="warm up (capture, on CUDA) every instruction of the checkpoint, not only the first: "
+                             "no task's first query pays a graph capture, at the cost of start-up time and memory")
     parser.add_argument("--max-message-mb", type=_positive, default=32, help="largest accepted message, MiB")
 
 
@@ -119,6 +122,11 @@ def load_policy(args: argparse.Namespace, tmp: str):
     return next(iter(policies.values())), what
 
 
+def _instructions(policy) -> list[str]:
+    known = getattr(policy.text, "instructions", None)
+    return list(known() if callable(known) else known or [])
+
+
 def run(args: argparse.Namespace) -> int:
     require_extras()
     from .server import PolicyServer
@@ -135,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
             server = PolicyServer(policy, host=args.host, seed=args.seed, seed_step=args.seed_step,
                                   max_queue=args.queue, max_batch=args.max_batch,
                                   max_message_bytes=args.max_message_mb * 2**20,
-                                  sockets=(ws_sock, http_sock), http_port=None if args.no_http else args.http_port)
+                                  sockets=(ws_sock, http_sock), http_port=None if args.no_http else args.http_port,
+                                  warmup_instructions=_instructions(policy) if args.warmup_all_instructions else None)
         except BaseException:
             ws_sock.close()
             if http_sock is not None:

@@ -70,12 +70,16 @@ class InferenceEngine:
 
     # -- life cycle -------------------------------------------------------------------------------------------------
 
-    def warmup(self) -> float:
-        """Fill the caches (and capture the graphs, on CUDA) for every batch size the engine runs; returns ms."""
+    def warmup(self, instructions: list[str] | None = None) -> float:
+        """Fill the caches (and capture the graphs, on CUDA) for every batch size the engine runs, for `instructions`
+        (default: the policy's choice, its first instruction); returns ms."""
         start = time.perf_counter()
         warm = getattr(self.policy, "warmup", None)
         if callable(warm):
-            warm(batch_sizes=self.sizes)
+            if instructions is None:
+                warm(batch_sizes=self.sizes)
+            else:
+                warm(batch_sizes=self.sizes, instructions=instructions)
         else:
             obs = synthetic_observation(self.policy)
             if obs is not None:

@@ -67,11 +67,14 @@ class PolicyServer:
     """Serve `policy` over websocket (`port`) and HTTP (`http_port`; None: no HTTP front end).
 
     `seed_step`: the k-th query of a connection uses `seed + seed_step * k` (0: every query uses `seed`).
+    `warmup_instructions`: the instructions warmed up (captured, on CUDA) for every batch size; default: the
+    policy's first one (another instruction's first query then pays its capture).
     `sockets`: (websocket, http or None) sockets already bound with `bind`, used instead of `port` / `http_port`."""
 
     def __init__(self, policy, host: str = "127.0.0.1", port: int = 8000, http_port: int | None = 8777, *,
                  seed: int = 195, seed_step: int = 1, max_queue: int = 32, max_batch: int = 8,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, sockets: tuple | None = None):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, sockets: tuple | None = None,
+                 warmup_instructions: list[str] | None = None):
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
             raise ValueError(f"seed: expected an int in [0, 2**32), got {seed!r}")
         if isinstance(seed_step, bool) or not isinstance(seed_step, int) or seed_step < 0:
@@ -94,6 +97,7 @@ class PolicyServer:
         self.port = self._ws_sock.getsockname()[1]
         self.http_port = self._http_sock.getsockname()[1] if self._http_sock is not None else None
         self.warmup_ms: float | None = None
+        self.warmup_instructions = warmup_instructions
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -123,7 +127,7 @@ class PolicyServer:
 
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         if self.warmup_ms is None:
-            self.warmup_ms = await asyncio.to_thread(self.engine.warmup)
+            self.warmup_ms = await asyncio.to_thread(self.engine.warmup, self.warmup_instructions)
         self.engine.start()
         self.websocket = WebsocketFrontEnd(self)
         ws = await serve(self.websocket.handle, sock=self._ws_sock, process_request=healthz, compression=None,

@@ -123,3 +123,11 @@ def test_close_cancels_waiting_requests():
     policy.gate.set()
     with pytest.raises(Busy, match="shutting down"):
         eng.submit({}, 2)
+
+
+def test_warmup_passes_the_instructions_when_asked():
+    policy = FakePolicy()
+    seen = []
+    policy.warmup = lambda batch_sizes, instructions=None: seen.append((tuple(batch_sizes), instructions))
+    InferenceEngine(policy, max_batch=2).warmup(["a", "b"])
+    assert seen == [((1, 2), ["a", "b"])]
