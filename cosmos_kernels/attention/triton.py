@@ -217,7 +217,8 @@ def gpu_config(head_dim: int, dtype: torch.dtype, hopper: bool, rope: bool) -> t
     if head_dim <= 64:
         return 128, 128 if hopper else 64, 8, 2 if hopper else stages
     if head_dim <= 128:
-        return 128, 64, 8, stages
+        # the normalised, rotated 128 x 128 Q tile with its tables spills at 255 registers: half the rows
+        return (64, 64, 4, stages) if rope else (128, 64, 8, stages)
     return 64, 32, 8, 2 if hopper else 1  # head_dim up to 256: one stage fits consumer cards' 99 KB
 
 
