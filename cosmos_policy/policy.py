@@ -154,12 +154,22 @@ class CosmosPolicy:
         return result
 
     def plan(self, obs: Mapping, num_candidates: int = 8, seed: int | None = None,
-             batch_size: int | None = None) -> dict:
-        """Best-of-N: N action chunks with seeds seed, seed+1, ..., ranked by the value each predicts alongside its
-        actions; run as one batch (or batches of `batch_size`). Ties keep the lowest seed. Without `seed` the base
-        seed is the seed rule's next value (the plan counts as one query)."""
-        if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
-            raise ValueError(f"num_candidates: expected an int >= 1, got {num_candidates!r}")
+             batch_size: int | None = None, *, planning_model=None, planning_config=None) -> dict:
+        """Best-of-N over the action chunks of seeds seed, seed+1, ... (without `seed` the base seed is the seed
+        rule's next value: the plan counts as one query). Candidates run as one batch, or in sub-batches of at most
+        `batch_size` samples per network pass (the same result).
+
+        With `planning_model` (a `cosmos_policy.planning.PlanningModel`) this is the official protocol (spec 4.7):
+        the future state of each candidate and its value by ensembles of the planning network, aggregated as
+        `planning_config` (a `PlanningConfig`, default the official majority_mean 3 x 5 ensembles) says; the base
+        seed is kept unless another value is strictly higher. Without it, candidates are ranked by the value each
+        action query predicts alongside its actions; ties keep the lowest seed."""
+        if planning_model is not None:
+            from .planning import plan_with_model
+
+            _check_candidates(num_candidates)
+            return plan_with_model(self, obs, num_candidates, seed, planning_model, planning_config, batch_size)
+        _check_candidates(num_candidates)
         timing: dict[str, float] = {}
         start = clock = self._clock()
         checked = self._check_observation(obs, "obs")
@@ -325,16 +335,16 @@ class CosmosPolicy:
     # -- one batched action query ---------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _run(self, prepared: _Prepared, seeds: list[int], return_future_images: bool, timing: dict,
-             clock: float) -> list[dict]:
+    def _denoise(self, prepared: _Prepared, seeds: list[int], keep_state: bool, timing: dict, clock: float):
+        """The action query's sample: (latents (B, C, T, H, W), prefix latents, encoder state, clock)."""
         layout, batch = self.layout, len(seeds)
         with profiling.nvtx_range("text"):
             context = self._context(prepared.instructions)
         clock = self._lap(timing, "text", clock)
 
         with profiling.nvtx_range("vae_encode"):
-            encoded = self.vae.encode_prefix(prepared.images, keep_state=return_future_images)
-            prefix, encoder_state = encoded if return_future_images else (encoded, None)
+            encoded = self.vae.encode_prefix(prepared.images, keep_state=keep_state)
+            prefix, encoder_state = encoded if keep_state else (encoded, None)
             h, w = prefix.shape[-2:]
             prefix = prefix.expand(batch, -1, -1, -1, -1)
             gt = torch.zeros(batch, prefix.shape[1], layout.state_t, h, w, device=self.device)
@@ -351,6 +361,21 @@ class CosmosPolicy:
                 latents = sample(self._x0_fn(gt, context), noise, num_steps=self.num_steps,
                                  sigma_min=layout.sigma_min, sigma_max=layout.sigma_max, solver="2ab")
         clock = self._lap(timing, "denoise", clock)
+        return latents, prefix, encoder_state, clock
+
+    def _candidate_latents(self, prepared: _Prepared, seeds: list[int], timing: dict, clock: float):
+        """Action samples of one observation's candidates: its images stay a batch of one (their latents are
+        computed once and broadcast), the proprio and instruction repeat."""
+        expanded = _Prepared(prepared.images, prepared.proprio.expand(len(seeds), -1),
+                             prepared.instructions * len(seeds))
+        latents, _, _, clock = self._denoise(expanded, seeds, False, timing, clock)
+        return latents, clock
+
+    @torch.no_grad()
+    def _run(self, prepared: _Prepared, seeds: list[int], return_future_images: bool, timing: dict,
+             clock: float) -> list[dict]:
+        layout = self.layout
+        latents, prefix, encoder_state, clock = self._denoise(prepared, seeds, return_future_images, timing, clock)
 
         with profiling.nvtx_range("postprocess"):
             actions = L.extract_actions(latents, layout.action_index, layout.chunk_size, layout.action_dim)
@@ -373,18 +398,9 @@ class CosmosPolicy:
 
     def _x0_fn(self, gt: torch.Tensor, context: torch.Tensor):
         """The denoiser of spec 4.2 for `sample()`: sigma is a (B,) tensor on the policy's device."""
-        cond, cond_frames, cond_mask = self._cond_frames.view(1, 1, -1, 1, 1), self._cond_frames, self._cond_mask
+        from .planning import conditioned_x0_fn
 
-        def x0_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            t = (sigma / (sigma + 1)).float()  # rectified-flow scaling: c_in = c_skip = 1 - t, c_out = -t
-            t5 = t.view(-1, 1, 1, 1, 1)
-            x = x.float()
-            net_in = torch.where(cond, gt, x * (1 - t5))  # clean latents in the conditional frames
-            timesteps = torch.where(cond_frames, 0.0, t[:, None])  # their time is t(sigma_cond = 0) = 0
-            velocity = self.network(net_in, timesteps, context, cond_mask).float()
-            return torch.where(cond, gt, (1 - t5) * x - t5 * velocity)
-
-        return x0_fn
+        return conditioned_x0_fn(self.network, gt, context, self._cond_frames, self._cond_mask)
 
     def _future_images(self, latents: torch.Tensor, prefix: torch.Tensor, encoder_state) -> dict[str, torch.Tensor]:
         """Decode the predicted future frames after restoring the placeholder frames' own VAE latents."""
@@ -410,6 +426,11 @@ class CosmosPolicy:
         now = self._clock()
         timing[stage] = timing.get(stage, 0.0) + (now - since) * 1e3
         return now
+
+
+def _check_candidates(num_candidates) -> None:
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
+        raise ValueError(f"num_candidates: expected an int >= 1, got {num_candidates!r}")
 
 
 def resolve_device(device=None) -> torch.device:

@@ -29,6 +29,7 @@ CHECKPOINT_NAMES = {
     "robocasa": "Cosmos-Policy-RoboCasa-Predict2-2B.pt",
     "aloha": "Cosmos-Policy-ALOHA-Predict2-2B.pt",
 }
+PLANNING_CHECKPOINT_NAME = "Cosmos-Policy-ALOHA-Planning-Model-Predict2-2B.pt"
 
 _RESIDUAL_NAMES = (
     ("norm1.", "residual.0."),
@@ -133,7 +134,6 @@ def write_tiny_checkpoint(
     `image_size` other than 224 (a multiple of 16) makes a smaller latent video, for quick CPU tests."""
     from .checkpoint import save_network_checkpoint
     from .config import DiTConfig
-    from .model import CosmosDiT
 
     get_layout(suite)  # validates the suite name
     directory = Path(directory)
@@ -141,9 +141,7 @@ def write_tiny_checkpoint(
     config = network_config if network_config is not None else DiTConfig.tiny()
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        network = CosmosDiT(config, backend="reference")
-        _randomize(network, seed)
+        network = _tiny_network(config, seed)
         embeddings = {instruction: t5_like_embedding(instruction, config.crossattn_emb_channels)
                       for instruction in instructions}
     save_network_checkpoint(network.state_dict(), directory / CHECKPOINT_NAMES[suite])
@@ -157,6 +155,34 @@ def write_tiny_checkpoint(
     (directory / "tokenizer").mkdir(exist_ok=True)
     torch.save(to_wan_state_dict(vae.state_dict()), directory / "tokenizer" / "tokenizer.pth")
     return directory
+
+
+def write_tiny_planning_checkpoint(directory: str | os.PathLike, seed: int = 1, network_config=None,
+                                   suite: str = "aloha") -> Path:
+    """A random planning checkpoint as nvidia/Cosmos-Policy-ALOHA-Planning-Model-Predict2-2B ships one: the network
+    `.pt` alone (text, statistics and VAE are the policy's), plus `network_config.json` for its tiny size."""
+    from .checkpoint import save_network_checkpoint
+    from .config import DiTConfig
+
+    get_layout(suite)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = network_config if network_config is not None else DiTConfig.tiny()
+    with torch.random.fork_rng(devices=[]):
+        network = _tiny_network(config, seed)
+    save_network_checkpoint(network.state_dict(), directory / PLANNING_CHECKPOINT_NAME)
+    extra = {"suite": suite, "network": config.to_dict()}
+    (directory / NETWORK_CONFIG_FILE).write_text(json.dumps(extra, indent=2))
+    return directory
+
+
+def _tiny_network(config, seed: int):
+    from .model import CosmosDiT
+
+    torch.manual_seed(seed)
+    network = CosmosDiT(config, backend="reference")
+    _randomize(network, seed)
+    return network
 
 
 @torch.no_grad()
