@@ -67,7 +67,11 @@ class _Process:
         if not self.conn.poll(ready_timeout):
             self.kill()
             raise RuntimeError(f"simulator worker did not start within {ready_timeout:.0f} s")
-        kind, detail = self.conn.recv()
+        try:
+            kind, detail = self.conn.recv()
+        except (EOFError, OSError):
+            self.kill()
+            raise RuntimeError(f"simulator worker exited while starting (exit code {self.process.exitcode})") from None
         if kind == "error":
             self.kill()
             raise UsageError(f"simulator worker: {detail}")
