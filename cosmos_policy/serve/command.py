@@ -65,10 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="default: bfloat16 on CUDA, float32 on the CPU")
     parser.add_argument("--seed", type=_seed, default=195,
-                        help="base seed: a connection's k-th query uses seed + k (the official rule)")
-    parser.add_argument("--seed-step", type=_seed, default=1,
-                        help="the k-th query uses seed + seed_step * k; 0: every query uses --seed (the official "
-                             "LIBERO loop's seed for a single-candidate policy)")
+                        help="the seed of every query (the official rule: the LIBERO evaluation and ALOHA deployment "
+                             "seed every action query with their --seed)")
+    parser.add_argument("--seed-step", type=_seed, default=0,
+                        help="a connection's k-th query uses seed + seed_step * k (1: a new seed per query)")
     parser.add_argument("--task", default=LIBERO_SAMPLE_TASK,
                         help="the instruction the random-weight model knows (without --checkpoint)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")

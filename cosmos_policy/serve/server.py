@@ -34,7 +34,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def metadata(policy, seed: int, engine: InferenceEngine, max_message_bytes: int, seed_step: int = 1) -> dict:
+def metadata(policy, seed: int, engine: InferenceEngine, max_message_bytes: int, seed_step: int = 0) -> dict:
     """What a client needs to know: the model, its chunk, the observation it expects and the rules of the server."""
     layout = policy.layout
     known = getattr(policy.text, "instructions", None)
@@ -72,7 +72,7 @@ class PolicyServer:
     `sockets`: (websocket, http or None) sockets already bound with `bind`, used instead of `port` / `http_port`."""
 
     def __init__(self, policy, host: str = "127.0.0.1", port: int = 8000, http_port: int | None = 8777, *,
-                 seed: int = 195, seed_step: int = 1, max_queue: int = 32, max_batch: int = 8,
+                 seed: int = 195, seed_step: int = 0, max_queue: int = 32, max_batch: int = 8,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, sockets: tuple | None = None,
                  warmup_instructions: list[str] | None = None):
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:

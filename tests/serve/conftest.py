@@ -55,6 +55,6 @@ def observation() -> dict:
 def server(tiny_checkpoint):
     from cosmos_policy.serve import PolicyServer
 
-    with PolicyServer(load(tiny_checkpoint), port=0, http_port=0, seed=195, max_queue=8, max_batch=4,
+    with PolicyServer(load(tiny_checkpoint), port=0, http_port=0, seed=195, seed_step=1, max_queue=8, max_batch=4,
                       max_message_bytes=MAX_MESSAGE) as running:
         yield running

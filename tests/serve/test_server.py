@@ -290,7 +290,7 @@ def test_seed_step_zero_gives_every_query_the_base_seed(tiny_checkpoint, observa
 
     from .conftest import load
 
-    with PolicyServer(load(tiny_checkpoint), port=0, http_port=None, seed=196, seed_step=0, max_batch=1) as one:
+    with PolicyServer(load(tiny_checkpoint), port=0, http_port=None, seed=196, max_batch=1) as one:
         assert one.http_url is None and "seed + 0 * k" in one.metadata["seed_rule"]
         client = Client(one.ws_url)
         try:
