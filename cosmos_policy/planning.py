@@ -232,16 +232,9 @@ def plan_with_model(policy, obs, num_candidates: int, seed: int | None, planning
         raise ValueError(f"max_batch: expected an int >= 1 or None, got {max_batch!r}")
     if planning_model.network.device != policy.device:
         raise ValueError(f"planning_model: on {planning_model.network.device}, the policy on {policy.device}")
-    timing: dict[str, float] = {}
-    start = clock = policy._clock()
-    checked = policy._check_observation(obs, "obs")
-    policy.text.check_known([checked[2]])
-    base = policy._seeds(None if seed is None else [seed], 1)[0]
-    seeds = [(base + i) % SEED_LIMIT for i in range(num_candidates)]
-    prepared = policy._prepare([checked])
-    clock = policy._lap(timing, "preprocess", clock)
+    timing, start, clock, prepared, seeds = _begin(policy, obs, num_candidates, seed)
     step = max_batch or num_candidates
-    latents, actions, own_values = [], [], []
+    latents = []
     for first in range(0, num_candidates, step):
         part = seeds[first: first + step]
         part_latents, clock = policy._candidate_latents(prepared, part, timing, clock)
@@ -265,3 +258,38 @@ def plan_with_model(policy, obs, num_candidates: int, seed: int | None, planning
     return {"actions": actions[best], "value": float(values[best]), "seed": seeds[best], "index": best,
             "candidate_values": values, "candidate_seeds": seeds, "candidate_actions": actions,
             "value_predictions": predictions.cpu().numpy(), "policy_values": own_values, "timing": timing}
+
+
+def _begin(policy, obs, num_candidates: int, seed: int | None):
+    """Checks, the candidates' seeds (the base seed is one query of the seed rule) and the prepared observation."""
+    timing: dict[str, float] = {}
+    start = clock = policy._clock()
+    checked = policy._check_observation(obs, "obs")
+    policy.text.check_known([checked[2]])
+    base = policy._seeds(None if seed is None else [seed], 1)[0]
+    seeds = [(base + i) % SEED_LIMIT for i in range(num_candidates)]
+    prepared = policy._prepare([checked])
+    clock = policy._lap(timing, "preprocess", clock)
+    return timing, start, clock, prepared, seeds
+
+
+def plan_by_policy_value(policy, obs, num_candidates: int, seed: int | None, batch_size: int | None) -> dict:
+    """`CosmosPolicy.plan` without a planning model: candidates ranked by the value each action query predicts
+    alongside its actions; the first maximum wins (the base seed on ties)."""
+    from .observation import Prepared
+
+    timing, start, clock, prepared, seeds = _begin(policy, obs, num_candidates, seed)
+    step = batch_size or num_candidates
+    results = []
+    for first in range(0, num_candidates, step):
+        part = seeds[first: first + step]
+        # the images stay a batch of one: their latents are computed once and broadcast over the candidates
+        expanded = Prepared(prepared.images, prepared.proprio.expand(len(part), -1), prepared.instructions * len(part))
+        results += policy._run(expanded, part, False, timing, clock)
+        clock = policy._clock()
+    values = np.array([r["value"] for r in results], dtype=np.float32)
+    best = int(np.argmax(values))
+    timing["total"] = (policy._clock() - start) * 1e3
+    return {"actions": results[best]["actions"], "value": float(values[best]), "seed": seeds[best],
+            "index": best, "candidate_values": values, "candidate_seeds": seeds,
+            "candidate_actions": np.stack([r["actions"] for r in results]), "timing": timing}

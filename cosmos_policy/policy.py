@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,19 +22,13 @@ from . import layout as L
 from . import profiling
 from ._graph import ChunkGraphs
 from .files import CheckpointFiles, find_checkpoint_files
-from .preprocess import prepare_image
+from .observation import Checked, check_observation, prepare, synthetic_observation
+from .observation import Prepared as _Prepared
 from .seeds import SEED_LIMIT, SeedCounter, check_seed
 from .text import TextEmbeddings
 from .vae import PolicyVAE
 
 __all__ = ["CosmosPolicy", "SEED_LIMIT", "resolve_device"]
-
-
-@dataclass
-class _Prepared:
-    images: list[torch.Tensor]  # per camera, uint8 (B, 3, 224, 224) on the policy's device
-    proprio: torch.Tensor  # normalised, (B, proprio_dim) float32
-    instructions: list[str]
 
 
 class CosmosPolicy:
@@ -169,30 +162,10 @@ class CosmosPolicy:
 
             _check_candidates(num_candidates)
             return plan_with_model(self, obs, num_candidates, seed, planning_model, planning_config, batch_size)
+        from .planning import plan_by_policy_value
+
         _check_candidates(num_candidates)
-        timing: dict[str, float] = {}
-        start = clock = self._clock()
-        checked = self._check_observation(obs, "obs")
-        self.text.check_known([checked[2]])
-        base = self._seeds(None if seed is None else [seed], 1)[0]
-        seeds = [(base + i) % SEED_LIMIT for i in range(num_candidates)]
-        prepared = self._prepare([checked])
-        clock = self._lap(timing, "preprocess", clock)
-        step = batch_size or num_candidates
-        results = []
-        for first in range(0, num_candidates, step):
-            part = seeds[first: first + step]
-            # the images stay a batch of one: their latents are computed once and broadcast over the candidates
-            expanded = _Prepared(prepared.images, prepared.proprio.expand(len(part), -1),
-                                 prepared.instructions * len(part))
-            results += self._run(expanded, part, False, timing, clock)
-            clock = self._clock()
-        values = np.array([r["value"] for r in results], dtype=np.float32)
-        best = int(np.argmax(values))  # first maximum: the base seed wins ties
-        timing["total"] = (self._clock() - start) * 1e3
-        return {"actions": results[best]["actions"], "value": float(values[best]), "seed": seeds[best],
-                "index": best, "candidate_values": values, "candidate_seeds": seeds,
-                "candidate_actions": np.stack([r["actions"] for r in results]), "timing": timing}
+        return plan_by_policy_value(self, obs, num_candidates, seed, batch_size)
 
     def reset(self, seed: int | None = None) -> None:
         """Start a new episode: the next query is query 0 again, seeded `seed` (the loading seed when None).
@@ -234,12 +207,8 @@ class CosmosPolicy:
 
     def synthetic_observation(self, instruction: str | None = None) -> dict:
         """An observation of the suite's shapes: grey images, the proprio at the middle of its range."""
-        size = L.IMAGE_SIZE
-        obs: dict = {camera: np.full((size, size, 3), 128, dtype=np.uint8) for camera in self.layout.cameras}
-        stats = self.statistics
-        obs["proprio"] = (np.asarray(stats.proprio_min) + np.asarray(stats.proprio_max)) / 2
-        obs["task_description"] = instruction if instruction is not None else self.text.instructions()[0]
-        return obs
+        instruction = instruction if instruction is not None else self.text.instructions()[0]
+        return synthetic_observation(self.layout, self.statistics, instruction)
 
     @property
     def next_seed(self) -> int:
@@ -271,35 +240,8 @@ class CosmosPolicy:
 
     # -- checks and preparation -----------------------------------------------------------------------------------
 
-    def _check_observation(self, obs, name: str):
-        if not isinstance(obs, Mapping):
-            raise ValueError(f"{name}: expected a dict observation, got {type(obs).__name__}")
-        images = []
-        for camera in self.layout.cameras:
-            if camera not in obs:
-                raise ValueError(f"{name}: missing camera {camera!r} (the {self.layout.name} policy needs "
-                                 f"{list(self.layout.cameras)})")
-            image = obs[camera]
-            shape = getattr(image, "shape", None)
-            if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 \
-                    or min(image.shape[:2]) < 1:
-                kind = f"{image.dtype} {shape}" if isinstance(image, np.ndarray) else type(image).__name__
-                raise ValueError(f"{name}[{camera!r}]: expected a uint8 numpy image (H, W, 3), got {kind}")
-            images.append(image)
-        if "proprio" not in obs:
-            raise ValueError(f"{name}: missing 'proprio' ({self.layout.proprio_dim} values)")
-        try:
-            proprio = np.asarray(obs["proprio"], dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}['proprio']: expected {self.layout.proprio_dim} numbers") from None
-        if proprio.ndim != 1 or proprio.shape[0] != self.layout.proprio_dim:
-            raise ValueError(f"{name}['proprio']: expected {self.layout.proprio_dim} values (shape "
-                             f"({self.layout.proprio_dim},)), got shape {proprio.shape}")
-        if not np.isfinite(proprio).all():
-            raise ValueError(f"{name}['proprio']: has non-finite values")
-        if "task_description" not in obs or not isinstance(obs["task_description"], str):
-            raise ValueError(f"{name}: missing 'task_description' (the instruction string)")
-        return images, proprio, obs["task_description"]
+    def _check_observation(self, obs, name: str) -> Checked:
+        return check_observation(obs, self.layout, name)
 
     def _seeds(self, seeds, count: int) -> list[int]:
         if seeds is None:  # the seed rule moves only once the inputs are known to be good
@@ -308,17 +250,9 @@ class CosmosPolicy:
             raise ValueError(f"seeds: expected {count} seeds, got {len(seeds)}")
         return [check_seed(s, "seed") for s in seeds]
 
-    def _prepare(self, checked) -> _Prepared:
-        per_camera = []
-        for c in range(len(self.layout.cameras)):
-            batch = np.stack([prepare_image(images[c], jpeg_compression=self.layout.jpeg_compression,
-                                            trained_with_image_aug=self.trained_with_image_aug, size=self.image_size)
-                              for images, _, _ in checked])
-            per_camera.append(torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device))
-        proprio = np.stack([self.statistics.normalize_proprio(p) for _, p, _ in checked])
-        # the official batch carries the proprio in the network's dtype: round it the same way
-        proprio_t = torch.from_numpy(proprio).to(self.dtype).to(device=self.device, dtype=torch.float32)
-        return _Prepared(per_camera, proprio_t, [instruction for _, _, instruction in checked])
+    def _prepare(self, checked: list[Checked]) -> _Prepared:
+        return prepare(checked, self.layout, self.statistics, self.device, self.dtype,
+                       trained_with_image_aug=self.trained_with_image_aug, image_size=self.image_size)
 
     def _context(self, instructions: list[str]) -> torch.Tensor:
         """A stable tensor per instruction tuple, so the network's cross-attention K/V cache hits across queries."""

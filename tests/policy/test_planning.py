@@ -159,8 +159,12 @@ def test_one_batch_equals_single_runs_and_sub_batches(models, obs):
 def test_plan_takes_one_seed_of_the_rule(models, obs):
     policy, planning, _ = models
     policy.reset(100)
+    base = policy.next_seed
     result = policy.plan(obs, num_candidates=2, planning_model=planning, planning_config=SMALL)
-    assert result["candidate_seeds"] == [100, 101] and policy.next_seed == 101
+    after = policy.next_seed
+    policy.reset(100)
+    policy._seeds(None, 1)  # what one query takes from the seed rule
+    assert result["candidate_seeds"] == [base, base + 1] and policy.next_seed == after
     with pytest.raises(ValueError, match="max_batch"):
         policy.plan(obs, num_candidates=2, batch_size=0, planning_model=planning)
     with pytest.raises(ValueError, match="num_candidates"):
