@@ -32,10 +32,13 @@ def as_row_grid(out_shape: torch.Size, *tensors: torch.Tensor) -> list[torch.Ten
     The views share memory with the inputs unless the strides cannot be expressed in three leading dims
     or the last dim is not contiguous; those operands (rare) are copied.
     """
-    if len(out_shape) == 4 and all(t.dim() <= 4 and (t.stride(-1) == 1 or t.shape[-1] == 1) for t in tensors):
-        # Fast path, the network's (B, T, S, D) tokens and (B, T, 1, D) modulation: already a row grid once
-        # expanded (broadcast dims get stride 0); no stride arithmetic on the host.
-        return [t if t.shape == out_shape else t.expand(out_shape) for t in tensors]
+    if len(out_shape) <= 4 and all(t.stride(-1) == 1 or t.shape[-1] == 1 for t in tensors):
+        # Fast path, the network's (B, T, S, D) tokens and (B, T, 1, D) modulation, and every shape of up to four
+        # dims: a row grid once expanded (broadcast dims get stride 0) and padded with leading unit dims; no stride
+        # arithmetic on the host, and only views that torch.compile tracks (never as_strided: inductor may lay
+        # out an intermediate with other strides than the ones seen while tracing).
+        grid = (1,) * (4 - len(out_shape)) + tuple(out_shape)
+        return [(t if t.shape == out_shape else t.expand(out_shape)).view(grid) for t in tensors]
     d = out_shape[-1]
     lead = list(out_shape[:-1])
     ops = []
@@ -49,6 +52,8 @@ def as_row_grid(out_shape: torch.Size, *tensors: torch.Tensor) -> list[torch.Ten
         sizes, strides = _collapse(lead, [list(e.stride()[:-1]) for e in ops])
     pad = 3 - len(sizes)
     sizes = [1] * pad + sizes
+    if torch.compiler.is_compiling():  # as_strided is unsafe on intermediates there: a copy in the grid's shape
+        return [e.reshape(*sizes, d) for e in ops]
     return [
         torch.as_strided(e, (*sizes, d), (*([0] * pad + st), 1 if d != 1 else e.stride(-1)))
         for e, st in zip(ops, strides)

@@ -78,6 +78,27 @@ def test_auto_backend_compiles_with_inductor(gen):
     torch.testing.assert_close(fn(x, s), reference.layer_norm_modulate(x, s, s), rtol=1e-5, atol=1e-5)
 
 
+@NATIVE
+@torch.inference_mode()
+@pytest.mark.parametrize("shape", [(2, 7, 96), (2, 3, 5, 7, 96)], ids=["BLD", "5d"])
+def test_inductor_chunked_modulation_of_an_intermediate(gen, shape):
+    """Modulation chunked from a compiled intermediate (diffusers' AdaLN): inductor may give the intermediate other
+    strides than the ones seen while tracing, so the ops' row grids must be views it tracks, not as_strided."""
+    torch._dynamo.reset()
+    d = shape[-1]
+    weight = torch.randn(3 * d, d, generator=gen) * 0.1
+    x = torch.randn(shape, generator=gen)
+    emb = torch.randn(shape[0], *([1] * (len(shape) - 2)), d, generator=gen)
+
+    def block(x, emb):
+        shift, scale, gate = (torch.nn.functional.linear(emb, weight) + 1).chunk(3, dim=-1)
+        y = ck.layer_norm_modulate(x, shift, scale)
+        return (y, *ck.gated_residual_layer_norm_modulate(x, y, gate, shift, scale))
+
+    for got, want in zip(torch.compile(block, fullgraph=True)(x, emb), block(x, emb)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 # -- bad input: one test per case ---------------------------------------------------------------------------
 
 def test_mismatched_hidden_size():
