@@ -38,13 +38,13 @@ class CosmosPolicy:
     LIBERO `primary_image`, `wrist_image`; RoboCasa adds `secondary_image`; ALOHA `primary_image`, `left_wrist_image`,
     `right_wrist_image`), `proprio` and `task_description`.
 
-    Seeds follow the official rule: the k-th query since loading (or since `reset()`) uses `seed + k`, k counted
-    from 0, so `from_pretrained(..., seed=195)` gives 195, 196, ... A query with an explicit seed uses it and leaves
-    the count alone.
+    Seeds follow the official rule (cosmos_policy/seeds.py): every query without an explicit seed uses `seed`, and
+    best-of-N candidate i uses `seed + i`. `seed_step=1` seeds the k-th query since loading (or `reset()`) with
+    `seed + k` instead. A query with an explicit seed uses it and leaves the count alone.
     """
 
     def __init__(self, network, vae: PolicyVAE, text: TextEmbeddings, statistics: L.DatasetStatistics,
-                 layout: L.SuiteLayout, *, seed: int = 0, cuda_graph: bool | None = None,
+                 layout: L.SuiteLayout, *, seed: int = 0, seed_step: int = 0, cuda_graph: bool | None = None,
                  trained_with_image_aug: bool = True, num_steps: int | None = None, image_size: int = L.IMAGE_SIZE):
         self.network = network.eval().requires_grad_(False)
         self.vae, self.text, self.statistics, self.layout = vae, text, statistics, layout
@@ -61,7 +61,7 @@ class CosmosPolicy:
             raise ValueError(f"cuda_graph=True needs a CUDA device, the policy runs on {self.device}")
         use_graph = self.device.type == "cuda" if cuda_graph is None else bool(cuda_graph)
         self._graphs = ChunkGraphs(self) if use_graph else None
-        self._seed_counter = SeedCounter(seed)
+        self._seed_counter = SeedCounter(seed, seed_step)
         self._contexts: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
         t = layout.state_t
         self._cond_frames = torch.zeros(t, dtype=torch.bool, device=self.device)
@@ -72,7 +72,7 @@ class CosmosPolicy:
 
     @classmethod
     def from_pretrained(cls, path, *, suite: str | None = None, vae=None, device=None, dtype=None,
-                        backend: str = "fused", cuda_graph: bool | None = None, seed: int = 0,
+                        backend: str = "fused", cuda_graph: bool | None = None, seed: int = 0, seed_step: int = 0,
                         text_encoder=None, trained_with_image_aug: bool = True,
                         num_steps: int | None = None, network_config=None) -> CosmosPolicy:
         """Load an official checkpoint directory (or Hugging Face repo id), or one written by
@@ -111,7 +111,8 @@ class CosmosPolicy:
             TextEmbeddings.from_file(files.t5_embeddings, encoder=text_encoder, device=device, dtype=dtype),
             L.DatasetStatistics.from_json(files.statistics),
             L.get_layout(files.suite),
-            seed=seed, cuda_graph=cuda_graph, trained_with_image_aug=trained_with_image_aug, num_steps=num_steps,
+            seed=seed, seed_step=seed_step, cuda_graph=cuda_graph, trained_with_image_aug=trained_with_image_aug,
+            num_steps=num_steps,
             image_size=files.image_size,
         )
 

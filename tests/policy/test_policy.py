@@ -120,8 +120,8 @@ def test_batch_equals_single_queries(policy, obs):
         assert abs(got["value"] - single["value"]) < 1e-4
 
 
-def test_own_seeds_and_reset(policy, obs):
-    policy.reset()
+def test_own_seeds_and_reset(tiny_dir, obs):
+    policy = CosmosPolicy.from_pretrained(tiny_dir, backend="reference", device="cpu", seed_step=1)
     first, second = policy.infer(obs), policy.infer(obs)
     assert (first["seed"], second["seed"]) == (0, 1) and not np.array_equal(first["actions"], second["actions"])
     policy.reset()
@@ -184,9 +184,21 @@ def test_bad_input_names_the_key_and_changes_nothing(policy, obs, key, value, ma
     assert policy.cache_info() == before
 
 
-def test_seed_rule_counts_queries_from_the_loading_seed(tiny_dir, obs):
-    """The official rule: query k since loading or reset() uses seed + k; explicit seeds leave the count alone."""
+def test_official_seed_rule_seeds_every_query_alike(tiny_dir, obs):
+    """The official rule: every action query uses the run's seed; candidate i of a plan uses seed + i."""
     policy = CosmosPolicy.from_pretrained(tiny_dir, backend="reference", device="cpu", seed=195)
+    first, second = policy.infer(obs), policy.infer(obs)
+    assert first["seed"] == second["seed"] == 195 and np.array_equal(first["actions"], second["actions"])
+    assert [r["seed"] for r in policy.infer_batch([obs, obs])] == [195, 195]
+    assert policy.plan(obs, num_candidates=3)["candidate_seeds"] == [195, 196, 197]
+    assert policy.infer(obs, seed=7)["seed"] == 7 and policy.next_seed == 195
+    with pytest.raises(ValueError, match="seed_step"):
+        CosmosPolicy.from_pretrained(tiny_dir, backend="reference", device="cpu", seed_step=-1)
+
+
+def test_seed_step_counts_queries_from_the_loading_seed(tiny_dir, obs):
+    """seed_step=1: query k since loading or reset() uses seed + k; explicit seeds leave the count alone."""
+    policy = CosmosPolicy.from_pretrained(tiny_dir, backend="reference", device="cpu", seed=195, seed_step=1)
     assert policy.next_seed == 195
     first = policy.infer(obs)
     assert first["seed"] == 195 and policy.next_seed == 196
