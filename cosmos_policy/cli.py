@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("cosmos_policy.evaluation.cli", "closed-loop evaluation in a simulator (LIBERO), resumable, on Ray"),
     "serve": ("cosmos_policy.serve.command", "serve the policy to robot clients (openpi websocket, HTTP /act)"),
     "loadtest": ("cosmos_policy.serve.loadtest", "bounded load on a running server: latency percentiles, req/s"),
+    "backends": ("cosmos_policy.backends_cli", "the backends each op can use here, the attention choices on disk"),
 }
 
 # Library errors that describe the user's input (a file, a flag) when raised while loading what the user named;
