@@ -57,6 +57,52 @@ def broadcast_shape(op: str, out_name: str, out: torch.Size, **tensors: torch.Te
     return out
 
 
+def broadcast_operands_ok(out: object, *others: object) -> bool:
+    """Whether `out` and `others` pass, in one pass, everything `check_broadcast_operands` checks (the common case:
+    a call pays for one loop, not a dozen checks); False sends the caller to the checks, which name the error."""
+    if not isinstance(out, torch.Tensor) or out.dtype not in FLOAT_DTYPES:
+        return False
+    shape = out.shape
+    n = len(shape)
+    if n == 0 or shape[-1] > MAX_HIDDEN:
+        return False
+    device, d = out.device, shape[-1]
+    for t in others:
+        if not isinstance(t, torch.Tensor) or t.dtype not in FLOAT_DTYPES or t.device != device:
+            return False
+        s = t.shape
+        if s == shape:
+            continue
+        k = len(s)
+        if k == 0 or k > n or s[-1] != d:
+            return False
+        for a, o in zip(s, shape[n - k:]):  # a plain loop: `any()` over a generator costs more here
+            if a != 1 and a != o:
+                return False
+    return True
+
+
+def check_broadcast_operands(op: str, out_name: str, out: object, **others: object) -> torch.device:
+    """Every check of an op whose operands broadcast against `out` with `out`'s last dim, in order; returns the
+    device. Raises the first failure, naming the argument."""
+    check_float_tensor(op, out_name, out)
+    for name, t in others.items():
+        check_float_tensor(op, name, t)
+    device = check_same_device(op, **{out_name: out}, **others)
+    d = out.shape[-1]
+    check_hidden_size(op, out_name, d)
+    for name, t in others.items():
+        check_last_dim(op, name, t, d, out_name)
+    broadcast_shape(op, out_name, out.shape, **others)
+    return device
+
+
+def kernel_dtypes_ok(anchor: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether every operand has `anchor`'s dtype and it is one the kernels take (else the checks name the error)."""
+    dtype = anchor.dtype
+    return dtype in KERNEL_DTYPES and all(t.dtype == dtype for t in others)
+
+
 def check_backend_dtype(op: str, backend: str, t: torch.Tensor) -> None:
     if backend != "reference" and t.dtype not in KERNEL_DTYPES:
         raise TypeError(f"{op}: backend {backend!r} takes float32, bfloat16 or float16, got {t.dtype}; "

@@ -29,6 +29,24 @@ _probe_fns: dict[tuple[str, str], Callable[[torch.device], bool]] = {}
 _probe_results: dict[tuple[str, str, str], bool] = {}
 _deferred: dict[tuple, Callable[[], bool]] = {}
 _meta_as_cuda = False
+# Environment variables read once per process (an op call would otherwise pay for the lookups);
+# `refresh_environment()` re-reads them.
+_environment: dict[str, str | None] = {}
+_FLOAT_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def environment(name: str, default: str = "") -> str:
+    """`os.environ.get(name, default)` as it was the first time it was asked for in this process."""
+    try:
+        value = _environment[name]
+    except KeyError:
+        value = _environment[name] = os.environ.get(name)
+    return default if value is None else value
+
+
+def refresh_environment() -> None:
+    """Re-read the cached environment variables (backend pins, TRITON_INTERPRET) at their next use."""
+    _environment.clear()
 
 
 @contextmanager
@@ -55,7 +73,7 @@ def warn_once(key: str, message: str) -> None:
 
 def triton_available(device: torch.device) -> bool:
     """Triton runs CUDA tensors on a GPU, and CPU tensors only through its interpreter."""
-    interpreted_cpu = device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
+    interpreted_cpu = device.type == "cpu" and environment("TRITON_INTERPRET", "0") == "1"
     if not as_cuda(device) and not interpreted_cpu:
         return False
     try:
@@ -154,7 +172,7 @@ def on_tensor_device(launch: Callable) -> Callable:
 
 
 def _env_choice(env_var: str) -> str | None:
-    value = os.environ.get(env_var, "").strip().lower()
+    value = environment(env_var).strip().lower()
     return None if value in ("", "auto") else value
 
 
@@ -191,10 +209,10 @@ def resolve_backend(
             return pinned
         warn_once(f"{env_var}={pinned}:{device.type}",
                   f"{env_var}={pinned!r} is not usable for {op_name} on {device}; using automatic choice")
-    if dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    if dtype is not None and dtype not in _FLOAT_KERNEL_DTYPES:
         return "reference"  # float64 and friends: the reference is the only implementation
     if device.type == "cpu":
-        return "cpu" if "cpu" in supported and backend_available("cpu", device) else "reference"
+        return "cpu" if "cpu" in supported and _ext.has_cpu_extension() else "reference"
     if as_cuda(device):
         if device.type == "cuda" and "cuda" in supported and "cuda" in cuda_order and not _ext.has_cuda_extension():
             warn_once("no-cuda-extension", f"cosmos_kernels: {_ext.cuda_kernels_note()}; the ops run on Triton "

@@ -37,8 +37,11 @@ def as_row_grid(out_shape: torch.Size, *tensors: torch.Tensor) -> list[torch.Ten
         # dims: a row grid once expanded (broadcast dims get stride 0) and padded with leading unit dims; no stride
         # arithmetic on the host, and only views that torch.compile tracks (never as_strided: inductor may lay
         # out an intermediate with other strides than the ones seen while tracing).
+        # Sizes go as separate ints: parsing a torch.Size argument costs about twice as much host time.
+        if len(out_shape) == 4:  # already a grid: no view to make
+            return [t if t.shape == out_shape else t.expand(*out_shape) for t in tensors]
         grid = (1,) * (4 - len(out_shape)) + tuple(out_shape)
-        return [(t if t.shape == out_shape else t.expand(out_shape)).view(grid) for t in tensors]
+        return [(t if t.shape == out_shape else t.expand(*out_shape)).view(*grid) for t in tensors]
     d = out_shape[-1]
     lead = list(out_shape[:-1])
     ops = []

@@ -23,6 +23,17 @@ def _nan_filled_outputs():
         yield
 
 
+@pytest.fixture(autouse=True)
+def _fresh_environment():
+    """The backend choice reads its environment variables once per process: each test starts from the real
+    environment, and one that changes it (monkeypatch) leaves no cached value behind."""
+    from cosmos_kernels import _dispatch
+
+    _dispatch.refresh_environment()
+    yield
+    _dispatch.refresh_environment()
+
+
 @pytest.fixture
 def gen(request) -> torch.Generator:
     """A CPU generator seeded from the test's id: reproducible, and different for every case."""

@@ -67,10 +67,17 @@ for _name in ("layer_norm_modulate", "gated_residual_layer_norm_modulate", "rms_
         dispatch_counter.register_cost(f"{_NS}::{_name}{_suffix}", dispatch_counter.no_matrix_flops)
 
 
-def _grid_op(name: str, backend: str):
-    if backend == "triton":
-        return getattr(torch.ops.cosmos_kernels, f"{name}_triton").default
-    return getattr(torch.ops.cosmos_kernels, name).default
+_grid_ops: dict[tuple[str, str], torch._ops.OpOverload] = {}
+
+
+def _grid_op(name: str, backend: str) -> torch._ops.OpOverload:
+    """The registered op of a backend, looked up once (`torch.ops` attribute lookups cost microseconds)."""
+    key = (name, backend)
+    overload = _grid_ops.get(key)
+    if overload is None:
+        packet = getattr(torch.ops.cosmos_kernels, f"{name}_triton" if backend == "triton" else name)
+        overload = _grid_ops[key] = packet.default
+    return overload
 
 
 def _check_same_dtype(op: str, anchor: str, t: torch.Tensor, **others: torch.Tensor) -> None:
@@ -78,6 +85,11 @@ def _check_same_dtype(op: str, anchor: str, t: torch.Tensor, **others: torch.Ten
         if o.dtype != t.dtype:
             raise TypeError(f"{op}: {name} has dtype {o.dtype} but {anchor} has {t.dtype}; the fused backends "
                             "take operands of one dtype")
+
+
+def _same_shape(out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """`out` in the caller's shape: a 4-D call's grid is its own shape, so no view is made."""
+    return out if len(shape) == 4 else out.view(*shape)
 
 
 # -- public ops ------------------------------------------------------------------------------------------
@@ -92,25 +104,19 @@ def layer_norm_modulate(
     `mod.chunk(3, dim=-1)` are read in place. Returns a new tensor of `x`'s shape and dtype.
     """
     op = "layer_norm_modulate"
-    _checks.check_float_tensor(op, "x", x)
-    _checks.check_float_tensor(op, "shift", shift)
-    _checks.check_float_tensor(op, "scale", scale)
-    device = _checks.check_same_device(op, x=x, shift=shift, scale=scale)
-    d = x.shape[-1]
-    _checks.check_hidden_size(op, "x", d)
-    _checks.check_last_dim(op, "shift", shift, d, "x")
-    _checks.check_last_dim(op, "scale", scale, d, "x")
-    _checks.broadcast_shape(op, "x", x.shape, shift=shift, scale=scale)
+    if not _checks.broadcast_operands_ok(x, shift, scale):
+        _checks.check_broadcast_operands(op, "x", x, shift=shift, scale=scale)
     if _dispatch.needs_autograd(x, shift, scale):
         _dispatch.warn_autograd(op)
         return reference.layer_norm_modulate(x, shift, scale, eps)
-    name = _dispatch.resolve_backend(op, device, backend, dtype=x.dtype)
+    name = _dispatch.resolve_backend(op, x.device, backend, dtype=x.dtype)
     if name == "reference" or x.numel() == 0:
         return reference.layer_norm_modulate(x, shift, scale, eps)
-    _checks.check_backend_dtype(op, name, x)
-    _check_same_dtype(op, "x", x, shift=shift, scale=scale)
+    if not _checks.kernel_dtypes_ok(x, shift, scale):
+        _checks.check_backend_dtype(op, name, x)
+        _check_same_dtype(op, "x", x, shift=shift, scale=scale)
     grids = as_row_grid(x.shape, x, shift, scale)
-    return _grid_op(op, name)(*grids, float(eps)).view(x.shape)
+    return _same_shape(_grid_op(op, name)(*grids, float(eps)), x.shape)
 
 
 def gated_residual_layer_norm_modulate(
@@ -129,48 +135,45 @@ def gated_residual_layer_norm_modulate(
     tensors of `residual`'s shape and dtype; `normed` is computed from the rounded `new_residual`.
     """
     op = "gated_residual_layer_norm_modulate"
-    named = {"residual": residual, "x": x, "gate": gate, "shift": shift, "scale": scale}
-    for arg, t in named.items():
-        _checks.check_float_tensor(op, arg, t)
-    device = _checks.check_same_device(op, **named)
-    d = residual.shape[-1]
-    _checks.check_hidden_size(op, "residual", d)
-    for arg in ("x", "gate", "shift", "scale"):
-        _checks.check_last_dim(op, arg, named[arg], d, "residual")
-    _checks.broadcast_shape(op, "residual", residual.shape, x=x, gate=gate, shift=shift, scale=scale)
-    if _dispatch.needs_autograd(*named.values()):
+    if not _checks.broadcast_operands_ok(residual, x, gate, shift, scale):
+        _checks.check_broadcast_operands(op, "residual", residual, x=x, gate=gate, shift=shift, scale=scale)
+    if _dispatch.needs_autograd(residual, x, gate, shift, scale):
         _dispatch.warn_autograd(op)
         return reference.gated_residual_layer_norm_modulate(residual, x, gate, shift, scale, eps)
-    name = _dispatch.resolve_backend(op, device, backend, dtype=residual.dtype)
+    name = _dispatch.resolve_backend(op, residual.device, backend, dtype=residual.dtype)
     if name == "reference" or residual.numel() == 0:
         return reference.gated_residual_layer_norm_modulate(residual, x, gate, shift, scale, eps)
-    _checks.check_backend_dtype(op, name, residual)
-    _check_same_dtype(op, "residual", residual, x=x, gate=gate, shift=shift, scale=scale)
+    if not _checks.kernel_dtypes_ok(residual, x, gate, shift, scale):
+        _checks.check_backend_dtype(op, name, residual)
+        _check_same_dtype(op, "residual", residual, x=x, gate=gate, shift=shift, scale=scale)
     grids = as_row_grid(residual.shape, residual, x, gate, shift, scale)
     new_residual, normed = _grid_op(op, name)(*grids, float(eps))
-    return new_residual.view(residual.shape), normed.view(residual.shape)
+    return _same_shape(new_residual, residual.shape), _same_shape(normed, residual.shape)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *, backend: str | None = None) -> torch.Tensor:
     """`x * rsqrt(mean(x**2, -1) + eps) * weight` over the last dim, computed in fp32; `weight` is `(D,)`."""
     op = "rms_norm"
-    _checks.check_float_tensor(op, "x", x)
-    _checks.check_float_tensor(op, "weight", weight)
-    device = _checks.check_same_device(op, x=x, weight=weight)
-    d = x.shape[-1]
-    _checks.check_hidden_size(op, "x", d)
-    if weight.dim() != 1 or weight.shape[0] != d:
-        raise ValueError(f"{op}: weight must have shape ({d},) to match x's last dim, got {tuple(weight.shape)}")
+    # the one-pass check, and weight of shape (D,) exactly (a broadcastable (1, D) is refused too)
+    if not (_checks.broadcast_operands_ok(x, weight) and weight.dim() == 1):
+        _checks.check_float_tensor(op, "x", x)
+        _checks.check_float_tensor(op, "weight", weight)
+        _checks.check_same_device(op, x=x, weight=weight)
+        d = x.shape[-1]
+        _checks.check_hidden_size(op, "x", d)
+        if weight.dim() != 1 or weight.shape[0] != d:
+            raise ValueError(f"{op}: weight must have shape ({d},) to match x's last dim, got {tuple(weight.shape)}")
     if _dispatch.needs_autograd(x, weight):
         _dispatch.warn_autograd(op)
         return reference.rms_norm(x, weight, eps)
-    name = _dispatch.resolve_backend(op, device, backend, dtype=x.dtype)
+    name = _dispatch.resolve_backend(op, x.device, backend, dtype=x.dtype)
     if name == "reference" or x.numel() == 0:
         return reference.rms_norm(x, weight, eps)
-    _checks.check_backend_dtype(op, name, x)
-    _check_same_dtype(op, "x", x, weight=weight)
+    if not _checks.kernel_dtypes_ok(x, weight):
+        _checks.check_backend_dtype(op, name, x)
+        _check_same_dtype(op, "x", x, weight=weight)
     grids = as_row_grid(x.shape, x, weight)
-    return _grid_op(op, name)(*grids, float(eps)).view(x.shape)
+    return _same_shape(_grid_op(op, name)(*grids, float(eps)), x.shape)
 
 
 # -- run-time probes of the GPU backends ------------------------------------------------------------------

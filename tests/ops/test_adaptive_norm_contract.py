@@ -177,5 +177,59 @@ def test_environment_pin(monkeypatch, gen):
     monkeypatch.setenv("COSMOS_KERNELS_BACKEND", "reference")
     from cosmos_kernels import _dispatch
 
+    _dispatch.refresh_environment()
     assert _dispatch.resolve_backend("layer_norm_modulate", torch.device("cpu"), None) == "reference"
     assert _dispatch.resolve_backend("layer_norm_modulate", torch.device("cpu"), "cpu") == "cpu"
+
+
+def test_environment_is_read_once_until_refreshed(monkeypatch):
+    from cosmos_kernels import _dispatch
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("COSMOS_KERNELS_BACKEND", raising=False)
+    _dispatch.refresh_environment()
+    auto = _dispatch.resolve_backend("layer_norm_modulate", cpu, None)
+    monkeypatch.setenv("COSMOS_KERNELS_BACKEND", "reference")
+    assert _dispatch.resolve_backend("layer_norm_modulate", cpu, None) == auto  # the cached value
+    _dispatch.refresh_environment()
+    assert _dispatch.resolve_backend("layer_norm_modulate", cpu, None) == "reference"
+    monkeypatch.delenv("COSMOS_KERNELS_BACKEND")
+    _dispatch.refresh_environment()
+    assert _dispatch.resolve_backend("layer_norm_modulate", cpu, None) == auto
+
+
+_X = (2, 3, 5, 64)
+_BAD_OPERANDS = {
+    "int dtype": (torch.zeros(_X), torch.zeros(64, dtype=torch.int32)),
+    "not a tensor": (torch.zeros(_X), [0.0] * 64),
+    "other device": (torch.zeros(_X), torch.zeros(64, device="meta")),
+    "last dim": (torch.zeros(_X), torch.zeros(2, 3, 1, 32)),
+    "broadcast last dim": (torch.zeros(_X), torch.zeros(2, 3, 1, 1)),
+    "no broadcast": (torch.zeros(_X), torch.zeros(2, 2, 1, 64)),
+    "enlarges x": (torch.zeros(_X), torch.zeros(4, 2, 3, 5, 64)),
+    "0-d": (torch.zeros(_X), torch.tensor(1.0)),
+    "0-d x": (torch.tensor(1.0), torch.zeros(1)),
+    "hidden size": (torch.zeros(1, 16385), torch.zeros(16385)),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD_OPERANDS))
+def test_one_pass_check_refuses_what_the_checks_refuse(case):
+    from cosmos_kernels import _checks
+
+    x, other = _BAD_OPERANDS[case]
+    assert not _checks.broadcast_operands_ok(x, other)
+    assert not _checks.broadcast_operands_ok(x, x, other)  # a bad operand after a good one
+    with pytest.raises((TypeError, ValueError)):
+        _checks.check_broadcast_operands("op", "x", x, shift=other)
+    with pytest.raises((TypeError, ValueError)):
+        ck.layer_norm_modulate(x, other, other)
+
+
+@pytest.mark.parametrize("shape", [_X, (3, 5, 64), (5, 64), (64,), (1, 1, 1, 64), (2, 1, 5, 64), (3, 1, 64)])
+def test_one_pass_check_accepts_what_the_checks_accept(shape):
+    from cosmos_kernels import _checks
+
+    x, other = torch.zeros(_X), torch.zeros(shape)
+    assert _checks.broadcast_operands_ok(x, other, other[..., :64])
+    assert _checks.check_broadcast_operands("op", "x", x, shift=other) == x.device
