@@ -4,7 +4,7 @@ Two implementations of one network share the parameters:
 - `backend="reference"`: the official operation order in plain PyTorch (`blocks.py`), the specification;
 - `backend="fused"`: the same math on `cosmos_kernels` ops (adaptive LayerNorm fused with the previous
   sub-layer's gated residual, RMSNorm), with the exact caches: cross-attention K/V per text embedding,
-  modulation vectors per frame-timestep value, RoPE tables per (T, H, W). Each cache is a bounded LRU.
+  modulation vectors per step (its timestep values), RoPE tables per (T, H, W). Each cache is a bounded LRU.
 """
 
 from __future__ import annotations
@@ -75,9 +75,9 @@ class CosmosDiT(nn.Module):
     tensors, which have no counter, are checked by content on each hit), and every entry that depends on the
     weights is keyed by the parameters' version counters too. Keep one tensor per instruction: a new tensor
     (say `emb.to(device)` on every call) is a new key. The modulation cache is used when the timesteps come
-    as a CPU tensor (keyed by value, no device sync); device timesteps are computed directly. While autograd
-    records, nothing is cached. Under CUDA-graph capture, entries are read (and pinned) but never created:
-    run one eager forward before capturing.
+    as a CPU tensor (one entry per step, keyed by its values: no device sync, no per-pass work); device
+    timesteps are computed directly. While autograd records, nothing is cached. Under CUDA-graph capture,
+    entries are read (and pinned) but never created: run one eager forward before capturing.
     """
 
     def __init__(self, config: DiTConfig | None = None, backend: str = "fused", *,
@@ -99,6 +99,7 @@ class CosmosDiT(nn.Module):
         self.kv_cache = LRUCache(kv_cache_bytes, "cross-attention K/V cache")
         self.modulation_cache = LRUCache(modulation_cache_bytes, "modulation cache")
         self.rope_cache = LRUCache(rope_cache_bytes, "RoPE cache")
+        self._zeros: dict[tuple, torch.Tensor] = {}  # (dtype, device) -> the padding channel's zero
         self.cache_epoch = 0  # bumped whenever cached tensors are freed: graphs that read them must go too
 
     # -- weights --------------------------------------------------------------------------------------------
@@ -121,6 +122,7 @@ class CosmosDiT(nn.Module):
         `cache_epoch`, which tells graph owners (`CosmosPolicy`) that their captures read freed memory."""
         for cache in (self.kv_cache, self.modulation_cache, self.rope_cache):
             cache.clear()
+        self._zeros.clear()
         self.cache_epoch += 1
 
     def _apply(self, fn, recurse: bool = True):
@@ -212,7 +214,7 @@ class CosmosDiT(nn.Module):
 
     def _padding_channel(self, padding_mask, b, t, h, w):
         if padding_mask is None:
-            return torch.zeros(b, 1, t, h, w, dtype=self.dtype, device=self.device)
+            return self._zero_channel(b, t, h, w)
         if (not isinstance(padding_mask, torch.Tensor) or padding_mask.dim() != 4 or padding_mask.shape[1] != 1
                 or padding_mask.shape[0] not in (1, b)):
             got = tuple(padding_mask.shape) if isinstance(padding_mask, torch.Tensor) else type(padding_mask).__name__
@@ -252,30 +254,41 @@ class CosmosDiT(nn.Module):
         return torch.cat(parts, dim=-1)
 
     def _modulation(self, timesteps: torch.Tensor, weights_key: tuple) -> torch.Tensor:
-        """`(B, T, 1, (9 * blocks + 2) D)`; per distinct timestep value from the cache for CPU timesteps."""
+        """`(B, T, 1, (9 * blocks + 2) D)`. CPU timesteps: one cached tensor per step, keyed by its values, read as it
+        is on a hit (no stack, no launch); equal batch rows are stored once, expanded. Device timesteps: computed."""
         b, t = timesteps.shape
         if timesteps.device.type != "cpu" or not self._caching():
             return self._modulation_table(*self._time_embedding(timesteps)).unsqueeze(2)
-        values = timesteps.flatten().tolist()
-        keys = [(v, weights_key) for v in values]
-        missing = sorted({v for v, k in zip(values, keys) if k not in self.modulation_cache})
-        if missing:
-            table = self._modulation_table(*self._time_embedding(torch.tensor(missing, dtype=timesteps.dtype)))
-            fresh = dict(zip(missing, table.unbind(0)))
-            if _capturing(self.device):
-                rows = [fresh[v] if v in fresh else self.modulation_cache.get(k) for v, k in zip(values, keys)]
-                return torch.stack(rows).view(b, t, 1, -1)
-            for v in missing:
-                self.modulation_cache.put((v, weights_key), fresh[v])
-        rows = []
-        for v, k in zip(values, keys):
-            row = self.modulation_cache.get(k)
-            if row is None:  # larger than the cache budget: computed for this call only
-                row = self._modulation_table(*self._time_embedding(torch.tensor([v], dtype=timesteps.dtype)))[0]
-            elif _capturing(self.device):
-                self.modulation_cache.pin(k)
-            rows.append(row)
-        return torch.stack(rows).view(b, t, 1, -1)
+        rows = timesteps.tolist()
+        shared = all(row == rows[0] for row in rows)
+        values = tuple(rows[0]) if shared else tuple(v for row in rows for v in row)
+        stored_b = 1 if shared else b
+        key = (values, stored_b, t, weights_key)
+        capturing = _capturing(self.device)
+        table = self.modulation_cache.get(key)
+        if table is None:
+            distinct = list(dict.fromkeys(values))  # first-seen order; one table row per distinct time
+            table = self._modulation_table(*self._time_embedding(torch.tensor(distinct, dtype=timesteps.dtype)))
+            if len(distinct) < len(values):
+                position = {v: i for i, v in enumerate(distinct)}
+                table = table.index_select(0, torch.tensor([position[v] for v in values], device=table.device))
+            table = table.view(stored_b, t, 1, -1)
+            if not capturing:  # a capture reads entries but never creates them (its memory is the graph's)
+                self.modulation_cache.put(key, table)
+        elif capturing:
+            self.modulation_cache.pin(key)
+        return table if stored_b == b else table.expand(b, -1, -1, -1)
+
+    def _zero_channel(self, b: int, t: int, h: int, w: int) -> torch.Tensor:
+        """The padding channel of a call without `padding_mask`: one cached zero, expanded (no per-pass fill)."""
+        key = (self.dtype, self.device)
+        zero = self._zeros.get(key)
+        if zero is None:
+            with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
+                zero = torch.zeros((1,) * 5, dtype=self.dtype, device=self.device)
+            if not _capturing(self.device):  # a capture's allocations belong to its graph
+                self._zeros[key] = zero
+        return zero.expand(b, 1, t, h, w)
 
     def _cached_rope(self, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         key = (grid, self.device)

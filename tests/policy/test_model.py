@@ -164,12 +164,22 @@ def test_cache_entry_of_a_dead_tensor_is_dropped(gen):
     assert len(model.kv_cache) == 0
 
 
-def test_modulation_cache_is_per_timestep_value_and_follows_weight_changes(gen):
+def test_modulation_cache_is_per_step_and_follows_weight_changes(gen):
     model = random_dit(gen)
-    inputs = random_inputs(gen, model.config, t=4, n_cond=2)
-    inputs["timesteps_B_T"][:, 2:] = 0.5  # two distinct values: 0 and 0.5
+    inputs = random_inputs(gen, model.config, b=2, t=4, n_cond=2)
+    inputs["timesteps_B_T"][:, 2:] = 0.5  # one step: two distinct values (0 and 0.5), equal batch rows
     _run(model, inputs, "fused")
+    assert len(model.modulation_cache) == 1
+    (table, _), = model.modulation_cache._entries.values()
+    assert table.shape == (1, 4, 1, (9 * 2 + 2) * 128)  # equal batch rows are stored once
+    with torch.no_grad():
+        assert model._modulation(inputs["timesteps_B_T"], model._weights_key()).data_ptr() == table.data_ptr()
+    ref = _run(model, inputs, "reference")
+    assert rel_error(_run(model, inputs, "fused"), ref) < 1e-5  # a hit
+    inputs["timesteps_B_T"][1, 3] = 0.25  # another step, whose batch rows differ
+    assert rel_error(_run(model, inputs, "fused"), _run(model, inputs, "reference")) < 1e-5
     assert len(model.modulation_cache) == 2
+    assert {v[0].shape[0] for v in model.modulation_cache._entries.values()} == {1, 2}
     with torch.no_grad():
         model.blocks[0].adaln_modulation_mlp[2].weight.mul_(1.5)
         model.blocks[1].cross_attn.k_proj.weight.add_(0.1)
@@ -180,13 +190,17 @@ def test_modulation_cache_is_per_timestep_value_and_follows_weight_changes(gen):
 def test_caches_are_bounded_by_bytes(gen):
     model = random_dit(gen)
     model.kv_cache.max_bytes = 1  # every K/V set is larger: computed, never stored
-    model.modulation_cache.max_bytes = 3 * 4 * (9 * 2 + 2) * 128  # room for three timestep values in fp32
+    model.modulation_cache.max_bytes = 2 * 3 * 4 * (9 * 2 + 2) * 128  # room for two steps of three frames in fp32
     for _ in range(4):
         inputs = random_inputs(gen, model.config, t=3, n_cond=0)
         got = _run(model, inputs, "fused")
         assert rel_error(got, _run(model, inputs, "reference")) < 1e-5
     assert len(model.kv_cache) == 0
-    assert len(model.modulation_cache) == 3 and model.modulation_cache.bytes <= model.modulation_cache.max_bytes
+    assert len(model.modulation_cache) == 2 and model.modulation_cache.bytes <= model.modulation_cache.max_bytes
+    inputs = random_inputs(gen, model.config, b=2, t=4, n_cond=0)  # a step larger than the budget: not stored
+    assert rel_error(_run(model, inputs, "fused"), _run(model, inputs, "reference")) < 1e-5
+    entries = model.modulation_cache._entries.values()
+    assert len(entries) == 2 and all(table.shape[1] == 3 for table, _ in entries)
 
 
 def test_lru_cache_evicts_least_recently_used():
@@ -328,6 +342,8 @@ def test_fused_block_dispatches_at_most_14_ops(gen, padded):
     block = fused[3] - fused[2]
     assert sum(block.values()) <= 14, dict(block)
     assert not any(fused[3][op] for op in SOFTMAX_PIECES), dict(fused[3])
+    # the step's modulation comes from its cache entry as it is, the padding channel from a cached zero
+    assert not any(fused[3][op] for op in ("aten::stack", "aten::zeros", "aten::index_select")), dict(fused[3])
     assert sum(fused[3][op] for op in CONVERSIONS) <= 2 and not any(block[op] for op in CONVERSIONS), dict(fused[3])
     ref = {n: _count_pass(gen, n, padded, "reference") for n in (2, 3)}
 
