@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import argtypes
 from . import demo_report as R
 from .cli import SAMPLE_NAME, USER_ERRORS, default_data_dir, one_line
 from .errors import UsageError, missing_extra
@@ -58,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", choices=["tiny", "2b"], default=None,
                         help="network size (default: tiny on the CPU, 2b on a GPU; from the checkpoint when given)")
     parser.add_argument("--suite", choices=sorted(LAYOUTS), default=None, help="default: the checkpoint's, or libero")
-    parser.add_argument("--chunks", type=_positive, default=DEFAULT_CHUNKS,
+    parser.add_argument("--chunks", type=argtypes.positive, default=DEFAULT_CHUNKS,
                         help="measured chunks per backend and phase (after one warm-up chunk)")
     parser.add_argument("--backend", choices=["fused", "reference", "both"], default="fused")
     parser.add_argument("--device", default=None, help="default: cuda when a GPU is visible, else cpu")
@@ -74,14 +75,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--future-images", action="store_true", help="also decode the predicted future images")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
 
 
 # -- checks before any work -----------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import argtypes
 from ..errors import UsageError, missing_extra
 
 DEFAULT_OUT = "cosmos_policy_eval"
@@ -33,13 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vae", help="Wan2.1 VAE weights (default: looked for in the checkpoint directory)")
     parser.add_argument("--task-suite", required=True, choices=sorted(SUITE_MAX_STEPS))
     parser.add_argument("--tasks", default=None, help="comma-separated task ids (default: every task of the suite)")
-    parser.add_argument("--trials", type=_count(1), default=50, help="episodes per task (initial states 0..N-1)")
-    parser.add_argument("--envs", type=_count(1), default=1, help="simulator workers")
-    parser.add_argument("--seed", type=_count(0), default=DEFAULT_SEED, help="the policy's sampling seed")
-    parser.add_argument("--max-steps", type=_count(1), default=None,
+    parser.add_argument("--trials", type=argtypes.positive, default=50,
+                        help="episodes per task (initial states 0..N-1)")
+    parser.add_argument("--envs", type=argtypes.positive, default=1, help="simulator workers")
+    parser.add_argument("--seed", type=argtypes.seed, default=DEFAULT_SEED, help="the policy's sampling seed")
+    parser.add_argument("--max-steps", type=argtypes.positive, default=None,
                         help="policy steps per episode (default: the suite's official limit)")
     parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="results folder (resumed when present)")
-    parser.add_argument("--videos", type=_count(0), default=0, help="MP4 videos of the first K trials of each task")
+    parser.add_argument("--videos", type=argtypes.whole_number(0), default=0,
+                        help="MP4 videos of the first K trials of each task")
     parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                         help="run on Ray: a local cluster, or the one at ADDRESS (e.g. ray://head:10001 or auto)")
     parser.add_argument("--device", default=None, help="policy device (default: cuda when visible, else cpu)")
@@ -47,22 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=["fused", "reference"], default="fused")
     parser.add_argument("--step-timeout", type=float, default=30.0,
                         help="seconds one simulator step may take before its worker is replaced")
-    parser.add_argument("--reset-seed", type=_count(0), default=0,
+    parser.add_argument("--reset-seed", type=argtypes.whole_number(0), default=0,
                         help="seed of the global generators before each reset (official deterministic reset)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _count(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def parse_tasks(text: str | None, num_tasks: int, suite: str) -> list[int]:

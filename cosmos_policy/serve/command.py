@@ -14,6 +14,7 @@ import signal
 import sys
 import tempfile
 
+from .. import argtypes
 from ..errors import UsageError, missing_extra
 from ..layout import LAYOUTS
 
@@ -21,34 +22,10 @@ SERVE_MODULES = (("websockets", "websockets"), ("msgpack", "msgpack"), ("starlet
                  ("uvicorn", "uvicorn"))
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {value}")
-    return value
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number in [0, 2**32), got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"expected a whole number in [0, 2**32), got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,26 +41,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="default: cuda when a GPU is visible, else cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="default: bfloat16 on CUDA, float32 on the CPU")
-    parser.add_argument("--seed", type=_seed, default=195,
+    parser.add_argument("--seed", type=argtypes.seed, default=195,
                         help="the seed of every query (the official rule: the LIBERO evaluation and ALOHA deployment "
                              "seed every action query with their --seed)")
-    parser.add_argument("--seed-step", type=_seed, default=0,
+    parser.add_argument("--seed-step", type=argtypes.seed, default=0,
                         help="a connection's k-th query uses seed + seed_step * k (1: a new seed per query)")
     parser.add_argument("--task", default=LIBERO_SAMPLE_TASK,
                         help="the instruction the random-weight model knows (without --checkpoint)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=_port, default=8000, help="websocket port (openpi protocol; 0: any free)")
-    parser.add_argument("--http-port", type=_port, default=8777, help="HTTP port of POST /act (0: any free)")
+    parser.add_argument("--port", type=argtypes.port, default=8000,
+                        help="websocket port (openpi protocol; 0: any free)")
+    parser.add_argument("--http-port", type=argtypes.port, default=8777, help="HTTP port of POST /act (0: any free)")
     parser.add_argument("--no-http", action="store_true", help="serve the websocket front end only")
-    parser.add_argument("--queue", type=_positive, default=32,
+    parser.add_argument("--queue", type=argtypes.positive, default=32,
                         help="requests that may wait; beyond that a request is answered 'busy' at once")
-    parser.add_argument("--max-batch", type=_positive, default=8,
+    parser.add_argument("--max-batch", type=argtypes.positive, default=8,
                         help="requests waiting together run as one batch of at most this many (1: every "
                              "answer bit-identical to policy.infer; batched ones agree to float rounding)")
     parser.add_argument("--warmup-all-instructions", action="store_true",
                         help="warm up (capture, on CUDA) every instruction of the checkpoint, not only the first: "
                              "no task's first query pays a graph capture, at the cost of start-up time and memory")
-    parser.add_argument("--max-message-mb", type=_positive, default=32, help="largest accepted message, MiB")
+    parser.add_argument("--max-message-mb", type=argtypes.positive, default=32, help="largest accepted message, MiB")
 
 
 def require_extras() -> None:

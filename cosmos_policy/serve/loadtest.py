@@ -20,36 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import argtypes
 from ..errors import UsageError
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="ws://127.0.0.1:8000",
                         help="ws://HOST:PORT (openpi websocket) or http://HOST:PORT[/act] (HTTP)")
-    parser.add_argument("--clients", type=_positive, default=8, help="concurrent clients")
-    parser.add_argument("--requests", type=_positive, default=50, help="requests per client")
-    parser.add_argument("--duration", type=_seconds, default=600.0, help="stop after this many seconds")
-    parser.add_argument("--timeout", type=_seconds, default=120.0, help="seconds to wait for one reply")
+    parser.add_argument("--clients", type=argtypes.positive, default=8, help="concurrent clients")
+    parser.add_argument("--requests", type=argtypes.positive, default=50, help="requests per client")
+    parser.add_argument("--duration", type=argtypes.seconds, default=600.0, help="stop after this many seconds")
+    parser.add_argument("--timeout", type=argtypes.seconds, default=120.0, help="seconds to wait for one reply")
     parser.add_argument("--observation", type=Path, default=None,
                         help="an .npz of observation arrays (default: synthetic, from the server's metadata)")
     parser.add_argument("--task", default=None, help="instruction (default: the first one the server knows)")

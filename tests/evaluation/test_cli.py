@@ -94,7 +94,7 @@ def test_ray_gives_identical_episodes(two_workers, tiny_checkpoint, tmp_path):
     (["--task-suite", "libero_10", "--tasks", "10"], "task 10 is out of range; libero_10 has tasks 0..9"),
     (["--task-suite", "libero_10", "--tasks", "a"], "expected comma-separated task ids"),
     (["--task-suite", "libero_10", "--trials", "51"], "--trials 51"),
-    (["--task-suite", "libero_10", "--envs", "0"], "expected an integer >= 1"),
+    (["--task-suite", "libero_10", "--envs", "0"], "expected a whole number >= 1"),
 ])
 def test_usage_errors(extra, message, tmp_path, capsys):
     assert main(["eval", "libero", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o"), *extra]) == 2

@@ -57,7 +57,7 @@ class _RunsCode:
     (["demo", "--backend", "fast"], ["--backend", "'fast'"]),
     (["demo", "--dtype", "int8"], ["--dtype", "'int8'"]),
     (["demo", "--chunks", "0"], ["--chunks", ">= 1"]),
-    (["serve"], ["COMMAND", "invalid choice: 'serve'"]),
+    (["no-such-command"], ["COMMAND", "invalid choice: 'no-such-command'"]),
     (["demo", "--no-such-flag"], ["unrecognized arguments: --no-such-flag"]),
 ])
 def test_argparse_errors_are_one_line(capsys, argv, words):

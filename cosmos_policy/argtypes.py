@@ -1,0 +1,38 @@
+"""argparse value types of the command line: a bad value is one line naming what was expected."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def whole_number(low: int, high: int | None = None, what: str | None = None) -> Callable[[str], int]:
+    """An int in [low, high] (no upper bound when `high` is None)."""
+    expected = what or (f"a whole number >= {low}" if high is None else f"a whole number {low}..{high}")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    return parse
+
+
+positive = whole_number(1)
+port = whole_number(0, 65535, "a port number 0..65535")
+seed = whole_number(0, 2**32 - 1, "a whole number in [0, 2**32)")
+
+
+def seconds(text: str) -> float:
+    """A duration > 0 in seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {value}")
+    return value
