@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
 import torch
@@ -116,12 +117,17 @@ def _cached_choices() -> dict[str, object]:
     return out
 
 
+ENV_VARS = ("COSMOS_KERNELS_BACKEND", "COSMOS_KERNELS_ATTENTION", "COSMOS_KERNELS_DETERMINISTIC",
+            "COSMOS_KERNELS_CACHE_DIR", "TRITON_INTERPRET")
+
+
 def collect(probe: bool = False) -> dict[str, object]:
     import cosmos_kernels
 
     devices = _devices()
     return {
         "torch": torch.__version__,
+        "environment": {name: os.environ[name] for name in ENV_VARS if name in os.environ},
         "build_info": cosmos_kernels.build_info(),
         "cuda_kernels_note": cosmos_kernels.cuda_kernels_note(),
         "devices": [str(d) for d in devices],
@@ -136,6 +142,8 @@ def _print_text(report: dict, out) -> None:
     print(f"torch {report['torch']}; build: {info.get('mode', 'unknown')}"
           + (f", CUDA archs {', '.join(info['cuda_archs'])}" if info.get("cuda_archs") else ""), file=out)
     print(report["cuda_kernels_note"], file=out)
+    for name, value in report["environment"].items():
+        print(f"{name}={value}", file=out)
     print("\nbackends per op and device (probe results where a probe ran):", file=out)
     for op, per_device in report["ops"].items():
         for device, entry in per_device.items():

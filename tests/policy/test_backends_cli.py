@@ -9,7 +9,8 @@ from cosmos_kernels._ext import build_info, cuda_kernels_note
 from cosmos_kernels.attention import picker
 from cosmos_policy import cli
 
-KEYS = {"torch", "build_info", "cuda_kernels_note", "devices", "ops", "attention_backends", "attention_choices"}
+KEYS = {"torch", "environment", "build_info", "cuda_kernels_note", "devices", "ops", "attention_backends",
+        "attention_choices"}
 OPS = {"layer_norm_modulate", "gated_residual_layer_norm_modulate", "rms_norm", "qk_norm_rope", "sampler_step",
        "attention"}
 
@@ -45,6 +46,7 @@ def test_json_keys_and_contents(capsys, cache_dir):
     assert set(attn) == {"sdpa", "triton", "flash_attn"}
     assert set(attn["flash_attn"]) == {"FA3", "FA2", "used"}
     assert attn["flash_attn"]["FA3"]["module"] == "flash_attn_interface"
+    assert report["environment"]["COSMOS_KERNELS_CACHE_DIR"] == str(cache_dir)  # the pins this run sees
     choices = report["attention_choices"]
     assert choices == {"path": str(cache_dir / "attention_choices.json"), "exists": False, "entries": {}}
 
