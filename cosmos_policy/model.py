@@ -269,9 +269,9 @@ class CosmosDiT(nn.Module):
         if table is None:
             distinct = list(dict.fromkeys(values))  # first-seen order; one table row per distinct time
             table = self._modulation_table(*self._time_embedding(torch.tensor(distinct, dtype=timesteps.dtype)))
-            if len(distinct) < len(values):
+            if len(distinct) < len(values):  # row views stacked once per step: no host-to-device index copy
                 position = {v: i for i, v in enumerate(distinct)}
-                table = table.index_select(0, torch.tensor([position[v] for v in values], device=table.device))
+                table = torch.stack([table[position[v]] for v in values])
             table = table.view(stored_b, t, 1, -1)
             if not capturing:  # a capture reads entries but never creates them (its memory is the graph's)
                 self.modulation_cache.put(key, table)
