@@ -199,7 +199,8 @@ def _extensions(mode: str):
     if archs is not None:
         nvcc = ["-O3", "-std=c++20", "--use_fast_math", "--expt-relaxed-constexpr", "-lineinfo",
                 *quiet, *_gencode(archs)]
-        cuda = CUDAExtension("cosmos_kernels._C_cuda", sorted(glob.glob("csrc/cuda/*.cu")), include_dirs=include,
+        cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))  # .cpp: the module itself
+        cuda = CUDAExtension("cosmos_kernels._C_cuda", cuda_sources, include_dirs=include,
                              extra_compile_args={"cxx": ["-O3", "-std=c++20", *quiet], "nvcc": nvcc})
         cuda.optional = mode == "auto"  # setuptools then neither fails the build nor copies a missing library
         exts.append(cuda)
