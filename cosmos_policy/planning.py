@@ -18,7 +18,6 @@ what is computed.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,9 +106,8 @@ class PlanningModel:
                         network_config=None) -> PlanningModel:
         """A directory (or Hugging Face repo id) with one network `.pt` (a name with "planning" is preferred when
         there are several), or the `.pt` itself. `network_config.json` (tiny test checkpoints) sets the size."""
-        from .checkpoint import check_fits, load_network_checkpoint
+        from .checkpoint import load_network
         from .config import DiTConfig
-        from .model import CosmosDiT
         from .policy import resolve_device
 
         local = Path(path)
@@ -128,16 +126,7 @@ class PlanningModel:
             config = DiTConfig.from_dict(extra["network"]) if "network" in extra else DiTConfig.cosmos_predict2_2b()
         device = resolve_device(device)
         dtype = dtype if dtype is not None else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        state = load_network_checkpoint(weights, mmap=True)
-        with torch.device("meta"):
-            shapes = CosmosDiT(config, backend=backend).state_dict()
-        try:
-            check_fits(state, shapes)
-        except ValueError as err:
-            raise ValueError(f"{os.fspath(weights)}: {err}") from None
-        network = CosmosDiT(config, backend=backend)
-        network.load_state_dict(state)
-        return cls(network.to(device=device, dtype=dtype))
+        return cls(load_network(weights, config, backend=backend).to(device=device, dtype=dtype))
 
 
 def conditioned_x0_fn(network, gt: torch.Tensor, context: torch.Tensor, cond_frames: torch.Tensor,

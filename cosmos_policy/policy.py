@@ -84,25 +84,14 @@ class CosmosPolicy:
 
         The checkpoint's keys and shapes are checked against the network built on the meta device before any
         weights are allocated: a checkpoint of another size is one short `ValueError`."""
-        from .checkpoint import check_fits, load_network_checkpoint
-        from .model import CosmosDiT
+        from .checkpoint import load_network
 
         device = resolve_device(device)
         files: CheckpointFiles = find_checkpoint_files(path, suite=suite, vae=vae)
         dtype = dtype if dtype is not None else (torch.bfloat16 if device.type == "cuda" else torch.float32)
         config = network_config if network_config is not None else files.network_config
         with profiling.nvtx_range("load.network"):
-            state = load_network_checkpoint(files.network, mmap=True)
-            with torch.device("meta"):
-                shapes = CosmosDiT(config, backend=backend).state_dict()
-            try:
-                check_fits(state, shapes)
-            except ValueError as err:
-                raise ValueError(f"{files.network}: {err}") from None
-            network = CosmosDiT(config, backend=backend)
-            network.load_state_dict(state)
-            del state
-            network = network.to(device=device, dtype=dtype)
+            network = load_network(files.network, config, backend=backend).to(device=device, dtype=dtype)
         with profiling.nvtx_range("load.vae"):
             policy_vae = PolicyVAE.from_file(files.vae, device=device, dtype=dtype)
         return cls(
