@@ -17,6 +17,7 @@ from cosmos_kernels.adaptive_norm import (  # noqa: E402
     rms_norm,
 )
 from cosmos_kernels.attention import attention, qk_norm_rope, rope_3d_tables  # noqa: E402
+from cosmos_kernels.linear_gelu import linear_gelu  # noqa: E402
 from cosmos_kernels.sampling.step import sampler_step  # noqa: E402
 
 _alloc.set_nan_fill(_alloc.nan_fill_enabled())
@@ -29,6 +30,7 @@ __all__ = [
     "cuda_kernels_note",
     "gated_residual_layer_norm_modulate",
     "layer_norm_modulate",
+    "linear_gelu",
     "nan_filled_outputs",
     "qk_norm_rope",
     "rms_norm",

@@ -17,6 +17,9 @@ class TritonConfig:
     constexprs: dict[str, Any]
     num_warps: int = 4
     num_stages: int = 3
+    # Arguments the launch sees divisible by 16 (pointers 16-byte aligned, sizes and strides multiples of 16):
+    # Triton specialises on it at run time, and it decides vector widths and asynchronous copies.
+    divisible: tuple[str, ...] = ()
 
 
 @dataclass

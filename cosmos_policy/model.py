@@ -404,7 +404,8 @@ class CosmosDiT(nn.Module):
             out = ca.output_proj(out.flatten(2)).view(b, t, s, d)
             x, normed = cosmos_kernels.gated_residual_layer_norm_modulate(x, out, mod(i, 5), mod(i, 6), mod(i, 7), eps)
 
-            out = block.mlp(normed)
+            mlp = block.mlp  # the GELU in its GEMM's epilogue where the backend has one
+            out = mlp.layer2(cosmos_kernels.linear_gelu(normed, mlp.layer1.weight))
             # The MLP's gated residual is fused with the next sub-layer's norm: the next block's self-attention
             # (shift, scale), or the final layer's (shift, scale), which sit at the same offsets.
             x, normed = cosmos_kernels.gated_residual_layer_norm_modulate(x, out, mod(i, 8), mod(i + 1, 0),

@@ -96,6 +96,15 @@ def predict_seconds(records: list[OpRecord], gpu: GPU) -> float:
                for r in records)
 
 
+def overhead_ratio(records: list[OpRecord], gpu: GPU) -> float:
+    """What the records spend beyond their matrix work (non-matmul bytes at the card's bandwidth plus every
+    launch's cost) over their matrix time (FLOPs at its matmul rate): how far from matmul-bound they are."""
+    totals = _totals(records)
+    matrix = totals.flops / gpu.matmul_flops_per_s
+    beyond = totals.nonmatmul_bytes / gpu.bytes_per_s + totals.launches * gpu.launch_us * 1e-6
+    return beyond / matrix if matrix else float("inf")
+
+
 # -- the counted runs -------------------------------------------------------------------------------------------
 
 @dataclass
@@ -206,7 +215,7 @@ def count(config_name: str = "2b", suite: str = "libero", text_tokens: int | Non
              "tokens": layout.state_t * (IMAGE_SIZE // SPATIAL_COMPRESSION // config.patch_spatial) ** 2,
              "text_tokens": tokens, "text_positions": TEXT_LENGTH,
              "instruction": instruction if text_tokens is None else None, "dtype": "bfloat16",
-             "vae": vae_records is not None}
+             "vae": vae_records is not None, "vae_requested": vae}
     return counted, setup
 
 
@@ -224,6 +233,7 @@ def summarize(counted: dict[str, Counted], passes: int, gpus: list[str]) -> dict
             "nonmatmul_bytes_per_pass": per_pass.nonmatmul_bytes,
             "predicted_ms_per_pass": {g: 1e3 * predict_seconds(c.per_pass, GPUS[g]) for g in gpus},
             "predicted_ms_per_chunk": {g: 1e3 * predict_seconds(c.chunk(passes), GPUS[g]) for g in gpus},
+            "overhead_vs_matrix_per_pass": {g: overhead_ratio(c.per_pass, GPUS[g]) for g in gpus},
             "launches_per_chunk": chunk.launches,
             "flops_per_chunk": chunk.flops,
             "passes_per_chunk": passes,
@@ -279,12 +289,14 @@ def format_report(report: dict, setup: dict, gpus: list[str]) -> str:
         counts.append([label, fmt.format(r / scale), fmt.format(f / scale), f"{f / r:.2f}" if r else "-"])
     vae = ref["parts"].get("vae_encode")
     vae_line = ("VAE encode (both backends): " + (f"{vae['launches']} launches, {vae['flops'] / 1e12:.2f} TFLOP, "
-                f"{vae['bytes'] / 1e9:.2f} GB" if vae else "skipped (diffusers is not installed)"))
-    times = [["predicted ms", "pass ref", "pass fused", "chunk ref", "chunk fused"]]
+                f"{vae['bytes'] / 1e9:.2f} GB" if vae else "left out (--no-vae)" if not setup.get("vae_requested", True)
+                else "skipped (diffusers is not installed)"))
+    times = [["predicted ms", "pass ref", "pass fused", "chunk ref", "chunk fused", "beyond matrix, fused"]]
     for g in gpus:
         times.append([f"{g} ({GPUS[g].label})", *(f"{b[k][g]:.2f}" for k in ("predicted_ms_per_pass",
                                                                              "predicted_ms_per_chunk")
-                                                   for b in (ref, fused))])
+                                                   for b in (ref, fused)),
+                      f"{fused['overhead_vs_matrix_per_pass'][g]:.3f}"])
     ops = [["fused pass, top ops", "launches", "GB moved"]]
     for name, row in list(fused["ops_per_pass"].items())[:8]:
         ops.append([name, str(row["launches"]), f"{row['bytes'] / 1e9:.2f}"])
@@ -295,7 +307,9 @@ def format_report(report: dict, setup: dict, gpus: list[str]) -> str:
                       f"{c.bytes_per_s / 1e12:.2f} / {c.peak_tbps:.2f}", f"{c.launch_us:.1f}"])
     sources = "\n".join(f"  {g}: {GPUS[g].peak_source}; {GPUS[g].efficiency_source}" for g in gpus)
     model = ("per op: max(FLOPs / matmul rate, bytes / bandwidth) + launches x launch cost; "
-             "chunk = passes x (DiT pass + sampler step) + VAE encode")
+             "chunk = passes x (DiT pass + sampler step) + VAE encode;\n"
+             "beyond matrix: (non-matmul bytes / bandwidth + launches x launch cost) / (FLOPs / matmul rate), "
+             "per pass")
     return "\n\n".join([head, _table(counts), _table(ops), vae_line, _table(times), model, _table(cards),
                         "sources:\n" + sources])
 

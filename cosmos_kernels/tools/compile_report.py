@@ -119,7 +119,8 @@ def triton_rows() -> list[Row]:
             row = Row(entry.name, cfg.label, matrix=entry.matrix)
             rows.append(row)
             try:
-                src = ASTSource(fn=entry.kernel, signature=cfg.signature, constexprs=cfg.constexprs)
+                attrs = {(entry.kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in cfg.divisible}
+                src = ASTSource(fn=entry.kernel, signature=cfg.signature, constexprs=cfg.constexprs, attrs=attrs)
                 compiled = triton.compile(src, target=target,
                                           options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
                 row.shared_bytes = int(compiled.metadata.shared)

@@ -44,6 +44,18 @@ def test_2b_libero_fused_halves_launches_and_nonmatmul_bytes(libero_2b):
         assert fused["predicted_ms_per_chunk"][gpu] < ref["predicted_ms_per_chunk"][gpu]
 
 
+def test_2b_libero_fused_pass_is_near_matmul_bound(libero_2b):
+    """What the fused pass spends beyond its matrix work is at most a quarter of its matrix time on an H100."""
+    counted, _, report = libero_2b
+    ratio = report["fused"]["overhead_vs_matrix_per_pass"]["h100"]
+    gpu, totals = roofline.GPUS["h100"], roofline._totals(counted["fused"].per_pass)
+    matrix = totals.flops / (989.4e12 * 0.70)
+    beyond = totals.nonmatmul_bytes / (3.35e12 * 0.80) + totals.launches * 2e-6
+    assert ratio == pytest.approx(beyond / matrix) and gpu.launch_us == 2.0
+    assert ratio <= 0.25
+    assert report["reference"]["overhead_vs_matrix_per_pass"]["h100"] > 1.0
+
+
 def test_2b_flops_match_the_parameter_count(libero_2b):
     counted, _, _ = libero_2b
     config = DiTConfig.cosmos_predict2_2b()
