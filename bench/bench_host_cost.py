@@ -17,6 +17,7 @@ from bench import summary
 from bench.conftest import measure
 from cosmos_kernels.adaptive_norm import reference as norm_ref
 from cosmos_kernels.attention import reference as attention_ref
+from cosmos_kernels.linear_gelu import reference as linear_gelu_ref
 
 CALLS = 200  # calls per measured round: one call is a few microseconds
 
@@ -38,6 +39,7 @@ def _attention_inputs():
 def _workloads():
     x, residual, shift, scale, gate, w = _norm_inputs()
     q, k, v, qw, cos, sin = _attention_inputs()
+    w_mlp = torch.randn(96, 64, generator=torch.Generator().manual_seed(2)) * 0.125
     return {
         "layer_norm_modulate": (lambda: ck.layer_norm_modulate(x, shift, scale),
                                 lambda: norm_ref.layer_norm_modulate(x, shift, scale)),
@@ -47,12 +49,14 @@ def _workloads():
         "rms_norm": (lambda: ck.rms_norm(q, qw), lambda: norm_ref.rms_norm(q, qw)),
         "qk_norm_rope": (lambda: ck.qk_norm_rope(q, k, qw, qw, cos, sin),
                          lambda: attention_ref.qk_norm_rope(q, k, qw, qw, cos, sin)),
+        # the MLP's first layer on the CPU, where the GEMM and its GELU stay two ops: the cost of the checks
+        "linear_gelu": (lambda: ck.linear_gelu(x, w_mlp), lambda: linear_gelu_ref.linear_gelu(x, w_mlp)),
     }
 
 
 @pytest.mark.parametrize("variant", [summary.FUSED, summary.REFERENCE])
 @pytest.mark.parametrize("op", ["layer_norm_modulate", "gated_residual_layer_norm_modulate", "rms_norm",
-                                "qk_norm_rope"])
+                                "qk_norm_rope", "linear_gelu"])
 def test_host_cost(benchmark, op, variant):
     fused, eager = _workloads()[op]
     fn = fused if variant == summary.FUSED else eager

@@ -132,7 +132,27 @@ def step_ops(rec: Recorder, smoke: bool) -> None:
     for variant, fn in variants.items():
         t = device_median_s(lambda fn=fn: fn(q, k, qw, kw, cos, sin), device)
         rec.add(op="qk_norm_rope", shape=f"L={q.shape[1]}", variant=variant, ms=t * 1e3)
+    _linear_gelu(rec, device, dtype, smoke)
     _ops_headlines(rec)
+
+
+def _linear_gelu(rec: Recorder, device: str, dtype: torch.dtype, smoke: bool) -> None:
+    """The MLP's first layer, GELU in the GEMM's epilogue, against cuBLAS + GELU and torch.compile of the pair."""
+    import cosmos_kernels as ck
+    from cosmos_kernels.linear_gelu import reference
+
+    m, k, n = (1764, 2048, 8192) if not smoke else (196, 64, 256)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(m, k, generator=gen).to(device, dtype)
+    w = (torch.randn(n, k, generator=gen) * k ** -0.5).to(device, dtype)
+    variants = {"fused": ck.linear_gelu, "reference": reference.linear_gelu}
+    if not smoke:
+        variants["compile"] = torch.compile(reference.linear_gelu, dynamic=False, fullgraph=True)
+        variants["matmul only"] = torch.nn.functional.linear  # the GEMM alone: the epilogue's cost is the gap
+    for variant, fn in variants.items():
+        t = device_median_s(lambda fn=fn: fn(x, w), device)
+        rec.add(op="linear_gelu", shape=f"{m}x{k}x{n}", variant=variant, ms=t * 1e3,
+                **{"TFLOP/s": 2 * m * k * n / t / 1e12})
 
 
 def _ops_headlines(rec: Recorder) -> None:
@@ -140,9 +160,10 @@ def _ops_headlines(rec: Recorder) -> None:
     for (op, shape, variant), r in by.items():
         if variant != "fused":
             continue
-        ratios = [f"vs {v} {by[(op, shape, v)]['ms'] / r['ms']:.2f}x" for v in ("reference", "compile")
-                  if (op, shape, v) in by]
+        ratios = [f"vs {v} {by[(op, shape, v)]['ms'] / r['ms']:.2f}x"
+                  for v in ("reference", "compile", "matmul only") if (op, shape, v) in by]
         bw = f", {r['fraction_of_copy_bw']:.0%} of copy bw" if "fraction_of_copy_bw" in r else ""
+        bw += f", {r['TFLOP/s']:.0f} TFLOP/s" if "TFLOP/s" in r else ""
         rec.headline(f"{op} [{shape}]: {r['ms']:.4f} ms{bw}; " + ", ".join(ratios))
 
 
