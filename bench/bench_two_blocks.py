@@ -62,3 +62,68 @@ def test_two_blocks(benchmark, dtype, variant):
     with torch.no_grad():
         measure(benchmark, f"two_blocks_2b_width[libero,{dt},cpu]", variant, lambda: fn(*args), rounds=5,
                 warmup=2, tokens=1764, text_tokens=TEXT_TOKENS, dtype=dt)
+
+
+# -- interleaved rounds: `python -m bench.bench_two_blocks [--rounds N] [--json]` ------------------------------
+# pytest-benchmark times each variant's rounds back to back; on a shared CPU whose speed drifts by tens of
+# percent over a minute, that drift lands in the ratios. Here every round runs the three variants in turn and the
+# ratios are the medians of the per-round ratios, so a slow minute slows all three alike.
+
+def interleaved(dtype: torch.dtype, rounds: int) -> dict:
+    import statistics
+    import time
+
+    net, args = _setup(dtype)
+    with torch.no_grad():
+        net.backend = "reference"
+        variants = {summary.FUSED: _forward(net, "fused"), summary.REFERENCE: _forward(net, "reference"),
+                    summary.COMPILE: compiled(net)}
+        for fn in variants.values():  # compilation, caches
+            fn(*args)
+            fn(*args)
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(rounds):
+            for name, fn in variants.items():
+                if name == summary.COMPILE:
+                    net.backend = "reference"
+                start = time.perf_counter()
+                fn(*args)
+                times[name].append(time.perf_counter() - start)
+    fused = times[summary.FUSED]
+    return {
+        "median_ms": {name: 1e3 * statistics.median(t) for name, t in times.items()},
+        "ratio_to_fused": {name: statistics.median(o / f for o, f in zip(t, fused))
+                           for name, t in times.items() if name != summary.FUSED},
+        "rounds": rounds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    from bench.common import environment
+
+    parser = argparse.ArgumentParser(description="two 2B-width blocks at LIBERO tokens, variants interleaved")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds: expected at least 1")
+    report = {"environment": environment("cpu"), "threads": torch.get_num_threads(),
+              "tokens": 1764, "text_tokens": TEXT_TOKENS}
+    for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        report[label] = result = interleaved(dtype, args.rounds)
+        if not args.json:
+            ms, ratio = result["median_ms"], result["ratio_to_fused"]
+            print(f"{label}: fused {ms[summary.FUSED]:.0f} ms, reference {ms[summary.REFERENCE]:.0f} ms "
+                  f"({ratio[summary.REFERENCE]:.2f}x), torch.compile {ms[summary.COMPILE]:.0f} ms "
+                  f"({ratio[summary.COMPILE]:.2f}x); ratio = other / fused, median of {args.rounds} "
+                  "interleaved rounds", flush=True)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
