@@ -2,7 +2,7 @@
 
 Prints the build of the installed extensions, the backends each op can use on each available device (with the
 results of the GPU probes that ran, all of them with `--probe`), the attention backends that import (SDPA, Triton,
-flash-attn 3 / 2) and the attention choices the picker keeps on disk (`COSMOS_KERNELS_CACHE_DIR`).
+flash-attn 3 / 4 / 2) and the attention choices the picker keeps on disk (`COSMOS_KERNELS_CACHE_DIR`).
 `--json` prints one JSON object only.
 """
 
@@ -16,6 +16,8 @@ import sys
 
 import torch
 
+from cosmos_kernels.attention.flash import FLASH_MODULES  # in the order the attention op tries them
+
 from .errors import UsageError
 
 # op -> the backends it accepts (what `resolve_backend` is given as `supported` for it)
@@ -25,9 +27,8 @@ OPS: dict[str, tuple[str, ...]] = {
     "rms_norm": ("reference", "cpu", "cuda", "triton"),
     "qk_norm_rope": ("reference", "cpu", "cuda", "triton"),
     "sampler_step": ("reference", "cpu", "cuda", "triton"),
+    "linear_gelu": ("reference", "triton"),
 }
-# flash-attn modules in the order the attention op tries them: FA3 (built by the user), then FA2 from PyPI
-FLASH_MODULES = (("flash_attn_interface", "FA3"), ("flash_attn", "FA2"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

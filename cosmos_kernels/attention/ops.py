@@ -6,7 +6,7 @@ with any strides whose last dim is contiguous (strided views of one packed QKV p
 place), norm weights and RoPE tables in fp32 or None.
 
 Attention backends: "triton" (our flash-attention forward with the norm and RoPE fused into the tile
-loads), "flash_attn" (FA3 / FA2 when importable), "sdpa" (`qk_norm_rope`, then PyTorch's
+loads), "flash_attn" (FA3 / FA4 / FA2 when importable, `flash.py`), "sdpa" (`qk_norm_rope`, then PyTorch's
 scaled_dot_product_attention) and "reference". Automatic choice: "sdpa" on the CPU; on CUDA the usable
 candidates are timed on the device once per (GPU, versions, shapes, norm, rope) at first eager use and the
 fastest is kept, also on disk (`picker.py`). `COSMOS_KERNELS_DETERMINISTIC=1` replaces the timing with the
@@ -17,7 +17,6 @@ an attention backend, e.g. "reference" or "triton"), which wins over the automat
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from cosmos_kernels import _checks, _dispatch, _ext
-from cosmos_kernels.attention import picker, reference
+from cosmos_kernels.attention import flash, picker, reference
 from cosmos_kernels.tools import dispatch_counter
 
 _NS = "cosmos_kernels"
@@ -214,22 +213,9 @@ def _qk_norm_rope_kernel(name, q, k, q_weight, k_weight, cos, sin, eps, *, k_out
 
 # -- attention ---------------------------------------------------------------------------------------------
 
-_flash_attn_fn = None
-_flash_attn_checked = False
-
-
 def _flash_attn_func():
-    """FA3's `flash_attn_func` if installed, else FA2's, else None."""
-    global _flash_attn_fn, _flash_attn_checked
-    if not _flash_attn_checked:
-        _flash_attn_checked = True
-        for module in ("flash_attn_interface", "flash_attn"):
-            try:
-                _flash_attn_fn = importlib.import_module(module).flash_attn_func
-                break
-            except (ImportError, AttributeError, OSError):
-                continue
-    return _flash_attn_fn
+    """The flash-attn library's `flash_attn_func` the "flash_attn" backend calls (FA3, FA4, FA2), or None."""
+    return flash.flash_attn_func()
 
 
 def _backend_usable(name: str, q: torch.Tensor, repeats: int = 1) -> bool:
@@ -237,8 +223,8 @@ def _backend_usable(name: str, q: torch.Tensor, repeats: int = 1) -> bool:
         return True
     if name == "triton":
         return _dispatch.triton_available(q.device)
-    if name == "flash_attn":  # takes no score bias: a repeated last key is not its case
-        return (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and repeats == 1
+    if name == "flash_attn":  # a repeated last key is corrected from the log-sum-exp the call returns
+        return (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16)
                 and _flash_attn_func() is not None)
     return False
 
@@ -251,8 +237,7 @@ def _resolve_attention_backend(requested: str | None, q: torch.Tensor, repeats: 
             raise ValueError(f"{op}: backend must be one of {ATTENTION_BACKENDS} or None, got {requested!r}")
         if not _backend_usable(requested, q, repeats):
             why = {"triton": " (Triton on CPU tensors needs TRITON_INTERPRET=1)",
-                   "flash_attn": " (needs the flash_attn package, a CUDA device, fp16 / bf16 tensors and "
-                                 "last_key_repeats=1)"}
+                   "flash_attn": " (needs a flash-attn library, a CUDA device and fp16 / bf16 tensors)"}
             raise ValueError(f"{op}: backend {requested!r} is not available for {q.dtype} tensors on {q.device}"
                              + why.get(requested, ""))
         return requested
@@ -290,7 +275,8 @@ def attention(
     neither, self-attention only) q and k first go through `qk_norm_rope`; the "triton" backend fuses the Q
     side into its tile loads. `last_key_repeats=n` makes the last key and value row stand for n equal rows
     (exact: the zero padding of a text embedding attends as one zero row with count n; "sdpa" adds log(n) to
-    its score as an fp32 bias, "triton" log2(n); "flash_attn", which takes no bias, is not used then).
+    its score as an fp32 bias, "triton" log2(n), "flash_attn", which takes no bias, corrects its output from the
+    returned log-sum-exp).
     `scale` defaults to `1 / sqrt(d)`. Returns a new tensor in q's dtype.
     """
     op = "attention"
@@ -369,8 +355,10 @@ def run_backend(name: str, q, k, v, qw, kw, cos, sin, scale: float, eps: float, 
         else:
             q, k = reference.qk_norm_rope(q, k, qw, kw, cos, sin, eps)
     if name == "flash_attn":
-        out = _flash_attn_func()(q, k, v, softmax_scale=scale, causal=False)
-        return out[0] if isinstance(out, tuple) else out  # older FA3 builds return (out, lse)
+        out = flash.attention(q, k, v, scale, repeats)
+        if out is not None:
+            return out
+        # a build that returns no log-sum-exp: the repeated last key goes through SDPA's bias instead
     bias = None if repeats == 1 else _repeat_bias(k.shape[1], repeats, q.device)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=bias,
                                          scale=scale)

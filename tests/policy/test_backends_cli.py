@@ -12,7 +12,7 @@ from cosmos_policy import cli
 KEYS = {"torch", "environment", "build_info", "cuda_kernels_note", "devices", "ops", "attention_backends",
         "attention_choices"}
 OPS = {"layer_norm_modulate", "gated_residual_layer_norm_modulate", "rms_norm", "qk_norm_rope", "sampler_step",
-       "attention"}
+       "attention", "linear_gelu"}
 
 
 def _json(capsys, argv: list[str]) -> dict:
@@ -44,7 +44,7 @@ def test_json_keys_and_contents(capsys, cache_dir):
     assert "flash_attn" not in report["ops"]["attention"]["cpu"]["available"]
     attn = report["attention_backends"]
     assert set(attn) == {"sdpa", "triton", "flash_attn"}
-    assert set(attn["flash_attn"]) == {"FA3", "FA2", "used"}
+    assert set(attn["flash_attn"]) == {"FA3", "FA4", "FA2", "used"}
     assert attn["flash_attn"]["FA3"]["module"] == "flash_attn_interface"
     assert report["environment"]["COSMOS_KERNELS_CACHE_DIR"] == str(cache_dir)  # the pins this run sees
     choices = report["attention_choices"]
