@@ -38,7 +38,7 @@ def choices_path() -> Path:
     return Path(root) / "attention_choices.json"
 
 
-def _versions() -> str:
+def versions() -> str:
     parts = [f"torch {torch.__version__}"]
     for module in ("triton", "flash_attn", "flash_attn_interface"):
         try:
@@ -48,7 +48,7 @@ def _versions() -> str:
     return ", ".join(parts)
 
 
-def _gpu(device: torch.device) -> str:
+def gpu_label(device: torch.device) -> str:
     index = device.index if device.index is not None else torch.cuda.current_device()
     props = torch.cuda.get_device_properties(index)
     return f"{props.name} sm_{props.major}{props.minor}"
@@ -58,7 +58,7 @@ def choice_key(device: torch.device, q, k, qw, kw, cos, repeats: int) -> str:
     """One readable string: GPU, versions, shapes, dtype and what is fused (norms, RoPE, a repeated key)."""
     flags = "".join(c for c, on in (("q", qw is not None), ("k", kw is not None), ("r", cos is not None),
                                     ("n", repeats > 1)) if on) or "-"
-    return (f"{_gpu(device)} | {_versions()} | q{tuple(q.shape)} k{tuple(k.shape)} {str(q.dtype)[6:]} "
+    return (f"{gpu_label(device)} | {versions()} | q{tuple(q.shape)} k{tuple(k.shape)} {str(q.dtype)[6:]} "
             f"stride{tuple(q.stride())} | {flags}")
 
 
@@ -106,20 +106,28 @@ def auto_backend(run: Callable, candidates: Callable, q, k, v, qw, kw, cos, sin,
     if os.environ.get(_dispatch.DETERMINISTIC_ENV, "0") == "1":
         return DETERMINISTIC_CHOICE
     key = choice_key(q.device, q, k, qw, kw, cos, repeats)
+    return timed_choice(key, lambda: candidates(q, repeats), run, (q, k, v, qw, kw, cos, sin, scale, eps, repeats),
+                        DETERMINISTIC_CHOICE)
+
+
+def timed_choice(key: str, candidates: Callable[[], list[str]], run: Callable, args: tuple, provisional: str) -> str:
+    """The fastest of `candidates()` by device time on `run(name, *args)`, timed once per `key` and kept in this
+    process and on disk; `provisional` while compiling or capturing (a capture that took it is redone once the
+    timed choice exists). Shared by every op whose automatic choice is timed."""
     with _lock:
         _load_disk()
         choice = _choices.get(key)
-    if choice is not None and choice in candidates(q, repeats):
+    if choice is not None and choice in candidates():
         return choice
     if torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
         if not torch.compiler.is_compiling():  # a capture bakes this in: have it redone once the timed choice exists
-            _dispatch.defer(("attention-choice", key), lambda: False)
-        return DETERMINISTIC_CHOICE  # no timing while tracing or capturing; the first eager call times
-    names = candidates(q, repeats)
+            _dispatch.defer(("timed-choice", key), lambda: False)
+        return provisional  # no timing while tracing or capturing; the first eager call times
+    names = candidates()
     if len(names) == 1:
         choice = names[0]
     else:
-        timings = {name: time_backend(run, name, q, k, v, qw, kw, cos, sin, scale, eps, repeats) for name in names}
+        timings = {name: time_backend(run, name, *args) for name in names}
         choice = min(timings, key=timings.get)
     with _lock:
         if len(_choices) >= _MAX_CHOICES:

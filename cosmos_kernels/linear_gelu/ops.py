@@ -1,9 +1,11 @@
 """Public `linear_gelu`: input checks, backend choice, and the `torch.ops.cosmos_kernels` registration.
 
 Backends: "triton" (the GEMM with the GELU in its epilogue, `triton.py`) and "reference" (`F.linear`, then
-`F.gelu`: cuBLAS and one element-wise kernel on a GPU, the CPU's own GEMM here). Automatic choice: "triton" for
-16-bit CUDA tensors once its probe passes; "reference" for fp32 (cuBLAS keeps IEEE fp32 at its own speed, a
-Triton IEEE fp32 GEMM does not) and on the CPU. An explicit `backend`, or `COSMOS_KERNELS_BACKEND=triton`, wins.
+`F.gelu`: cuBLAS and one element-wise kernel on a GPU, the CPU's own GEMM here). Automatic choice on 16-bit CUDA
+tensors, once the Triton kernel's probe has passed: the faster of the two at these shapes, timed on the device once
+(the epilogue saves two passes over the output, but only wins where the Triton GEMM keeps up with cuBLAS);
+"reference" for fp32 (cuBLAS keeps IEEE fp32 at its own speed, a Triton IEEE fp32 GEMM does not) and on the CPU.
+An explicit `backend`, or `COSMOS_KERNELS_BACKEND=triton`, wins.
 """
 
 from __future__ import annotations
@@ -52,12 +54,31 @@ def _check(op: str, x: object, weight: object) -> None:
 
 
 def _resolve(op: str, x: torch.Tensor, backend: str | None) -> str:
+    """The backend, or "timed": CUDA tensors in 16 bits with nothing pinned take the faster of the two on the device."""
     name = _dispatch.resolve_backend(op, x.device, backend, supported=BACKENDS, cuda_order=("triton",),
                                      dtype=x.dtype)
-    if (name == "triton" and backend is None and x.dtype == torch.float32 and x.device.type != "cpu"
-            and _dispatch.environment(_dispatch.BACKEND_ENV).strip().lower() != "triton"):
+    pinned = _dispatch.environment(_dispatch.BACKEND_ENV).strip().lower() == "triton"
+    if name != "triton" or backend is not None or pinned or x.device.type == "cpu":
+        return name  # explicit, pinned, or the interpreter
+    if x.dtype == torch.float32:
         return "reference"
-    return name
+    return "timed" if x.device.type == "cuda" else "triton"  # meta: the roofline counts the epilogue kernel
+
+
+def _run(name: str, rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return _linear_gelu_triton(rows, weight) if name == "triton" else reference.linear_gelu(rows, weight)
+
+
+def _timed_choice(rows: torch.Tensor, weight: torch.Tensor) -> str:
+    """Whether the epilogue kernel beats cuBLAS + GELU at these shapes on this GPU: timed once (the attention
+    picker's device timing, kept on disk beside its choices); "triton" under COSMOS_KERNELS_DETERMINISTIC=1."""
+    if _dispatch.environment(_dispatch.DETERMINISTIC_ENV, "0") == "1":
+        return "triton"
+    from cosmos_kernels.attention import picker
+
+    key = (f"linear_gelu | {picker.gpu_label(rows.device)} | {picker.versions()} | x{tuple(rows.shape)} "
+           f"w{tuple(weight.shape)} {str(rows.dtype)[6:]} stride{tuple(rows.stride())}{tuple(weight.stride())}")
+    return picker.timed_choice(key, lambda: list(BACKENDS[::-1]), _run, (rows, weight), "triton")
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
@@ -79,7 +100,7 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, *, backend: str | None = 
     if name == "reference":
         return reference.linear_gelu(x, weight)
     if not _checks.kernel_dtypes_ok(x, weight):
-        _checks.check_backend_dtype(op, name, x)
+        _checks.check_backend_dtype(op, "triton", x)
         raise TypeError(f"{op}: weight has dtype {weight.dtype} but x has {x.dtype}; the fused backends take "
                         "operands of one dtype")
     lead = x.shape[:-1]
@@ -88,7 +109,9 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, *, backend: str | None = 
         rows = x.view(shape)  # the kernel reads the strides: no copy when the rows collapse into one stride
     except RuntimeError:
         rows = x.reshape(shape)
-    return _linear_gelu_triton(rows, weight).view(*lead, weight.shape[0])
+    if name == "timed":
+        name = _timed_choice(rows, weight)
+    return _run(name, rows, weight).view(*lead, weight.shape[0])
 
 
 def _probe(device: torch.device) -> bool:

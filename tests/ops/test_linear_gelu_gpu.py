@@ -28,15 +28,20 @@ def test_matches_float64_reference(dtype, m, k, n, gen):
     assert_within_reference_error(got, reference.linear_gelu(x, w), want, dtype)
 
 
-def test_auto_choice_and_cuda_graph(gen):
+def test_auto_choice_is_timed_kept_and_captured(gen, tmp_path, monkeypatch):
     _triton()
+    from cosmos_kernels.attention import picker
+
+    monkeypatch.setenv(picker.CACHE_ENV, str(tmp_path))
     x = torch.randn(1764, 2048, generator=gen).to("cuda", torch.bfloat16)
     w = (torch.randn(8192, 2048, generator=gen) * 2048 ** -0.5).to("cuda", torch.bfloat16)
-    eager = ck.linear_gelu(x, w)  # auto: the Triton kernel once its probe passed
-    assert torch.equal(eager, ck.linear_gelu(x, w, backend="triton"))
+    eager = ck.linear_gelu(x, w)  # auto: timed against cuBLAS + GELU once, at this first eager call
+    choices = {k: v for k, v in picker.saved_choices().items() if k.startswith("linear_gelu")}
+    assert len(choices) == 1 and next(iter(choices.values())) in ("triton", "reference")
+    assert torch.equal(eager, ck.linear_gelu(x, w, backend=next(iter(choices.values()))))
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        captured = ck.linear_gelu(x, w)
+        captured = ck.linear_gelu(x, w)  # the kept choice: nothing timed inside the capture
     graph.replay()
     torch.cuda.synchronize()
-    assert torch.equal(captured, eager)
+    assert torch.equal(captured, eager) and _dispatch.run_deferred()
