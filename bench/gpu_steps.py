@@ -1,10 +1,11 @@
 """The measuring steps of `bench.gpu_suite`, each run in its own process: `python -m bench.gpu_steps STEP --out FILE`.
 
-Steps: `env` (versions, the card, optional modules), `ops` (adaptive-norm family and qk_norm_rope at the 2B's
-shapes, GB/s against the measured copy bandwidth), `attention` (TFLOP/s per backend), `dit` (one 2B DiT pass,
-random weights, bf16, LIBERO's 1,764 tokens, against the measured bf16 matmul rate), `chunk` (the 2B LIBERO action
-chunk, eager and as a CUDA graph). Each step rewrites its JSON after every measurement, so a step stopped at its
-time limit still leaves what it measured. `--smoke` runs the same code on the CPU at toy sizes (for tests).
+Steps: `env` (versions, the card, optional modules), `ops` (adaptive-norm family, qk_norm_rope and linear_gelu at
+the 2B's shapes, GB/s against the measured copy bandwidth, TFLOP/s for the GEMM), `attention` (TFLOP/s per
+backend), `dit` (one 2B DiT pass, random weights, bf16, LIBERO's 1,764 tokens, against the measured bf16 matmul
+rate), `chunk` (the 2B LIBERO action chunk, eager and as a CUDA graph). Each step rewrites its JSON after every
+measurement, so a step stopped at its time limit still leaves what it measured. `--smoke` runs the same code on
+the CPU at toy sizes (for tests).
 Needs only torch and the package (no pytest, no pytest-benchmark).
 """
 

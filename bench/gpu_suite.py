@@ -73,7 +73,7 @@ def plan(out: Path, *, capability=None, wheels: Path | None = None, build: bool 
         Step("gpu_tests", "pytest -m gpu tests/", [py, "-m", "pytest", "-m", "gpu", "tests/", "-q", "-p",
                                                    "no:cacheprovider", f"--junitxml={out / 'gpu_tests.xml'}"], 150,
              needs_modules=("pytest",)),
-        Step("ops", "adaptive norm + qk_norm_rope, GB/s vs copy bandwidth", [*step, "ops", "--out",
+        Step("ops", "norms + qk_norm_rope (GB/s vs copy bandwidth), linear_gelu (TFLOP/s)", [*step, "ops", "--out",
                                                                            str(out / "ops.json")], 90),
         Step("attention", "TFLOP/s per attention backend", [*step, "attention", "--out", str(out / "attention.json")],
              60),
