@@ -172,6 +172,15 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return out
 
 
+# What Triton sees divisible by 16 at the model's launches (it specialises on it, and it sets the vector width):
+# the pointers (modulation vectors are D-aligned slices of one table), D and every row stride (multiples of D,
+# or 0 where a per-frame vector is broadcast over a frame's tokens).
+LN_DIVISIBLE = ("res_ptr", "x_ptr", "gate_ptr", "shift_ptr", "scale_ptr", "new_res_ptr", "out_ptr", "D",
+                "rs0", "rs1", "rs2", "xs0", "xs1", "xs2", "gs0", "gs1", "gs2", "shs0", "shs1", "shs2",
+                "scs0", "scs1", "scs2")
+RMS_DIVISIBLE = ("x_ptr", "w_ptr", "out_ptr", "D", "xs0", "xs1", "xs2")
+
+
 def _register_for_compile_report() -> None:
     ln_sig = {name: "*{dt}" for name in ("res_ptr", "x_ptr", "gate_ptr", "shift_ptr", "scale_ptr",
                                           "new_res_ptr", "out_ptr")}
@@ -189,11 +198,13 @@ def _register_for_compile_report() -> None:
                 ln_configs.append(TritonConfig(
                     f"{dt} D={d}{' gated' if gated else ''}",
                     {k: v.format(dt=dt) for k, v in ln_sig.items()},
-                    {"GATED": gated, "BLOCK_D": block, "SINGLE_TILE": single}, num_warps=warps))
+                    {"GATED": gated, "BLOCK_D": block, "SINGLE_TILE": single}, num_warps=warps,
+                    divisible=LN_DIVISIBLE))
         for d in (128, 2048, 16384):
             block, single, warps = row_config(d)
             rms_configs.append(TritonConfig(f"{dt} D={d}", {k: v.format(dt=dt) for k, v in rms_sig.items()},
-                                            {"BLOCK_D": block, "SINGLE_TILE": single}, num_warps=warps))
+                                            {"BLOCK_D": block, "SINGLE_TILE": single}, num_warps=warps,
+                                            divisible=RMS_DIVISIBLE))
     register_triton_kernel("adaptive_norm.layer_norm_modulate", _layer_norm_modulate_kernel, ln_configs)
     register_triton_kernel("adaptive_norm.rms_norm", _rms_norm_kernel, rms_configs)
 

@@ -268,6 +268,16 @@ def attention(q, k, v, q_weight, k_weight, cos, sin, scale: float, eps: float, l
 
 # -- compile report ----------------------------------------------------------------------------------------
 
+# What Triton sees divisible by 16 at the 2B's launches (it specialises on it): every pointer, the head count and
+# the strides of the packed QKV projection (6,144 per token, 128 per head), of the cached cross-attention keys
+# (2,048 per row; batch stride 0 when expanded) and of the RoPE tables (head_dim per row). The lengths (1,764
+# tokens, 14 text rows) are not.
+ATTENTION_DIVISIBLE = ("q_ptr", "k_ptr", "v_ptr", "qw_ptr", "kw_ptr", "cos_ptr", "sin_ptr", "out_ptr", "H",
+                       "sqb", "sql", "sqh", "skb", "skl", "skh", "svb", "svl", "svh", "st")
+QK_ROPE_DIVISIBLE = ("q_ptr", "k_ptr", "qw_ptr", "kw_ptr", "cos_ptr", "sin_ptr", "q_out_ptr", "k_out_ptr", "H",
+                     "sqb", "sql", "sqh", "skb", "skl", "skh", "st")
+
+
 def _register_for_compile_report() -> None:
     ints = ("Lq", "Lk", "H", "sqb", "sql", "sqh", "skb", "skl", "skh", "svb", "svl", "svh", "st")
     attn_configs, rope_configs = [], []
@@ -290,7 +300,8 @@ def _register_for_compile_report() -> None:
                     attn_configs.append(TritonConfig(label, sig, {
                         "HEAD_DIM": d, "HALF": half_block(d), "BLOCK_D": 2 * half_block(d), "BLOCK_M": block_m,
                         "BLOCK_N": block_n, "NORM": norm, "ROPE": rope, "EVEN_N": False, "REPEAT_LAST": repeat,
-                        "DOT_PRECISION": dot_precision(torch_dt)}, num_warps=warps, num_stages=stages))
+                        "DOT_PRECISION": dot_precision(torch_dt)}, num_warps=warps, num_stages=stages,
+                        divisible=ATTENTION_DIVISIBLE))
         rsig = {n: f"*{dt}" for n in ("q_ptr", "k_ptr", "q_out_ptr", "k_out_ptr")}
         rsig.update({"qw_ptr": "*fp32", "kw_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32"})
         rsig.update({n: "i32" for n in ("NQ", "Lq", "Lk", "H", "sqb", "sql", "sqh", "skb", "skl", "skh", "st")})
@@ -300,7 +311,7 @@ def _register_for_compile_report() -> None:
             rope_configs.append(TritonConfig(
                 f"{dt} 16x128{' norm-q' if norm_q else ''} norm-k{' rope' if rope else ''}", rsig,
                 {"HEAD_DIM": 128, "HALF": 64, "BLOCK_H": _qk_rope_block_h(16, 128), "NORM_Q": norm_q, "NORM_K": True,
-                 "ROPE": rope}, num_warps=4))
+                 "ROPE": rope}, num_warps=4, divisible=QK_ROPE_DIVISIBLE))
     register_triton_kernel("attention.flash_attention_fwd", _attention_fwd_kernel, attn_configs, matrix=True)
     register_triton_kernel("attention.qk_norm_rope", _qk_norm_rope_kernel, rope_configs)
 
