@@ -170,7 +170,7 @@ def test_attention_first_called_inside_a_capture_is_provisional(fake_capturing, 
     got = picker.auto_backend(never_run, lambda q, repeats: ["triton", "sdpa"], q, q, q, None, None, None, None,
                               0.125, 1e-6, 1)
     assert got == "sdpa" and "fake GPU | q(1, 40, 2, 64)" not in picker._choices  # not remembered as the choice
-    assert [k[0] for k in _dispatch.deferred()] == ["attention-choice"]
+    assert _dispatch.deferred() == [("timed-choice", "fake GPU | q(1, 40, 2, 64)")]
     assert _dispatch.run_deferred() is False  # whoever captured it captures again
 
 
