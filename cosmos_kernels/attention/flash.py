@@ -11,6 +11,7 @@ numerator, so the exact output is `alpha * out + (1 - alpha) * v_last` with
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import math
@@ -39,16 +40,20 @@ def flash_attn_func() -> Callable | None:
     return _func
 
 
+@functools.cache  # inspect.signature costs tens of microseconds: once per library function
+def _takes_return_attn_probs(fn: Callable) -> bool:
+    try:
+        return "return_attn_probs" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: call it as it is
+        return False
+
+
 def _call(fn: Callable, q, k, v, scale: float, want_lse: bool):
     """(out, lse or None) whatever the library's return form: FA2 returns out, or (out, lse, probs) when asked for
     the probabilities; FA3 builds return out or (out, lse); FA4 returns (out, lse)."""
     kwargs = {"softmax_scale": scale, "causal": False}
-    if want_lse:
-        try:
-            if "return_attn_probs" in inspect.signature(fn).parameters:
-                kwargs["return_attn_probs"] = True
-        except (TypeError, ValueError):  # a builtin without a signature: call it as it is
-            pass
+    if want_lse and _takes_return_attn_probs(fn):
+        kwargs["return_attn_probs"] = True
     result = fn(q, k, v, **kwargs)
     if not isinstance(result, (tuple, list)):
         return result, None

@@ -11,6 +11,8 @@ fault) is raised, never taken for "slow". `COSMOS_KERNELS_DETERMINISTIC=1` makes
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import math
 import os
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 
 from cosmos_kernels import _dispatch
+from cosmos_kernels.attention.flash import FLASH_MODULES
 
 DETERMINISTIC_CHOICE = "sdpa"
 SAMPLES = 21  # odd: the median is one sample
@@ -38,20 +41,25 @@ def choices_path() -> Path:
     return Path(root) / "attention_choices.json"
 
 
+@functools.cache  # every automatic call builds its key: no failed imports on the hot path
 def versions() -> str:
     parts = [f"torch {torch.__version__}"]
-    for module in ("triton", "flash_attn", "flash_attn_interface"):
+    for module in ("triton", *(name for name, _ in FLASH_MODULES)):
         try:
-            parts.append(f"{module} {getattr(__import__(module), '__version__', '?')}")
+            parts.append(f"{module} {getattr(importlib.import_module(module), '__version__', '?')}")
         except Exception:  # absent or broken optional packages simply do not count
             continue
     return ", ".join(parts)
 
 
-def gpu_label(device: torch.device) -> str:
-    index = device.index if device.index is not None else torch.cuda.current_device()
+@functools.cache
+def _gpu_label(index: int) -> str:
     props = torch.cuda.get_device_properties(index)
     return f"{props.name} sm_{props.major}{props.minor}"
+
+
+def gpu_label(device: torch.device) -> str:
+    return _gpu_label(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def choice_key(device: torch.device, q, k, qw, kw, cos, repeats: int) -> str:

@@ -6,11 +6,9 @@ from __future__ import annotations
 import collections
 import copy
 import math
-import types
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 diffusers = pytest.importorskip("diffusers")
@@ -23,6 +21,7 @@ from cosmos_kernels.integrations.diffusers import (  # noqa: E402
     is_patched,
     remove_cosmos_kernels,
 )
+from tests._diffusers_shims import patch_nearest_resize  # noqa: E402
 
 HEADS, HEAD_DIM = 2, 32
 B, T, H, W = 2, 3, 8, 8  # 3 latent frames of 4 x 4 patches: 48 tokens
@@ -53,15 +52,7 @@ CASES = [("cosmos", k) for k in COSMOS] + [("wan", k) for k in WAN]
 @pytest.fixture(autouse=True)
 def nearest_resize(monkeypatch):
     """diffusers resizes Cosmos' padding mask with torchvision; without it installed, the same NEAREST resize."""
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        def resize(img, size, interpolation=None):
-            return F.interpolate(img, size=list(size), mode="nearest")
-
-        shim = types.SimpleNamespace(functional=types.SimpleNamespace(resize=resize),
-                                     InterpolationMode=types.SimpleNamespace(NEAREST="nearest"))
-        monkeypatch.setattr(tc, "transforms", shim, raising=False)
+    patch_nearest_resize(monkeypatch, tc)
 
 
 def _randomize(model: torch.nn.Module, gen: torch.Generator) -> torch.nn.Module:

@@ -3,13 +3,11 @@ own converter from official-format weights, against our reference backend in fp3
 
 from __future__ import annotations
 
-import types
-
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cosmos_policy import DiTConfig
+from tests._diffusers_shims import patch_nearest_resize
 from tests.policy._dit_helpers import random_dit, random_inputs, rel_error
 
 diffusers = pytest.importorskip("diffusers")
@@ -20,15 +18,7 @@ from diffusers.models.transformers import transformer_cosmos  # noqa: E402
 @pytest.fixture
 def nearest_resize(monkeypatch):
     """diffusers resizes the padding mask with torchvision; without it installed, the same NEAREST resize."""
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        def resize(img, size, interpolation=None):
-            return F.interpolate(img, size=list(size), mode="nearest")
-
-        shim = types.SimpleNamespace(functional=types.SimpleNamespace(resize=resize),
-                                     InterpolationMode=types.SimpleNamespace(NEAREST="nearest"))
-        monkeypatch.setattr(transformer_cosmos, "transforms", shim, raising=False)
+    patch_nearest_resize(monkeypatch, transformer_cosmos)
 
 
 def diffusers_twin(config: DiTConfig) -> torch.nn.Module:
