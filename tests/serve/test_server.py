@@ -256,6 +256,37 @@ def test_http_wrong_shape_seed_and_oversized(server, observation):
     assert reply.startswith(b"HTTP/1.1 413") and b"over the limit" in reply
 
 
+def test_http_chunked_body_over_the_limit_in_total_is_refused(server, observation):
+    """No Content-Length, every chunk well under the limit, 1.5 limits in all: refused on the running total."""
+    chunk, count = MAX_MESSAGE // 8, 12
+    head = (b"POST /act HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    reply = b""
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as raw:
+        def send_body():  # beside the reading: the server may answer and close before the body ends
+            try:
+                raw.sendall(head)
+                for _ in range(count):
+                    raw.sendall(b"%x\r\n" % chunk + b" " * chunk + b"\r\n")
+                raw.sendall(b"2\r\n{}\r\n0\r\n\r\n")
+            except OSError:
+                pass
+
+        sender = threading.Thread(target=send_body, daemon=True)
+        sender.start()
+        try:
+            while b"limit" not in reply and len(reply) < 4096:
+                piece = raw.recv(4096)
+                if not piece:
+                    break
+                reply += piece
+        except OSError:
+            pass
+        sender.join(10)
+    assert reply.startswith(b"HTTP/1.1 413") and b"over the limit" in reply, reply[:200]
+    _answers_next_client(server, observation)
+
+
 def test_memory_stays_bounded_under_bad_clients(server, observation):
     """Oversized and malformed messages again and again: the server keeps nothing of them."""
     big = b"\0" * (MAX_MESSAGE // 2)
