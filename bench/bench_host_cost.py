@@ -54,21 +54,25 @@ def _workloads():
     }
 
 
+@pytest.fixture
+def one_thread():
+    """One CPU thread for the test and for the interleaved rounds that follow its group's last variant."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("variant", [summary.FUSED, summary.REFERENCE])
 @pytest.mark.parametrize("op", ["layer_norm_modulate", "gated_residual_layer_norm_modulate", "rms_norm",
                                 "qk_norm_rope", "linear_gelu"])
-def test_host_cost(benchmark, op, variant):
+def test_host_cost(benchmark, one_thread, op, variant):
     fused, eager = _workloads()[op]
     fn = fused if variant == summary.FUSED else eager
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            def calls():
-                for _ in range(CALLS):
-                    fn()
 
-            measure(benchmark, f"host_cost[{op}]", variant, calls, device="cpu", calls_per_round=CALLS,
-                    target="fused <= 1.5 x reference")
-    finally:
-        torch.set_num_threads(threads)
+    def calls():
+        for _ in range(CALLS):
+            fn()
+
+    measure(benchmark, f"host_cost[{op}]", variant, calls, device="cpu", calls_per_round=CALLS,
+            target="fused <= 1.5 x reference")

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from bench import summary
+from bench.common import interleaved_rounds
 from bench.conftest import compiled, measure
 from cosmos_policy import CosmosDiT, DiTConfig
 from cosmos_policy.model import with_text_tokens
@@ -40,60 +41,52 @@ def _setup(dtype: torch.dtype):
     return net, (x, times, text, mask)
 
 
-def _forward(net: CosmosDiT, backend: str):
+def _forward(net: CosmosDiT, backend: str, module=None):
+    """A call of `module` (the network itself, or its compiled form) with the network set to `backend` first: the
+    variants share one network and may run in any order."""
     def run(*args):
         net.backend = backend
-        return net(*args)
+        return (module or net)(*args)
     return run
+
+
+def _variants(net: CosmosDiT) -> dict:
+    net.backend = "reference"  # what torch.compile traces
+    return {summary.FUSED: _forward(net, "fused"), summary.REFERENCE: _forward(net, "reference"),
+            summary.COMPILE: _forward(net, "reference", compiled(net))}
 
 
 @pytest.mark.parametrize("variant", [summary.FUSED, summary.REFERENCE, summary.COMPILE])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_two_blocks(benchmark, dtype, variant):
     net, args = _setup(dtype)
-    if variant == summary.FUSED:
-        fn = _forward(net, "fused")
-    elif variant == summary.REFERENCE:
-        fn = _forward(net, "reference")
-    else:
-        net.backend = "reference"
-        fn = compiled(net)
+    fn = _variants(net)[variant]
     dt = str(dtype).removeprefix("torch.")
     with torch.no_grad():
         measure(benchmark, f"two_blocks_2b_width[libero,{dt},cpu]", variant, lambda: fn(*args), rounds=5,
                 warmup=2, tokens=1764, text_tokens=TEXT_TOKENS, dtype=dt)
 
 
-# -- interleaved rounds: `python -m bench.bench_two_blocks [--rounds N] [--json]` ------------------------------
-# pytest-benchmark times each variant's rounds back to back; on a shared CPU whose speed drifts by tens of
-# percent over a minute, that drift lands in the ratios. Here every round runs the three variants in turn and the
-# ratios are the medians of the per-round ratios, so a slow minute slows all three alike.
+# -- interleaved rounds alone: `python -m bench.bench_two_blocks [--rounds N] [--json]` --------------------------
+# The same interleaved measurement the pytest session makes after pytest-benchmark's (see bench/conftest.py), without
+# pytest: every round runs the three variants in turn and the ratios are the medians of the per-round ratios, so a
+# slow minute of a shared CPU slows all three alike.
 
 def interleaved(dtype: torch.dtype, rounds: int) -> dict:
-    import statistics
-    import time
-
     net, args = _setup(dtype)
     with torch.no_grad():
-        net.backend = "reference"
-        variants = {summary.FUSED: _forward(net, "fused"), summary.REFERENCE: _forward(net, "reference"),
-                    summary.COMPILE: compiled(net)}
+        variants = _variants(net)
         for fn in variants.values():  # compilation, caches
             fn(*args)
             fn(*args)
-        times: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(rounds):
-            for name, fn in variants.items():
-                if name == summary.COMPILE:
-                    net.backend = "reference"
-                start = time.perf_counter()
-                fn(*args)
-                times[name].append(time.perf_counter() - start)
-    fused = times[summary.FUSED]
+        times = interleaved_rounds({name: functools.partial(fn, *args) for name, fn in variants.items()},
+                                   min_rounds=rounds, max_rounds=rounds)
+    group = summary.from_rounds("two_blocks", times)
     return {
-        "median_ms": {name: 1e3 * statistics.median(t) for name, t in times.items()},
-        "ratio_to_fused": {name: statistics.median(o / f for o, f in zip(t, fused))
-                           for name, t in times.items() if name != summary.FUSED},
+        "median_ms": {name: 1e3 * median for name, median in group.medians_s.items()},
+        "min_ms": {name: 1e3 * fastest for name, fastest in group.minimums_s.items()},
+        "ratio_to_fused": {name: group.ratio(name) for name in times if name != summary.FUSED},
+        "noisy": group.noise(),
         "rounds": rounds,
     }
 
@@ -119,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label}: fused {ms[summary.FUSED]:.0f} ms, reference {ms[summary.REFERENCE]:.0f} ms "
                   f"({ratio[summary.REFERENCE]:.2f}x), torch.compile {ms[summary.COMPILE]:.0f} ms "
                   f"({ratio[summary.COMPILE]:.2f}x); ratio = other / fused, median of {args.rounds} "
-                  "interleaved rounds", flush=True)
+                  "interleaved rounds" + (f"; noisy, {result['noisy']}" if result["noisy"] else ""), flush=True)
     if args.json:
         print(json.dumps(report, indent=1))
     return 0

@@ -7,7 +7,7 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -81,6 +81,33 @@ def median_seconds(fn: Callable[[], object], device: str | torch.device = "cpu",
         synchronize(device)
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
+
+
+def interleaved_rounds(calls: Mapping[str, Callable[[], object]], device: str | torch.device = "cpu", *,
+                       min_rounds: int = 5, max_rounds: int = 200, budget_s: float = 2.0) -> dict[str, list[float]]:
+    """Synchronised wall time of every call in every round: each round runs all the calls in turn (the order rotating
+    from round to round), so a slow stretch of a shared machine slows every variant of that round alike and the
+    per-round ratios cancel it. `min_rounds` rounds, then more while `budget_s` lasts, at most `max_rounds`. The calls
+    must be warm already (compiled, caches filled): nothing here is left out of the timings."""
+    if not calls:
+        raise ValueError("calls: expected at least one callable")
+    if min_rounds < 1 or max_rounds < min_rounds:
+        raise ValueError(f"min_rounds, max_rounds: expected 1 <= min_rounds <= max_rounds, got {min_rounds}, "
+                         f"{max_rounds}")
+    names = list(calls)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    synchronize(device)
+    deadline = time.perf_counter() + budget_s
+    done = 0
+    while done < max_rounds and (done < min_rounds or time.perf_counter() < deadline):
+        for i in range(len(names)):
+            name = names[(done + i) % len(names)]
+            start = time.perf_counter()
+            calls[name]()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+        done += 1
+    return times
 
 
 def copy_bandwidth_gbs(device: str | torch.device) -> float:

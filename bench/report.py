@@ -67,26 +67,37 @@ def markdown(data: dict, source: str = "") -> str:
              f"- date: {data.get('datetime', '?')}",
              f"- commit: {_commit(data)}",
              f"- machine: {machine.get('node', '?')}, {cpu}, Python {machine.get('python_version', '?')}",
-             "- medians (ms) are pytest-benchmark's; a ratio is the variant's median over the fused one "
-             "(above 1: the fused variant is faster)", "",
+             "- times are \"median (min)\" in ms over the variants' interleaved rounds (pytest-benchmark's own "
+             "where a group was not interleaved); a ratio is the median over the rounds of the variant's time over "
+             "the fused one's (above 1: the fused variant is faster); spread is the widest interquartile range over "
+             f"the median, and a group above {summary.NOISE_THRESHOLD:.0%} is marked noisy: do not read its ratios",
+             "",
              "| " + " | ".join(summary.HEADER) + " |",
              "|" + "|".join(["---"] + ["---:"] * (len(summary.HEADER) - 2) + ["---"]) + "|"]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in summary.rows(groups)]
+    notes = summary.notes(groups)
+    lines += [""] * bool(notes) + [f"- {_cell(note)}" for note in notes]
     for g in groups:
-        lines += ["", f"## {g.group}", "", "| variant | median (ms) | vs fused | device | commit | torch | triton |",
-                  "|---|---:|---:|---|---|---|---|"]
+        lines += ["", f"## {g.group}", "",
+                  "| variant | median (ms) | min (ms) | vs fused | device | commit | torch | triton |",
+                  "|---|---:|---:|---:|---|---|---|---|"]
         for variant, median in g.medians_s.items():
             info = g.extra_info[variant]
             ratio = g.ratio(variant)
+            fastest = g.minimums_s.get(variant)
+            fastest_ms = "-" if fastest is None else f"{fastest * 1e3:.4g}"
             device = info.get("device_name") or info.get("device", "?")
-            lines.append(f"| {_cell(variant)} | {median * 1e3:.4g} | {'-' if ratio is None else f'{ratio:.2f}x'} | "
+            lines.append(f"| {_cell(variant)} | {median * 1e3:.4g} | {fastest_ms} | "
+                         f"{'-' if ratio is None else f'{ratio:.2f}x'} | "
                          f"{_cell(device)} | {_cell(info.get('commit', _commit(data)))} | "
                          f"{_cell(info.get('torch', '?'))} | {_cell(info.get('triton', '?'))} |")
+        if g.noise():
+            lines += ["", f"Noisy: {_cell(g.noise())}."]
     return "\n".join(lines) + "\n"
 
 
 def chart(data: dict, path: Path) -> None:
-    """Horizontal bars per group: each variant's median relative to the fused variant (log scale)."""
+    """Horizontal bars per group: each variant's ratio to the fused variant (log scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,15 +111,18 @@ def chart(data: dict, path: Path) -> None:
         ys, xs = [], []
         for j, g in enumerate(groups):
             base = g.medians_s.get(summary.FUSED) or next(iter(g.medians_s.values()))
-            if variant in g.medians_s and base > 0:
+            ratio = 1.0 if variant == summary.FUSED else g.ratio(variant)
+            if ratio is None and variant in g.medians_s and base > 0:  # a group without a fused variant
+                ratio = g.medians_s[variant] / base
+            if variant in g.medians_s and ratio is not None:
                 ys.append(j + i * height)
-                xs.append(g.medians_s[variant] / base)
+                xs.append(ratio)
         ax.barh(ys, xs, height=height, label=variant)
     ax.set_xscale("log")
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks([j + 0.4 - height / 2 for j in range(len(groups))], [g.group for g in groups], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("median relative to fused (log; > 1: fused is faster)")
+    ax.set_xlabel("time relative to fused (log; > 1: fused is faster)")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
