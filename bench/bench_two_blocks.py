@@ -46,7 +46,7 @@ def _forward(net: CosmosDiT, backend: str, module=None):
     variants share one network and may run in any order."""
     def run(*args):
         net.backend = backend
-        return (module or net)(*args)
+        return (net if module is None else module)(*args)
     return run
 
 
