@@ -12,7 +12,7 @@ from cosmos_kernels import _dispatch
 from cosmos_policy import CosmosPolicy
 from cosmos_policy import layout as L
 from cosmos_policy._graph import ChunkGraphs, capture_failure_recoverable
-from cosmos_policy.testing import LIBERO_SAMPLE_TASK, write_tiny_checkpoint
+from cosmos_policy.testing import LIBERO_SAMPLE_TASK, tiny_policy, write_tiny_checkpoint
 
 OTHER_TASK = "open the top drawer and put the bowl inside"
 
@@ -308,27 +308,48 @@ def test_triton_launches_run_on_the_tensors_device(monkeypatch):
     assert guarded(torch.zeros(2)) == "done" and entered == []  # CPU tensors (the interpreter): no guard
 
 
+@pytest.fixture(scope="module")
+def stand_in_dir(tmp_path_factory):
+    """A tiny checkpoint without the VAE file: the GPU tests run on the stand-in VAE (no diffusers needed)."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("stand-in"), instructions=(LIBERO_SAMPLE_TASK, OTHER_TASK),
+                                 image_size=64, vae=False)
+
+
+def _close_on_cuda(graphed, eager, obs, seed):
+    a, b = graphed.infer(obs, seed=seed)["actions"], eager.infer(obs, seed=seed)["actions"]
+    np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-2)
+    return a
+
+
 @pytest.mark.gpu
-def test_cuda_graphs_follow_weight_loads_and_survive_a_failed_capture(tiny_dir, obs, monkeypatch):
-    graphed = CosmosPolicy.from_pretrained(tiny_dir, device="cuda", cuda_graph=True)
-    eager = CosmosPolicy.from_pretrained(tiny_dir, device="cuda", cuda_graph=False)
+def test_cuda_graphs_follow_weight_loads(stand_in_dir, obs):
+    graphed = tiny_policy(stand_in_dir, device="cuda", cuda_graph=True)
+    eager = tiny_policy(stand_in_dir, device="cuda", cuda_graph=False)
     report = graphed.warmup(batch_sizes=(1, 2))
     assert report["cuda_graphs"] == 2 and report["graph_failures"] == 0 and graphed.next_seed == 0
 
-    def close(seed):
-        a, b = graphed.infer(obs, seed=seed)["actions"], eager.infer(obs, seed=seed)["actions"]
-        np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-2)
-        return a
-
-    before = close(1)
+    before = _close_on_cuda(graphed, eager, obs, 1)
     state = {k: v * 1.5 if v.dim() >= 2 else v for k, v in eager.network.state_dict().items()}
     for policy in (graphed, eager):
         policy.network.load_state_dict(state)  # frees the K/V and modulation the old graphs read
-    after = close(1)
+    after = _close_on_cuda(graphed, eager, obs, 1)
     assert not np.allclose(before, after) and len(graphed._graphs) == 1
     graphed.network.clear_caches()
-    close(2)
+    unedited = _close_on_cuda(graphed, eager, obs, 2)
+    with torch.inference_mode():  # an in-place edit of the text: a new capture, not a replay of stale K/V
+        for policy in (graphed, eager):
+            policy.text.get(LIBERO_SAMPLE_TASK)[:, :4].mul_(-1.0)
+        edited = _close_on_cuda(graphed, eager, obs, 2)
+    assert not np.allclose(edited, unedited, rtol=2e-2, atol=2e-2) and graphed._graphs.last_error is None
 
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not capture_failure_recoverable(),
+                    reason=f"torch {torch.__version__} cannot capture again after a failed capture: a real failure "
+                           "would leave this process's allocator mid-capture (the fake-capture tests cover it)")
+def test_cuda_graphs_survive_a_failed_capture(stand_in_dir, obs, monkeypatch):
+    graphed = tiny_policy(stand_in_dir, device="cuda", cuda_graph=True)
+    eager = tiny_policy(stand_in_dir, device="cuda", cuda_graph=False)
     real = graphed.network.forward
 
     def syncs_while_capturing(*args, **kwargs):
@@ -337,11 +358,10 @@ def test_cuda_graphs_follow_weight_loads_and_survive_a_failed_capture(tiny_dir, 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(graphed.network, "forward", syncs_while_capturing)
-    graphed.clear_caches()
     with pytest.warns(RuntimeWarning, match="capture failed"):
-        close(3)
+        _close_on_cuda(graphed, eager, obs, 3)
     assert graphed._graphs.failures == 1 and len(graphed._graphs) == 0
-    close(3)  # eager fused loop until the retry
+    _close_on_cuda(graphed, eager, obs, 3)  # eager fused loop until the retry
     monkeypatch.setattr(graphed.network, "forward", real)
-    close(3)
+    _close_on_cuda(graphed, eager, obs, 3)
     assert len(graphed._graphs) == 1 and graphed._graphs.last_error is None
