@@ -53,12 +53,12 @@ class CosmosDiT(nn.Module):
     identity and version (`text_versions`: the PyTorch version counter, so an in-place change through PyTorch is
     seen; a write that bypasses the counter, through `.numpy()` or `.data`, is not: call `clear_caches()` after
     one; an inference-mode tensor has no counter: `text_versions.refresh(emb)` compares its content, once per
-    query, outside the passes), and every entry that depends on the
-    weights is keyed by the parameters' version counters too. Keep one tensor per instruction: a new tensor
-    (say `emb.to(device)` on every call) is a new key. The modulation cache is used when the timesteps come
-    as a CPU tensor (one entry per step, keyed by its values: no device sync, no per-pass work); device
-    timesteps are computed directly. While autograd records, nothing is cached. Under CUDA-graph capture,
-    entries are read (and pinned) but never created: run one eager forward before capturing.
+    query, outside the passes), and every entry that depends on the weights is keyed by the parameters' version
+    counters too. Keep one tensor per instruction: a new tensor (say `emb.to(device)` on every call) is a new
+    key. The modulation cache is used when the timesteps come as a CPU tensor (one entry per step, keyed by its
+    values: no device sync, no per-pass work); device timesteps are computed directly. While autograd records,
+    nothing is cached. Under CUDA-graph capture, entries are read (and pinned) but never created: run one eager
+    forward before capturing.
     """
 
     def __init__(self, config: DiTConfig | None = None, backend: str = "fused", *,
