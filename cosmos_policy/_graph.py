@@ -1,17 +1,22 @@
 """The whole action chunk (every network pass and the sampler updates) as one CUDA graph.
 
 The loop is `cosmos_kernels.sampling.Sampler` (fixed shape, fused step, no host sync). A graph is captured per key:
-latent shape (batch size included), instructions and the text tensor, step count and sigma range, the network's
-dtype, device, backend and weight versions. It reads the instruction's cross-attention K/V and the modulation vectors
-of the fixed sigma schedule from the network's exact caches (pinned for the graph's life), so every graph is dropped
-when the network frees those caches (`clear_caches()`, `load_state_dict()`, `.to()`: its `cache_epoch` moves). Noise
-and clean latents are copied into static buffers before each replay.
+latent shape (batch size included), instructions and the text tensor with its version (`CosmosDiT.text_versions`, so
+an in-place edit of the text, inference-mode tensors included, is a new key rather than a replay of stale K/V), step
+count and sigma range, the network's dtype, device, backend and weight versions. It reads the instruction's
+cross-attention K/V and the modulation vectors of the fixed sigma schedule from the network's exact caches (pinned for
+the graph's life), so every graph is dropped when the network frees those caches (`clear_caches()`,
+`load_state_dict()`, `.to()`: its `cache_epoch` moves). Noise and clean latents are copied into static buffers before
+each replay.
 
 A capture that fails leaves that key on the eager fused loop (the same `Sampler`, not the float64 `sample()`) with a
-warning, and is retried after 1, 2, 4, ... (at most 64) more queries. A capture during which a backend probe or a timed
-backend choice had to wait is checked afterwards and captured again when it baked in an unchecked or provisional
-backend. With `capture=False` the same loop runs eagerly (how it is tested without a GPU); `capturer` replaces the
-CUDA capture itself (tests pass a fake one).
+warning. Where torch recovers from a failed capture (`capture_failure_recoverable()`), the key is retried after 1, 2,
+4, ... (at most 64) more queries. Where it does not (torch 2.12 and older leave the caching allocator with a capture
+underway, and the next capture's `empty_cache()` asserts), the first failure turns CUDA graphs off for the whole
+process, every `ChunkGraphs` included, with one warning (`process_disabled_reason` says why); the eager fused loop
+keeps answering. A capture during which a backend probe or a timed backend choice had to wait is checked afterwards
+and captured again when it baked in an unchecked or provisional backend. With `capture=False` the same loop runs
+eagerly (how it is tested without a GPU); `capturer` replaces the CUDA capture itself (tests pass a fake one).
 """
 
 from __future__ import annotations
@@ -21,11 +26,26 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
+from torch.torch_version import TorchVersion
 
 from cosmos_kernels import _dispatch
 from cosmos_kernels.sampling import Sampler
 
+from .text_tensors import tensor_version
+
 MAX_RETRY_DELAY = 64
+# torch releases whose caching allocator survives a failed capture: `CUDAGraph::capture_end` ends the pool's
+# allocation before reporting the capture error from 2.13 on (pytorch#180395, after 2.11; 2.12 is not assumed)
+FIRST_RECOVERING_TORCH = (2, 13)
+
+# Why CUDA graphs are off for this process (a capture failed on a torch that cannot capture again), or None.
+process_disabled_reason: str | None = None
+
+
+def capture_failure_recoverable(version: str | None = None) -> bool:
+    """Whether torch (`version`, default the running one) can capture again after a failed CUDA graph capture.
+    Pre-releases of the first recovering version count as not recovering."""
+    return TorchVersion(version if version is not None else torch.__version__) >= FIRST_RECOVERING_TORCH
 
 Capturer = Callable[[Callable[[], torch.Tensor], torch.device, object], tuple[object, torch.Tensor]]
 
@@ -74,7 +94,7 @@ class _Chunk:
     def __call__(self, noise: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         self.noise.copy_(noise)
         self.gt.copy_(gt)
-        if self.graph is None:
+        if self.graph is None or process_disabled_reason is not None:
             return self.run_eager().clone()
         self.graph.replay()
         return self.out.clone()
@@ -92,12 +112,15 @@ class ChunkGraphs:
         self.invalidations = 0
 
     def __len__(self) -> int:
-        """Captured graphs held."""
+        """Captured graphs in use (none once CUDA graphs are off for the process)."""
+        if process_disabled_reason is not None:
+            return 0
         return sum(chunk.graph is not None for chunk in self._chunks.values())
 
     @property
     def disabled_reason(self) -> str | None:
-        return self.last_error
+        """Why queries run eagerly: graphs off for the process, or the latest capture failure (None after a success)."""
+        return process_disabled_reason if process_disabled_reason is not None else self.last_error
 
     def invalidate(self) -> None:
         """Drop every captured graph (and its memory pool)."""
@@ -110,7 +133,9 @@ class ChunkGraphs:
         """Everything that changes what a capture reads or computes."""
         p, network = self.policy, self.policy.network
         weights = network._weights_key() if hasattr(network, "_weights_key") else (p.dtype, p.device)
-        text = (id(context), getattr(context, "_version", 0), tuple(context.shape), context.dtype, context.device)
+        versions = getattr(network, "text_versions", None)
+        version = versions.version(context) if versions is not None else tensor_version(context)
+        text = (id(context), version, tuple(context.shape), context.dtype, context.device)
         return (tuple(gt.shape), tuple(instructions), text, p.num_steps, p.layout.name, p.layout.sigma_min,
                 p.layout.sigma_max, p.dtype, str(p.device), getattr(network, "backend", None), weights)
 
@@ -126,7 +151,7 @@ class ChunkGraphs:
             while len(self._chunks) > self.max_graphs:
                 self._chunks.popitem(last=False)
         self._chunks.move_to_end(key)
-        if self.capture and chunk.graph is None:
+        if self.capture and chunk.graph is None and process_disabled_reason is None:
             if chunk.retry_in > 0:
                 chunk.retry_in -= 1
             else:
@@ -138,14 +163,14 @@ class ChunkGraphs:
     def _capture(self, chunk: _Chunk) -> None:
         if self._pool is None and chunk.device.type == "cuda":
             self._pool = torch.cuda.graph_pool_handle()
-        error = None
+        error, raised = None, False
         for _ in range(2):  # a second capture when the first one had to bake in an unchecked backend
             _dispatch.run_deferred()  # nothing pending may be blamed on this capture
             try:
                 graph, out = self.capturer(chunk.run_eager, chunk.device, self._pool)
             except Exception as err:  # keep serving: this key runs the eager fused loop for now
                 _dispatch.run_deferred()
-                error = f"{type(err).__name__}: {err}"
+                error, raised = f"{type(err).__name__}: {err}", True
                 break
             if _dispatch.run_deferred():
                 chunk.graph, chunk.out, chunk.failures = graph, out, 0
@@ -154,7 +179,21 @@ class ChunkGraphs:
             error = "a backend probe or choice deferred during the capture invalidated it"
         chunk.failures += 1
         self.failures += 1
-        chunk.retry_in = min(2 ** (chunk.failures - 1), MAX_RETRY_DELAY)
         self.last_error = error
+        if raised and not capture_failure_recoverable():  # a capture that raised may leave the allocator mid-capture
+            _disable_for_process(error)
+            return
+        chunk.retry_in = min(2 ** (chunk.failures - 1), MAX_RETRY_DELAY)
         warnings.warn(f"CUDA graph capture failed, running the fused loop eagerly; retrying after "
                       f"{chunk.retry_in} more queries ({error})", RuntimeWarning, stacklevel=4)
+
+
+def _disable_for_process(error: str) -> None:
+    global process_disabled_reason
+    if process_disabled_reason is not None:
+        return
+    process_disabled_reason = (f"a CUDA graph capture failed on torch {torch.__version__}, which cannot capture again "
+                               f"after a failure ({error})")
+    warnings.warn(f"CUDA graph capture failed, running the fused loop eagerly; CUDA graphs are off for this process "
+                  f"(torch {torch.__version__} cannot capture again after a failed capture; torch "
+                  f"{'.'.join(map(str, FIRST_RECOVERING_TORCH))} can) ({error})", RuntimeWarning, stacklevel=5)

@@ -30,32 +30,12 @@ from cosmos_policy.blocks import (
 from cosmos_policy.cache import LRUCache
 from cosmos_policy.config import DiTConfig
 from cosmos_policy.profiling import nvtx_enumerate
+from cosmos_policy.text_tensors import TEXT_TOKENS_ATTR, TextVersions, tensor_version, text_tokens, with_text_tokens
+
+__all__ = ["BACKENDS", "CosmosDiT", "TEXT_TOKENS_ATTR", "text_tokens", "with_text_tokens"]
 
 BACKENDS = ("fused", "reference")
 MiB = 1 << 20
-
-
-TEXT_TOKENS_ATTR = "cosmos_text_tokens"
-
-
-def with_text_tokens(emb: torch.Tensor, tokens: int) -> torch.Tensor:
-    """Mark T5 embeddings `(B, N, C)` as zero past their first `tokens` rows (returns `emb` itself).
-
-    The fused network then skips reading the values to find the padding: what a tensor without values (meta)
-    needs, and a host read saved for real ones. The mark must be true: rows past it are treated as zero.
-    """
-    setattr(emb, TEXT_TOKENS_ATTR, int(tokens))
-    return emb
-
-
-def text_tokens(emb: torch.Tensor) -> int | None:
-    """The leading non-zero row count marked by `with_text_tokens`, or None."""
-    return getattr(emb, TEXT_TOKENS_ATTR, None)
-
-
-def _version(t: torch.Tensor) -> int:
-    """The tensor's in-place version counter; inference-mode tensors have none (0)."""
-    return 0 if t.is_inference() else t._version
 
 
 def _capturing(device: torch.device) -> bool:
@@ -70,14 +50,15 @@ class CosmosDiT(nn.Module):
     official keys (with or without `net.`) or diffusers `CosmosTransformer3DModel` keys.
 
     The fused backend's caches are exact: cross-attention K/V are keyed by the text-embedding tensor's
-    identity and PyTorch version counter (an in-place change through PyTorch is seen; a write that bypasses
-    the counter, through `.numpy()` or `.data`, is not: call `clear_caches()` after one; inference-mode
-    tensors, which have no counter, are checked by content on each hit), and every entry that depends on the
-    weights is keyed by the parameters' version counters too. Keep one tensor per instruction: a new tensor
-    (say `emb.to(device)` on every call) is a new key. The modulation cache is used when the timesteps come
-    as a CPU tensor (one entry per step, keyed by its values: no device sync, no per-pass work); device
-    timesteps are computed directly. While autograd records, nothing is cached. Under CUDA-graph capture,
-    entries are read (and pinned) but never created: run one eager forward before capturing.
+    identity and version (`text_versions`: the PyTorch version counter, so an in-place change through PyTorch is
+    seen; a write that bypasses the counter, through `.numpy()` or `.data`, is not: call `clear_caches()` after
+    one; an inference-mode tensor has no counter: `text_versions.refresh(emb)` compares its content, once per
+    query, outside the passes), and every entry that depends on the weights is keyed by the parameters' version
+    counters too. Keep one tensor per instruction: a new tensor (say `emb.to(device)` on every call) is a new
+    key. The modulation cache is used when the timesteps come as a CPU tensor (one entry per step, keyed by its
+    values: no device sync, no per-pass work); device timesteps are computed directly. While autograd records,
+    nothing is cached. Under CUDA-graph capture, entries are read (and pinned) but never created: run one eager
+    forward before capturing.
     """
 
     def __init__(self, config: DiTConfig | None = None, backend: str = "fused", *,
@@ -100,6 +81,7 @@ class CosmosDiT(nn.Module):
         self.modulation_cache = LRUCache(modulation_cache_bytes, "modulation cache")
         self.rope_cache = LRUCache(rope_cache_bytes, "RoPE cache")
         self._zeros: dict[tuple, torch.Tensor] = {}  # (dtype, device) -> the padding channel's zero
+        self.text_versions = TextVersions()  # what the K/V cache (and CUDA graphs) key a text tensor's content by
         self.cache_epoch = 0  # bumped whenever cached tensors are freed: graphs that read them must go too
 
     # -- weights --------------------------------------------------------------------------------------------
@@ -123,6 +105,7 @@ class CosmosDiT(nn.Module):
         for cache in (self.kv_cache, self.modulation_cache, self.rope_cache):
             cache.clear()
         self._zeros.clear()
+        self.text_versions.clear()
         self.cache_epoch += 1
 
     def _apply(self, fn, recurse: bool = True):
@@ -142,7 +125,7 @@ class CosmosDiT(nn.Module):
 
     def _weights_key(self) -> tuple:
         # In-place updates bump a parameter's version counter; the sum only grows, so it identifies the weights.
-        return (self.dtype, self.device, sum(_version(p) for p in self.parameters()))
+        return (self.dtype, self.device, sum(tensor_version(p) for p in self.parameters()))
 
     def _caching(self) -> bool:
         """Caches hold plain tensors: while autograd records (training, fine-tuning) everything is recomputed."""
@@ -302,27 +285,25 @@ class CosmosDiT(nn.Module):
         """Per block: (RMS-normed keys, values) of the caller's text embedding, `(B or 1, N, heads, head_dim)`.
 
         Keyed by the tensor's identity (held by a weak reference, so a recycled `id` never matches) and its
-        version counter, which every in-place PyTorch op on it or on a view of it bumps. An inference-mode
-        tensor has no version counter: its entry keeps a copy and is checked by content on every hit.
+        version (`text_versions`). Nothing here reads a value back to the host: a pass stays free of syncs.
         """
         if not self._caching():
             return self._compute_cross_kv(context, compact=False)
-        key = (id(context), _version(context), tuple(context.shape), tuple(context.stride()),
+        key = (id(context), self.text_versions.version(context), tuple(context.shape), tuple(context.stride()),
                context.storage_offset(), context.dtype, context.device, weights_key)
         capturing = _capturing(self.device)
         entry = self.kv_cache.get(key)
         if entry is not None and entry[0]() is context:
-            if entry[1] is None or capturing or torch.equal(entry[1], context):
-                if capturing:
-                    self.kv_cache.pin(key)
-                return entry[2]
-            self.kv_cache.pop(key)
+            if capturing:
+                self.kv_cache.pin(key)
+            return entry[1]
         kv = self._compute_cross_kv(context, compact=not capturing)
         if not capturing:
             cache = self.kv_cache
             # Free the entry as soon as the caller's tensor is gone.
             ref = weakref.ref(context, lambda _ref, key=key: cache.pop(key))
-            cache.put(key, (ref, context.clone() if context.is_inference() else None, kv))
+            cache.put(key, (ref, kv))
+            self.text_versions.remember(context)  # what a later refresh compares an inference tensor with
         return kv
 
     def _compute_cross_kv(self, context: torch.Tensor, compact: bool) -> list[tuple[torch.Tensor, torch.Tensor, int]]:

@@ -245,12 +245,15 @@ class CosmosPolicy:
                        trained_with_image_aug=self.trained_with_image_aug, image_size=self.image_size)
 
     def _context(self, instructions: list[str]) -> torch.Tensor:
-        """A stable tensor per instruction tuple, so the network's cross-attention K/V cache hits across queries."""
+        """A stable tensor per instruction tuple, so the network's cross-attention K/V cache hits across queries.
+        Made outside inference mode: a normal tensor's version counter shows an in-place edit at no cost."""
         if len(set(instructions)) == 1:
-            return self.text.get(instructions[0])  # (1, N, D) broadcasts over the batch
+            with torch.inference_mode(False):
+                return self.text.get(instructions[0])  # (1, N, D) broadcasts over the batch
         key = tuple(instructions)
         if key not in self._contexts:
-            self._contexts[key] = self.text.batch(instructions)
+            with torch.inference_mode(False):
+                self._contexts[key] = self.text.batch(instructions)
             while len(self._contexts) > 8:
                 self._contexts.popitem(last=False)
         self._contexts.move_to_end(key)
@@ -264,6 +267,9 @@ class CosmosPolicy:
         layout, batch = self.layout, len(seeds)
         with profiling.nvtx_range("text"):
             context = self._context(prepared.instructions)
+            versions = getattr(self.network, "text_versions", None)
+            if versions is not None:  # an inference-mode tensor's edit is found here, once per query
+                versions.refresh(context)
         clock = self._lap(timing, "text", clock)
 
         with profiling.nvtx_range("vae_encode"):

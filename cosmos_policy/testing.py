@@ -4,6 +4,9 @@
 with `net.` keys, `<suite>_t5_embeddings.pkl`, `<suite>_dataset_statistics.json`), the Wan2.1 VAE as the official
 `tokenizer/tokenizer.pth` (Wan2.1 key names), and `network_config.json`, the one extra file our loader needs for a
 network of a non-official size. The T5 embeddings are like real ones: non-zero only for the instruction's tokens.
+
+Without diffusers (the Wan2.1 VAE is its `AutoencoderKLWan`), `write_tiny_checkpoint(..., vae=False)` and
+`tiny_policy` give a policy on `StandInVAE`: the network, the sampler and CUDA graphs run as they do for real.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import numpy as np
 import torch
 
 from .files import NETWORK_CONFIG_FILE
-from .layout import IMAGE_SIZE, get_layout
+from .layout import IMAGE_SIZE, TEMPORAL_COMPRESSION, get_layout
+from .preprocess import to_pixels
 from .text import TEXT_TOKENS
 
 LIBERO_SAMPLE_TASK = "put both the alphabet soup and the tomato sauce in the basket"
@@ -128,10 +132,12 @@ def write_tiny_checkpoint(
     seed: int = 0,
     network_config=None,
     image_size: int = IMAGE_SIZE,
+    vae: bool = True,
 ) -> Path:
     """Write a random tiny checkpoint for `suite` into `directory` (created if needed); returns the directory.
 
-    `image_size` other than 224 (a multiple of 16) makes a smaller latent video, for quick CPU tests."""
+    `image_size` other than 224 (a multiple of 16) makes a smaller latent video, for quick CPU tests. `vae=False`
+    leaves the VAE out (it needs diffusers): load the directory with `tiny_policy`."""
     from .checkpoint import save_network_checkpoint
     from .config import DiTConfig
 
@@ -151,10 +157,77 @@ def write_tiny_checkpoint(
         pickle.dump(embeddings, f)
     (directory / f"{suite}_dataset_statistics.json").write_text(json.dumps(tiny_statistics(suite, seed), indent=2))
 
-    vae = tiny_autoencoder(seed)
-    (directory / "tokenizer").mkdir(exist_ok=True)
-    torch.save(to_wan_state_dict(vae.state_dict()), directory / "tokenizer" / "tokenizer.pth")
+    if vae:
+        (directory / "tokenizer").mkdir(exist_ok=True)
+        torch.save(to_wan_state_dict(tiny_autoencoder(seed).state_dict()), directory / "tokenizer" / "tokenizer.pth")
     return directory
+
+
+class StandInVAE:
+    """What `CosmosPolicy` asks of its `PolicyVAE` (`encode_prefix`, `encode_zero_chunks`, `decode`, the cache calls),
+    without diffusers: latents of the real shapes (16 channels, 8x smaller images, the blank and proprio frames first)
+    made from the images by 8 x 8 average pooling and a fixed random 3 -> 16 channel map, so the actions depend on
+    what the cameras see. For tests of the network, sampler and CUDA graphs; its latents are not Wan2.1's."""
+
+    z_dim = 16
+
+    def __init__(self, *, device=None, dtype: torch.dtype = torch.float32, seed: int = 0):
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.dtype = dtype
+        weight = torch.randn(self.z_dim, 3, generator=torch.Generator().manual_seed(seed)) / 3**0.5
+        self.weight = weight.to(self.device)
+
+    def _latent(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) uint8 -> (B, z, H/8, W/8) float32."""
+        pooled = torch.nn.functional.avg_pool2d(to_pixels(images_uint8, torch.float32, self.device), 8)
+        return torch.einsum("zc,bchw->bzhw", self.weight, pooled)
+
+    def encode_prefix(self, images: list[torch.Tensor], *, keep_state: bool = False):
+        """(B, z, 2 + len(images), H/8, W/8): the blank and proprio frames (zeros), then one latent per image."""
+        batch, _, height, width = images[0].shape
+        constant = torch.zeros(batch, self.z_dim, 2, height // 8, width // 8, device=self.device)
+        latents = torch.cat([constant, torch.stack([self._latent(image) for image in images], dim=2)], dim=2)
+        return (latents, len(images)) if keep_state else latents
+
+    def encode_zero_chunks(self, count: int, state, batch: int, height: int, width: int) -> torch.Tensor:
+        zeros = torch.zeros(batch, 3, height, width, dtype=torch.uint8)
+        return self._latent(zeros)[:, :, None].expand(-1, -1, count, -1, -1).contiguous()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, z, T, h, w) -> uint8 frames (B, 1 + 4 (T - 1), 8h, 8w, 3), as the causal Wan2.1 decoder shapes them."""
+        pixels = torch.einsum("zc,bzthw->bcthw", self.weight, latents.float()) / self.z_dim
+        pixels = pixels.repeat_interleave(8, dim=-2).repeat_interleave(8, dim=-1)
+        pixels = torch.cat([pixels[:, :, :1], pixels[:, :, 1:].repeat_interleave(TEMPORAL_COMPRESSION, dim=2)], dim=2)
+        return ((pixels + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1)
+
+    def clear_cache(self) -> None:
+        pass  # nothing cached
+
+    def cache_info(self) -> dict:
+        return {"constant_prefix_states": 0}
+
+
+def tiny_policy(directory: str | os.PathLike, suite: str = "libero", *, device=None, dtype: torch.dtype | None = None,
+                backend: str = "fused", **policy_kwargs):
+    """A `CosmosPolicy` on a directory of `write_tiny_checkpoint` (its VAE file, if any, unused) with `StandInVAE`:
+    needs no diffusers. `policy_kwargs` go to `CosmosPolicy` (`cuda_graph`, `seed`, ...)."""
+    from .checkpoint import load_network
+    from .config import DiTConfig
+    from .layout import DatasetStatistics
+    from .policy import CosmosPolicy, resolve_device
+    from .text import TextEmbeddings
+
+    directory = Path(directory)
+    layout = get_layout(suite)
+    device = resolve_device(device)
+    dtype = dtype if dtype is not None else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    extra = json.loads((directory / NETWORK_CONFIG_FILE).read_text(encoding="utf-8"))
+    network = load_network(directory / CHECKPOINT_NAMES[suite], DiTConfig.from_dict(extra["network"]),
+                           backend=backend).to(device=device, dtype=dtype)
+    text = TextEmbeddings.from_file(directory / f"{suite}_t5_embeddings.pkl", device=device, dtype=dtype)
+    statistics = DatasetStatistics.from_json(directory / f"{suite}_dataset_statistics.json")
+    return CosmosPolicy(network, StandInVAE(device=device, dtype=dtype), text, statistics, layout,
+                        image_size=int(extra.get("image_size", IMAGE_SIZE)), **policy_kwargs)
 
 
 def write_tiny_planning_checkpoint(directory: str | os.PathLike, seed: int = 1, network_config=None,

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+import cosmos_policy._graph as graph_module
 from cosmos_kernels import _dispatch
 from cosmos_policy import CosmosPolicy
 from cosmos_policy import layout as L
-from cosmos_policy._graph import ChunkGraphs
-from cosmos_policy.testing import LIBERO_SAMPLE_TASK, write_tiny_checkpoint
+from cosmos_policy._graph import ChunkGraphs, capture_failure_recoverable
+from cosmos_policy.testing import LIBERO_SAMPLE_TASK, tiny_policy, write_tiny_checkpoint
 
 OTHER_TASK = "open the top drawer and put the bowl inside"
 
@@ -38,6 +39,32 @@ class FakeCapture:
                 out.copy_(run())
 
         return Graph(), out
+
+
+class ReplayingCapture:
+    """Stands in for `cuda_capture` as a real graph behaves: the loop runs once, at capture; a replay hands back what
+    the capture computed (a real replay recomputes from the same memory, so only what it reads from the static inputs
+    changes; these tests repeat the seed). A replay of a graph whose text K/V went stale shows as stale actions."""
+
+    def __init__(self):
+        self.captures, self.replays = 0, 0
+
+    def __call__(self, run, device, pool):
+        self.captures += 1
+        out = run()
+        capture = self
+
+        class Graph:
+            def replay(self):
+                capture.replays += 1
+
+        return Graph(), out
+
+
+@pytest.fixture(autouse=True)
+def graphs_on_for_the_process(monkeypatch):
+    """Each test starts with CUDA graphs on for the process, and leaves them so."""
+    monkeypatch.setattr(graph_module, "process_disabled_reason", None)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +120,7 @@ def test_replays_and_invalidation(tiny_dir, obs):
 def test_failed_capture_runs_the_fused_loop_and_retries(tiny_dir, obs, monkeypatch):
     import cosmos_policy.policy as policy_module
 
+    monkeypatch.setattr(graph_module, "capture_failure_recoverable", lambda: True)
     capture = FakeCapture(fail={1, 2})
     policy = _graphed(tiny_dir, capture)
     expected = CosmosPolicy.from_pretrained(tiny_dir, backend="fused", device="cpu").infer(obs, seed=2)["actions"]
@@ -113,6 +141,85 @@ def test_failed_capture_runs_the_fused_loop_and_retries(tiny_dir, obs, monkeypat
     messages = [str(w.message) for w in caught if "CUDA graph capture failed" in str(w.message)]
     assert len(messages) == 2 and "eagerly" in messages[0] and "stream is capturing" in messages[0]
     assert policy._graphs.failures == 2 and policy._graphs.last_error is None and len(policy._graphs) == 1
+
+
+def test_failed_capture_on_a_torch_that_cannot_recover_turns_graphs_off(tiny_dir, obs, monkeypatch):
+    monkeypatch.setattr(graph_module, "capture_failure_recoverable", lambda: False)
+    capture = FakeCapture(fail={1})
+    policy = _graphed(tiny_dir, capture)
+    expected = CosmosPolicy.from_pretrained(tiny_dir, backend="fused", device="cpu").infer(obs, seed=2)["actions"]
+    other_capture = FakeCapture()
+    other = _graphed(tiny_dir, other_capture)  # another policy of the same process
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(4):  # past the first retry a recovering torch would make (query 3)
+            np.testing.assert_allclose(policy.infer(obs, seed=2)["actions"], expected, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(other.infer(obs, seed=2)["actions"], expected, rtol=1e-4, atol=1e-4)
+    messages = [str(w.message) for w in caught if "CUDA graph" in str(w.message)]
+    assert len(messages) == 1 and "off for this process" in messages[0] and "stream is capturing" in messages[0]
+    assert capture.attempts == 1 and other_capture.attempts == 0  # nothing is captured again, anywhere
+    assert "stream is capturing" in graph_module.process_disabled_reason
+    assert policy._graphs.disabled_reason == other._graphs.disabled_reason == graph_module.process_disabled_reason
+    assert policy._graphs.failures == 1 and len(policy._graphs) == len(other._graphs) == 0
+
+
+def test_graphs_already_captured_stop_replaying_once_graphs_are_off(tiny_dir, obs, monkeypatch):
+    monkeypatch.setattr(graph_module, "capture_failure_recoverable", lambda: False)
+    capture = FakeCapture(fail={2})
+    policy = _graphed(tiny_dir, capture)
+    first = policy.infer(obs, seed=1)["actions"]
+    assert len(policy._graphs) == 1 and capture.replays == 1
+    with pytest.warns(RuntimeWarning, match="off for this process"):
+        policy.infer(dict(obs, task_description=OTHER_TASK), seed=1)  # another key: its capture fails
+    np.testing.assert_array_equal(policy.infer(obs, seed=1)["actions"], first)  # eager, the same numbers
+    assert capture.replays == 1 and capture.attempts == 2 and len(policy._graphs) == 0
+
+
+def test_capture_failure_recoverable_by_torch_version():
+    assert capture_failure_recoverable() == (torch.__version__ >= "2.13")
+    for version, recovers in (("2.11.0+cu130", False), ("2.12.1", False), ("2.13.0a0+git1234", False),
+                              ("2.13.0", True), ("2.14.1+cpu", True), ("3.0.0", True)):
+        assert capture_failure_recoverable(version) is recovers, version
+
+
+def _inference_texts(policy, monkeypatch) -> dict:
+    """The policy's text as inference-mode tensors (what a first query under `torch.inference_mode()` on a GPU
+    makes: a moved or cast tensor), one per instruction."""
+    with torch.inference_mode():
+        texts = {i: policy.text.get(i).clone() for i in policy.text.instructions()}
+    monkeypatch.setattr(policy.text, "get", texts.__getitem__)
+    return texts
+
+
+def test_inference_mode_query_with_inference_text_runs_the_graph(tiny_dir, obs, monkeypatch):
+    capture = FakeCapture()
+    policy = _graphed(tiny_dir, capture)
+    _inference_texts(policy, monkeypatch)
+    expected = CosmosPolicy.from_pretrained(tiny_dir, backend="fused", device="cpu").infer(obs, seed=1)["actions"]
+    with torch.inference_mode():
+        for _ in range(2):
+            np.testing.assert_allclose(policy.infer(obs, seed=1)["actions"], expected, rtol=1e-4, atol=1e-4)
+    assert (capture.attempts, capture.replays, len(policy._graphs)) == (1, 2, 1)
+
+
+@pytest.mark.parametrize("inference_text", [False, True], ids=["normal-text", "inference-text"])
+def test_in_place_text_edit_is_a_new_capture_not_a_stale_replay(tiny_dir, obs, monkeypatch, inference_text):
+    capture = ReplayingCapture()
+    policy = _graphed(tiny_dir, capture)
+    if inference_text:
+        _inference_texts(policy, monkeypatch)
+    reference = CosmosPolicy.from_pretrained(tiny_dir, backend="fused", device="cpu")
+    mode = torch.inference_mode() if inference_text else contextlib.nullcontext()
+    with mode:
+        first = policy.infer(obs, seed=1)["actions"]
+        np.testing.assert_array_equal(policy.infer(obs, seed=1)["actions"], first)
+        assert (capture.captures, capture.replays) == (1, 2)
+        for text in (policy.text.get(LIBERO_SAMPLE_TASK), reference.text.get(LIBERO_SAMPLE_TASK)):
+            text[:, :4].mul_(-1.0)  # in place: the same tensor, new content
+        edited = policy.infer(obs, seed=1)["actions"]
+    np.testing.assert_allclose(edited, reference.infer(obs, seed=1)["actions"], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(edited, first, rtol=1e-3, atol=1e-3)
+    assert (capture.captures, capture.replays) == (2, 3)
 
 
 def test_capture_that_deferred_a_backend_check_is_redone(tiny_dir, obs):
@@ -201,27 +308,48 @@ def test_triton_launches_run_on_the_tensors_device(monkeypatch):
     assert guarded(torch.zeros(2)) == "done" and entered == []  # CPU tensors (the interpreter): no guard
 
 
+@pytest.fixture(scope="module")
+def stand_in_dir(tmp_path_factory):
+    """A tiny checkpoint without the VAE file: the GPU tests run on the stand-in VAE (no diffusers needed)."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("stand-in"), instructions=(LIBERO_SAMPLE_TASK, OTHER_TASK),
+                                 image_size=64, vae=False)
+
+
+def _close_on_cuda(graphed, eager, obs, seed):
+    a, b = graphed.infer(obs, seed=seed)["actions"], eager.infer(obs, seed=seed)["actions"]
+    np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-2)
+    return a
+
+
 @pytest.mark.gpu
-def test_cuda_graphs_follow_weight_loads_and_survive_a_failed_capture(tiny_dir, obs, monkeypatch):
-    graphed = CosmosPolicy.from_pretrained(tiny_dir, device="cuda", cuda_graph=True)
-    eager = CosmosPolicy.from_pretrained(tiny_dir, device="cuda", cuda_graph=False)
+def test_cuda_graphs_follow_weight_loads(stand_in_dir, obs):
+    graphed = tiny_policy(stand_in_dir, device="cuda", cuda_graph=True)
+    eager = tiny_policy(stand_in_dir, device="cuda", cuda_graph=False)
     report = graphed.warmup(batch_sizes=(1, 2))
     assert report["cuda_graphs"] == 2 and report["graph_failures"] == 0 and graphed.next_seed == 0
 
-    def close(seed):
-        a, b = graphed.infer(obs, seed=seed)["actions"], eager.infer(obs, seed=seed)["actions"]
-        np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-2)
-        return a
-
-    before = close(1)
+    before = _close_on_cuda(graphed, eager, obs, 1)
     state = {k: v * 1.5 if v.dim() >= 2 else v for k, v in eager.network.state_dict().items()}
     for policy in (graphed, eager):
         policy.network.load_state_dict(state)  # frees the K/V and modulation the old graphs read
-    after = close(1)
+    after = _close_on_cuda(graphed, eager, obs, 1)
     assert not np.allclose(before, after) and len(graphed._graphs) == 1
     graphed.network.clear_caches()
-    close(2)
+    unedited = _close_on_cuda(graphed, eager, obs, 2)
+    with torch.inference_mode():  # an in-place edit of the text: a new capture, not a replay of stale K/V
+        for policy in (graphed, eager):
+            policy.text.get(LIBERO_SAMPLE_TASK)[:, :4].mul_(-1.0)
+        edited = _close_on_cuda(graphed, eager, obs, 2)
+    assert not np.allclose(edited, unedited, rtol=2e-2, atol=2e-2) and graphed._graphs.last_error is None
 
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not capture_failure_recoverable(),
+                    reason=f"torch {torch.__version__} cannot capture again after a failed capture: a real failure "
+                           "would leave this process's allocator mid-capture (the fake-capture tests cover it)")
+def test_cuda_graphs_survive_a_failed_capture(stand_in_dir, obs, monkeypatch):
+    graphed = tiny_policy(stand_in_dir, device="cuda", cuda_graph=True)
+    eager = tiny_policy(stand_in_dir, device="cuda", cuda_graph=False)
     real = graphed.network.forward
 
     def syncs_while_capturing(*args, **kwargs):
@@ -230,11 +358,10 @@ def test_cuda_graphs_follow_weight_loads_and_survive_a_failed_capture(tiny_dir, 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(graphed.network, "forward", syncs_while_capturing)
-    graphed.clear_caches()
     with pytest.warns(RuntimeWarning, match="capture failed"):
-        close(3)
+        _close_on_cuda(graphed, eager, obs, 3)
     assert graphed._graphs.failures == 1 and len(graphed._graphs) == 0
-    close(3)  # eager fused loop until the retry
+    _close_on_cuda(graphed, eager, obs, 3)  # eager fused loop until the retry
     monkeypatch.setattr(graphed.network, "forward", real)
-    close(3)
+    _close_on_cuda(graphed, eager, obs, 3)
     assert len(graphed._graphs) == 1 and graphed._graphs.last_error is None

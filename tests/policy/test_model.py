@@ -131,7 +131,7 @@ def test_zero_padded_text_is_counted_not_stored(gen, dtype, lengths):
     want = _run(model, {k: v.double() for k, v in inputs.items()}, "reference", torch.float64)
     ref = _run(model, inputs, "reference", dtype)
     got = _run(model, inputs, "fused", dtype)
-    keys, values, repeats = next(iter(model.kv_cache._entries.values()))[0][2][0]
+    keys, values, repeats = next(iter(model.kv_cache._entries.values()))[0][1][0]
     assert keys.shape[1] == max(lengths) + 1 and repeats == 40 - keys.shape[1] + 1  # one zero row for the rest
     assert not keys[:, -1].any() and not values[:, -1].any()
     ref_err, err = rel_error(ref, want), rel_error(got, want)
@@ -247,16 +247,52 @@ def test_unknown_backend_is_rejected():
         CosmosDiT(DiTConfig.tiny(), backend="fast")
 
 
-def test_inference_mode_embedding_is_checked_by_content(gen):
+def test_inference_mode_embedding_is_checked_by_content_once_per_refresh(gen):
     model = random_dit(gen)
     inputs = random_inputs(gen, model.config)
     with torch.inference_mode():
-        inputs["crossattn_emb"] = inputs["crossattn_emb"].clone()
+        inputs["crossattn_emb"] = emb = inputs["crossattn_emb"].clone()
         first = _run(model, inputs, "fused")
-        inputs["crossattn_emb"].add_(1.0)  # no version counter to see this
+        assert not model.text_versions.refresh(emb) and model.text_versions.version(emb) == 0
+        emb.add_(1.0)  # no version counter to see this: the content check finds it
+        assert model.text_versions.refresh(emb) and model.text_versions.version(emb) == 1
         changed = _run(model, inputs, "fused")
         assert rel_error(changed, _run(model, inputs, "reference")) < 1e-5
+        assert not model.text_versions.refresh(emb)  # unchanged since: the same version, the cached K/V
+        assert torch.equal(_run(model, inputs, "fused"), changed) and model.text_versions.version(emb) == 1
     assert rel_error(changed, first) > 1e-3
+    del inputs, emb
+    assert len(model.text_versions) == 0  # the copy goes with the tensor
+
+
+HOST_READS = ("aten::_local_scalar_dense", "aten::equal", "aten::is_nonzero", "aten::item")
+
+
+class _HostReads(TorchDispatchMode):
+    """Ops that hand a tensor's value to the host (a device sync on a GPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._schema.name in HOST_READS:
+            self.ops[func._schema.name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("inference_text", [True, False], ids=["inference-tensor", "normal-tensor"])
+def test_fused_pass_reads_nothing_back_under_inference_mode(gen, inference_text):
+    model = random_dit(gen)
+    model.backend = "fused"
+    inputs = _libero_inputs(gen, model.config, padded=True)
+    with torch.inference_mode():
+        if inference_text:
+            inputs["crossattn_emb"] = inputs["crossattn_emb"].clone()
+        model(**inputs)  # fills the caches (the padding search reads the text once)
+        with _HostReads() as reads:
+            model(**inputs)
+    assert not reads.ops, dict(reads.ops)
 
 
 @pytest.mark.filterwarnings("ignore:.*inputs require grad:RuntimeWarning")
@@ -296,7 +332,7 @@ def test_fused_on_zero_padded_text_within_1e5_in_fp32(gen, tag):
     inputs = _libero_inputs(gen, model.config, padded=True, tag=tag)
     ref = _run(model, inputs, "reference")
     got = _run(model, inputs, "fused")
-    assert next(iter(model.kv_cache._entries.values()))[0][2][0][0].shape[1] == 14  # compacted: 13 rows + 1 zero
+    assert next(iter(model.kv_cache._entries.values()))[0][1][0][0].shape[1] == 14  # compacted: 13 rows + 1 zero
     assert rel_error(got, ref) < 1e-5
 
 

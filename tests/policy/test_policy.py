@@ -8,7 +8,7 @@ import torch
 from cosmos_kernels.sampling import arch_invariant_noise
 from cosmos_policy import CosmosPolicy
 from cosmos_policy import layout as L
-from cosmos_policy.testing import LIBERO_SAMPLE_TASK, write_tiny_checkpoint
+from cosmos_policy.testing import LIBERO_SAMPLE_TASK, tiny_policy, write_tiny_checkpoint
 
 # ../shared/data beside the repository root (COSMOS_POLICY_DATA overrides the directory)
 DATA = Path(os.environ.get("COSMOS_POLICY_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
@@ -316,10 +316,46 @@ def test_graph_loop_matches_the_checked_sampler(tiny_dir, obs, backend):
     assert len(policy._graphs._chunks) == 2 and len(policy._graphs) == 0  # nothing captured
 
 
+def test_in_place_text_edit_between_queries_under_inference_mode_is_seen(tiny_dir, obs, monkeypatch):
+    """The fused network's K/V cache has no per-pass content check: the policy finds the edit once per query."""
+    policy = CosmosPolicy.from_pretrained(tiny_dir, backend="fused", device="cpu")
+    with torch.inference_mode():
+        text = policy.text.get(LIBERO_SAMPLE_TASK).clone()  # an inference tensor: no version counter
+    monkeypatch.setattr(policy.text, "get", lambda instruction: text)
+    with torch.inference_mode():
+        before = policy.infer(obs, seed=3)["actions"]
+        text[:, :4].mul_(-1.0)
+        after = policy.infer(obs, seed=3)["actions"]
+    expected = CosmosPolicy.from_pretrained(tiny_dir, backend="fused", device="cpu")
+    expected.text.get(LIBERO_SAMPLE_TASK)[:, :4].mul_(-1.0)
+    np.testing.assert_allclose(after, expected.infer(obs, seed=3)["actions"], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(after, before, rtol=1e-3, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def stand_in_dir(tmp_path_factory):
+    """A tiny checkpoint without the VAE file, for policies on the stand-in VAE (no diffusers needed)."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("stand-in"), instructions=(LIBERO_SAMPLE_TASK, OTHER_TASK),
+                                 image_size=SMALL, vae=False)
+
+
+def test_stand_in_vae_policy_needs_no_diffusers(stand_in_dir, obs, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # any import of it now fails
+    policy = tiny_policy(stand_in_dir, device="cpu")
+    out = policy.infer(obs, seed=2, return_future_images=True)
+    assert out["actions"].shape == (L.LIBERO.chunk_size, L.LIBERO.action_dim) and np.isfinite(out["actions"]).all()
+    assert {k: v.shape for k, v in out["future_images"].items()} == {c: (SMALL, SMALL, 3) for c in L.LIBERO.cameras}
+    other = dict(obs, primary_image=255 - obs["primary_image"])
+    assert not np.allclose(policy.infer(other, seed=2)["actions"], out["actions"])  # the images reach the actions
+    np.testing.assert_array_equal(policy.infer(obs, seed=2)["actions"], out["actions"])
+
+
 @pytest.mark.gpu
-def test_cuda_graph_matches_eager(tiny_dir, obs):
-    eager = CosmosPolicy.from_pretrained(tiny_dir, device="cuda", cuda_graph=False)
-    graphed = CosmosPolicy.from_pretrained(tiny_dir, device="cuda", cuda_graph=True)
+def test_cuda_graph_matches_eager(stand_in_dir, obs):
+    eager = tiny_policy(stand_in_dir, device="cuda", cuda_graph=False)
+    graphed = tiny_policy(stand_in_dir, device="cuda", cuda_graph=True)
     for seed in (1, 2):
         a, b = graphed.infer(obs, seed=seed), eager.infer(obs, seed=seed)
         np.testing.assert_allclose(a["actions"], b["actions"], rtol=2e-2, atol=2e-2)
