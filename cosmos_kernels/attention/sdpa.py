@@ -59,7 +59,8 @@ def score_bias(lk: int, repeats: int, dtype: torch.dtype, device: torch.device) 
     if bias is None:
         terms = bias_terms(repeats, dtype)
         bias = torch.zeros(1, lk - 1 + len(terms), dtype=dtype, device=device)
-        bias[0, lk - 1:] = torch.tensor(terms, dtype=dtype)
+        for i, term in enumerate(terms):  # scalar fills: no host-to-device copy, which a CUDA capture forbids
+            bias[0, lk - 1 + i] = term
         if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
             if len(_biases) >= _MAX_BIASES:
                 _biases.pop(next(iter(_biases)))
