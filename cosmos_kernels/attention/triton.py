@@ -155,8 +155,11 @@ def _attention_fwd_kernel(
     BLOCK_N: tl.constexpr, NORM: tl.constexpr, ROPE: tl.constexpr, EVEN_N: tl.constexpr,
     REPEAT_LAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    # one grid axis (see `attention_grid`): the query blocks of one (batch, head) run next to each other
+    tiles_m = tl.cdiv(Lq, BLOCK_M)
+    pid = tl.program_id(0)
+    pid_m = pid % tiles_m
+    bh = pid // tiles_m
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     dtype = q_ptr.dtype.element_ty
@@ -235,6 +238,19 @@ def attention_config(head_dim: int, dtype: torch.dtype, device: torch.device, ro
     return gpu_config(head_dim, dtype, _capability(index)[0] >= 9, rope)
 
 
+MAX_GRID_X = 2 ** 31 - 1  # CUDA's limit on grid axis x; axes y and z stop at 65,535
+
+
+def attention_grid(batch: int, heads: int, lq: int, block_m: int) -> tuple[int]:
+    """The launch grid: every (query block, batch, head) on axis x, query blocks fastest, so that the programs of
+    one head, which read the same K and V, run together. Axis y would cap batch x heads at 65,535."""
+    programs = triton.cdiv(lq, block_m) * batch * heads
+    if programs > MAX_GRID_X:
+        raise ValueError(f"attention: {programs} programs of {block_m} queries (batch {batch} x heads {heads} x "
+                         f"{lq} queries) exceed CUDA's {MAX_GRID_X} per launch; split the batch")
+    return (programs,)
+
+
 @_dispatch.on_tensor_device  # launch on the tensors' GPU
 def attention(q, k, v, q_weight, k_weight, cos, sin, scale: float, eps: float, last_key_repeats: int = 1,
               config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
@@ -253,7 +269,7 @@ def attention(q, k, v, q_weight, k_weight, cos, sin, scale: float, eps: float, l
         _, k = qk_norm_rope(k[:, :0], k, None, k_weight, cos, sin, eps)  # no q rows: K alone
     norm = q_weight is not None
     block_m, block_n, warps, stages = config or attention_config(d, q.dtype, q.device, rope)
-    grid = (triton.cdiv(lq, block_m), b * h)
+    grid = attention_grid(b, h, lq, block_m)
     _attention_fwd_kernel[grid](
         q, k, v, q_weight if norm else q, q, cos if rope else q, sin if rope else q, out,
         lq, lk, h, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),

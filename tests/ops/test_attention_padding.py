@@ -4,6 +4,8 @@ The padded-text cases compare every backend with a float64 evaluation over the t
 instruction's keys followed by hundreds of zero rows, stored explicitly.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -184,3 +186,25 @@ def test_automatic_choice_needs_the_triton_probe(monkeypatch):
         assert ("attention", "triton") in calls
         monkeypatch.setattr(_dispatch, "probe_passed", lambda o, b, d: probe(o, b, d, True))
         assert ops.auto_candidates(q)[0] == "triton"
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="Triton is not available")
+def test_launch_grid_takes_more_than_65535_batch_heads(monkeypatch):
+    """Grid axes y and z stop at 65,535 programs: batch x heads beyond that stays on axis x (up to 2^31 - 1)."""
+    from cosmos_kernels.attention import triton as tk
+
+    grids = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return lambda *args, **kwargs: None
+
+    monkeypatch.setattr(tk, "_attention_fwd_kernel", Recorder())
+    q = torch.zeros(1, 1, 1, 16, dtype=torch.float16).expand(35_000, 1, 2, 16)  # batch x heads = 70,000
+    tk.attention(q, q, q, None, None, None, None, 0.25, 1e-6)
+    (grid,) = grids
+    assert all(n <= 65_535 for n in grid[1:]) and grid[0] <= tk.MAX_GRID_X and math.prod(grid) == 70_000
+    assert tk.attention_grid(35_000, 2, 40, 32) == (140_000,)  # two blocks of 32 queries per (batch, head)
+    with pytest.raises(ValueError, match="exceed CUDA's"):
+        tk.attention_grid(2 ** 20, 2 ** 6, 2 ** 12, 64)
