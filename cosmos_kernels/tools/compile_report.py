@@ -6,7 +6,8 @@ Triton kernels (registered through `cosmos_kernels._registry`) are compiled with
 `GPUTarget("cuda", 90, 32)`; their PTX goes through Triton's bundled ptxas (`-v`) and their cubin through
 cuobjdump. CUDA sources in csrc/cuda are compiled with `nvcc -cubin -arch sm_90a -Xptxas -v`. One row per
 kernel and configuration: registers, shared memory, spill bytes, HGMMA count. Exit status 1 on any spill,
-on a matrix kernel without HGMMA, or on a kernel that fails to compile.
+on a matrix kernel without HGMMA (configurations whose dots are IEEE fp32 run on the FMA units and are exempt),
+or on a kernel that fails to compile.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def triton_rows() -> list[Row]:
     target = GPUTarget("cuda", 90, 32)
     for entry in TRITON_KERNELS.values():
         for cfg in entry.configs:
-            row = Row(entry.name, cfg.label, matrix=entry.matrix)
+            row = Row(entry.name, cfg.label, matrix=entry.matrix and cfg.tensor_cores)
             rows.append(row)
             try:
                 attrs = {(entry.kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in cfg.divisible}
@@ -182,13 +183,13 @@ def cuda_rows(source_dir: Path) -> list[Row]:
 
 
 def _print_table(rows: list[Row]) -> None:
-    header = f"{'kernel':44} {'config':34} {'regs':>5} {'smem':>7} {'spill':>6} {'hgmma':>6}  status"
+    header = f"{'kernel':36} {'config':44} {'regs':>5} {'smem':>7} {'spill':>6} {'hgmma':>6}  status"
     print(header)
     print("-" * len(header))
     for r in rows:
         status = "; ".join(r.failures()) or "ok"
         fmt = lambda v: "-" if v is None else str(v)  # noqa: E731
-        print(f"{r.name[:44]:44} {r.config[:34]:34} {fmt(r.registers):>5} {fmt(r.shared_bytes):>7} "
+        print(f"{r.name[:36]:36} {r.config[:44]:44} {fmt(r.registers):>5} {fmt(r.shared_bytes):>7} "
               f"{fmt(r.spill_bytes):>6} {fmt(r.hgmma):>6}  {status}")
 
 
