@@ -217,13 +217,14 @@ def gpu_config(head_dim: int, dtype: torch.dtype, hopper: bool, rope: bool) -> t
     stages = 3 if hopper else 2
     if dtype == torch.float32:
         # IEEE fp32 dots run on the FMA units: each thread holds its Q rows, its accumulator and its K / V operands
-        # in registers. 4 warps on 64 x 128 spill (255 registers, 1.7 KB at head_dim 128, 11 KB at 256): more warps
-        # and, at 256, half the rows keep them at 108-160.
+        # in registers. 4 warps on 64-row tiles spill (255 registers, 1.7 KB at head_dim 128, 11 KB at 256): more
+        # warps and, at 256, half the rows keep them at 100-160. At 256 with one stage (consumer cards' 99 KB)
+        # Triton 3.6 caps 8 warps at 128 registers: 16 keys per step there.
         if head_dim <= 64:
             return 64, 32, 4, 2
         if head_dim <= 128:
             return 64, 32, 8, 2
-        return 32, 32, 8, 2 if hopper else 1
+        return (32, 32, 8, 2) if hopper else (32, 16, 8, 1)
     if head_dim <= 64:
         return 128, 128 if hopper else 64, 8, 2 if hopper else stages
     if head_dim <= 128:

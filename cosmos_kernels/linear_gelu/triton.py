@@ -109,8 +109,9 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 @_dispatch.on_tensor_device  # launch on the tensors' GPU
-def linear_gelu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """`x (M, K)`, `weight (N, K)`, any strides; returns a new contiguous `(M, N)` tensor of x's dtype."""
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, config: GemmConfig | None = None) -> torch.Tensor:
+    """`x (M, K)`, `weight (N, K)`, any strides; returns a new contiguous `(M, N)` tensor of x's dtype. `config`
+    overrides the tiles."""
     m, k = x.shape
     n = weight.shape[0]
     out = _alloc.empty((m, n), dtype=x.dtype, device=x.device)
@@ -118,7 +119,7 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return out
     if k == 0:
         return out.zero_()  # gelu(0) = 0
-    cfg = gemm_config(x.device, m, n, x.dtype)
+    cfg = config or gemm_config(x.device, m, n, x.dtype)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     _linear_gelu_kernel[grid](
         x, weight, out, m, n, k, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),

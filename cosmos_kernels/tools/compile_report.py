@@ -95,15 +95,25 @@ def count_hgmma(cubin: Path) -> dict[str, int]:
     return counts
 
 
-def _import_all_kernels() -> None:
+def import_kernel_modules() -> list[Row]:
     """Import every module of the package so that each kernel registers itself (Triton kernels live in
-    modules named `triton`, which the ops import only on first launch)."""
+    modules named `triton`, which the ops import only on first launch). A module that needs an absent optional
+    package (the diffusers integrations on a machine without diffusers) is skipped with a note on stderr; a
+    kernel module that fails to import is a failing row."""
     import cosmos_kernels
 
+    rows = []
     for info in pkgutil.walk_packages(cosmos_kernels.__path__, "cosmos_kernels."):
         if ".tools" in info.name:
             continue
-        importlib.import_module(info.name)
+        try:
+            importlib.import_module(info.name)
+        except ModuleNotFoundError as exc:
+            if info.name.rsplit(".", 1)[-1] == "triton" or (exc.name or "").startswith("cosmos_kernels"):
+                rows.append(Row(info.name, "-", error=f"does not import: {exc}"))
+            else:
+                print(f"note: {info.name} skipped ({exc}); it registers no kernels", file=sys.stderr)
+    return rows
 
 
 def triton_rows() -> list[Row]:
@@ -208,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows: list[Row] = []
     if not args.no_triton:
-        _import_all_kernels()
+        rows += import_kernel_modules()
         rows += triton_rows()
     if not args.no_cuda:
         if args.csrc.is_dir():

@@ -124,14 +124,32 @@ def _power_of_two(n: int) -> bool:
 def test_gpu_tiles_are_powers_of_two_also_in_the_compile_report():
     for d, dtype, (block_m, block_n, warps, stages) in _gpu_configs():
         assert _power_of_two(block_m) and _power_of_two(block_n), (d, dtype, block_m, block_n)
-        assert block_n in (32, 64, 128) and warps in (4, 8) and stages >= 1
+        assert block_n in (16, 32, 64, 128) and warps in (4, 8) and stages >= 1
     entry = TRITON_KERNELS["attention.flash_attention_fwd"]
     for config in entry.configs:
         assert _power_of_two(config.constexprs["BLOCK_N"]) and _power_of_two(config.constexprs["BLOCK_M"])
 
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="Triton is not available")
-@pytest.mark.parametrize("d", [64, 128])
+def test_every_launched_tile_is_in_the_compile_report():
+    """The sm_90a report sees what a GPU launches: fp32 (its own tiles) over the whole head_dim range, 16 bits at
+    the model's head dims, on both architecture families, with and without RoPE."""
+    from cosmos_kernels.attention import triton as tk
+
+    reported = {(c.label.split()[1], c.constexprs["HEAD_DIM"], c.constexprs["ROPE"], c.constexprs["BLOCK_M"],
+                 c.constexprs["BLOCK_N"], c.num_warps, c.num_stages)
+                for c in TRITON_KERNELS["attention.flash_attention_fwd"].configs}
+    dims = {"fp32": (64, 96, 128, 256), "bf16": (64, 128), "fp16": (64, 128)}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    for name, head_dims in dims.items():
+        for d in head_dims:
+            for hopper in (True, False):
+                for rope in (True, False):
+                    assert (name, d, rope, *tk.gpu_config(d, dtypes[name], hopper, rope)) in reported
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="Triton is not available")
+@pytest.mark.parametrize("d", [64, 128, 256])
 def test_gpu_tile_configs_compute_attention(d, gen):
     """Each tile configuration a GPU launches, run by the interpreter (fp16 / fp32) across block edges."""
     from cosmos_kernels.attention import triton as tk
