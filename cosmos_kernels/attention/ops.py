@@ -273,8 +273,8 @@ def attention(
     fp32, bf16, fp16. With norm weights (`(d,)`, each side's or None) and / or RoPE tables (`(L, d)`, both or
     neither, self-attention only) q and k first go through `qk_norm_rope`; the "triton" backend fuses the Q
     side into its tile loads. `last_key_repeats=n` makes the last key and value row stand for n equal rows
-    (exact: the zero padding of a text embedding attends as one zero row with count n; "sdpa" adds score biases
-    in q's dtype to a few copies of that row, summing to the count to fp32 accuracy (`sdpa.py`), "triton" adds
+    (exact: the zero padding of a text embedding attends as one zero row with count n; "sdpa" adds a score bias in
+    q's dtype whose last-key-minus-others difference is log(n) beyond q's precision (`sdpa.py`), "triton" adds
     log2(n) in fp32, "flash_attn", which takes no bias, corrects its output from the returned log-sum-exp).
     `scale` defaults to `1 / sqrt(d)`. Returns a new tensor in q's dtype.
     """
