@@ -20,6 +20,8 @@ class TritonConfig:
     # Arguments the launch sees divisible by 16 (pointers 16-byte aligned, sizes and strides multiples of 16):
     # Triton specialises on it at run time, and it decides vector widths and asynchronous copies.
     divisible: tuple[str, ...] = ()
+    # False for dots in IEEE fp32: they run on the FMA units, so a matrix kernel's HGMMA is not expected there.
+    tensor_cores: bool = True
 
 
 @dataclass

@@ -21,10 +21,9 @@ import math
 import os
 
 import torch
-import torch.nn.functional as F
 
 from cosmos_kernels import _checks, _dispatch, _ext
-from cosmos_kernels.attention import flash, picker, reference
+from cosmos_kernels.attention import flash, picker, reference, sdpa
 from cosmos_kernels.tools import dispatch_counter
 
 _NS = "cosmos_kernels"
@@ -274,9 +273,9 @@ def attention(
     fp32, bf16, fp16. With norm weights (`(d,)`, each side's or None) and / or RoPE tables (`(L, d)`, both or
     neither, self-attention only) q and k first go through `qk_norm_rope`; the "triton" backend fuses the Q
     side into its tile loads. `last_key_repeats=n` makes the last key and value row stand for n equal rows
-    (exact: the zero padding of a text embedding attends as one zero row with count n; "sdpa" adds log(n) to
-    its score as an fp32 bias, "triton" log2(n), "flash_attn", which takes no bias, corrects its output from the
-    returned log-sum-exp).
+    (exact: the zero padding of a text embedding attends as one zero row with count n; "sdpa" adds a score bias in
+    q's dtype whose last-key-minus-others difference is log(n) beyond q's precision (`sdpa.py`), "triton" adds
+    log2(n) in fp32, "flash_attn", which takes no bias, corrects its output from the returned log-sum-exp).
     `scale` defaults to `1 / sqrt(d)`. Returns a new tensor in q's dtype.
     """
     op = "attention"
@@ -317,24 +316,6 @@ def _check_repeats(op: str, repeats: object, k: torch.Tensor) -> int:
     return repeats
 
 
-_MAX_BIASES = 64
-_biases: dict[tuple, torch.Tensor] = {}
-
-
-def _repeat_bias(lk: int, repeats: int, device: torch.device) -> torch.Tensor:
-    """The fp32 `(1, Lk)` score bias: log(repeats) on the last key (fp32 keeps the count exact to an ulp)."""
-    key = (lk, repeats, device)
-    bias = _biases.get(key)
-    if bias is None:
-        bias = torch.zeros(1, lk, dtype=torch.float32, device=device)
-        bias[0, -1] = math.log(repeats)
-        if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-            if len(_biases) >= _MAX_BIASES:
-                _biases.pop(next(iter(_biases)))
-            _biases[key] = bias  # one per (length, count, device): no per-call fill
-    return bias
-
-
 def run_backend(name: str, q, k, v, qw, kw, cos, sin, scale: float, eps: float, repeats: int = 1) -> torch.Tensor:
     """Run one attention backend on checked inputs."""
     if name == "reference" or (q.dtype not in _checks.KERNEL_DTYPES and name != "sdpa"):
@@ -359,10 +340,7 @@ def run_backend(name: str, q, k, v, qw, kw, cos, sin, scale: float, eps: float, 
         if out is not None:
             return out
         # a build that returns no log-sum-exp: the repeated last key goes through SDPA's bias instead
-    bias = None if repeats == 1 else _repeat_bias(k.shape[1], repeats, q.device)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=bias,
-                                         scale=scale)
-    return out.transpose(1, 2)
+    return sdpa.attention(q, k, v, scale, repeats)
 
 
 # -- automatic choice (timing and its disk cache live in picker.py) ---------------------------------------------

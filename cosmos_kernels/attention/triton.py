@@ -155,8 +155,11 @@ def _attention_fwd_kernel(
     BLOCK_N: tl.constexpr, NORM: tl.constexpr, ROPE: tl.constexpr, EVEN_N: tl.constexpr,
     REPEAT_LAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    # one grid axis (see `attention_grid`): the query blocks of one (batch, head) run next to each other
+    tiles_m = tl.cdiv(Lq, BLOCK_M)
+    pid = tl.program_id(0)
+    pid_m = pid % tiles_m
+    bh = pid // tiles_m
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     dtype = q_ptr.dtype.element_ty
@@ -206,14 +209,22 @@ def _capability(index: int) -> tuple[int, int]:
 def gpu_config(head_dim: int, dtype: torch.dtype, hopper: bool, rope: bool) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) on a GPU; BLOCK_N is a power of two (tl.arange).
 
-    Checked for sm_90a by the compile report (no spills, HGMMA). K tiles are plain loads (K is normalised
-    and rotated once before the kernel; only the Q tile, loaded once per program, carries the norm and the
-    tables), so RoPE no longer shrinks the key tiles: 128 keys at head_dim 64, 64 at 128. Three K/V stages
-    fit Hopper's 227 KB of shared memory; two fit Ampere and consumer cards.
+    Checked for sm_90a by the compile report (no spills; HGMMA in 16 bits). K tiles are plain loads (K is
+    normalised and rotated once before the kernel; only the Q tile, loaded once per program, carries the norm
+    and the tables), so RoPE no longer shrinks the key tiles: 128 keys at head_dim 64, 64 at 128. Three K/V
+    stages fit Hopper's 227 KB of shared memory; two fit Ampere and consumer cards.
     """
     stages = 3 if hopper else 2
     if dtype == torch.float32:
-        return 64, 32, 4, 2  # fp32 dots in full precision (no tensor cores): small tiles
+        # IEEE fp32 dots run on the FMA units: each thread holds its Q rows, its accumulator and its K / V operands
+        # in registers. 4 warps on 64-row tiles spill (255 registers, 1.7 KB at head_dim 128, 11 KB at 256): more
+        # warps and, at 256, half the rows keep them at 100-160. At 256 with one stage (consumer cards' 99 KB)
+        # Triton 3.6 caps 8 warps at 128 registers: 16 keys per step there.
+        if head_dim <= 64:
+            return 64, 32, 4, 2
+        if head_dim <= 128:
+            return 64, 32, 8, 2
+        return (32, 32, 8, 2) if hopper else (32, 16, 8, 1)
     if head_dim <= 64:
         return 128, 128 if hopper else 64, 8, 2 if hopper else stages
     if head_dim <= 128:
@@ -235,6 +246,19 @@ def attention_config(head_dim: int, dtype: torch.dtype, device: torch.device, ro
     return gpu_config(head_dim, dtype, _capability(index)[0] >= 9, rope)
 
 
+MAX_GRID_X = 2 ** 31 - 1  # CUDA's limit on grid axis x; axes y and z stop at 65,535
+
+
+def attention_grid(batch: int, heads: int, lq: int, block_m: int) -> tuple[int]:
+    """The launch grid: every (query block, batch, head) on axis x, query blocks fastest, so that the programs of
+    one head, which read the same K and V, run together. Axis y would cap batch x heads at 65,535."""
+    programs = triton.cdiv(lq, block_m) * batch * heads
+    if programs > MAX_GRID_X:
+        raise ValueError(f"attention: {programs} programs of {block_m} queries (batch {batch} x heads {heads} x "
+                         f"{lq} queries) exceed CUDA's {MAX_GRID_X} per launch; split the batch")
+    return (programs,)
+
+
 @_dispatch.on_tensor_device  # launch on the tensors' GPU
 def attention(q, k, v, q_weight, k_weight, cos, sin, scale: float, eps: float, last_key_repeats: int = 1,
               config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
@@ -253,7 +277,7 @@ def attention(q, k, v, q_weight, k_weight, cos, sin, scale: float, eps: float, l
         _, k = qk_norm_rope(k[:, :0], k, None, k_weight, cos, sin, eps)  # no q rows: K alone
     norm = q_weight is not None
     block_m, block_n, warps, stages = config or attention_config(d, q.dtype, q.device, rope)
-    grid = (triton.cdiv(lq, block_m), b * h)
+    grid = attention_grid(b, h, lq, block_m)
     _attention_fwd_kernel[grid](
         q, k, v, q_weight if norm else q, q, cos if rope else q, sin if rope else q, out,
         lq, lk, h, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -278,30 +302,50 @@ QK_ROPE_DIVISIBLE = ("q_ptr", "k_ptr", "qw_ptr", "kw_ptr", "cos_ptr", "sin_ptr",
                      "sqb", "sql", "sqh", "skb", "skl", "skh", "st")
 
 
-def _register_for_compile_report() -> None:
+def _attention_signature(dt: str) -> dict[str, str]:
     ints = ("Lq", "Lk", "H", "sqb", "sql", "sqh", "skb", "skl", "skh", "svb", "svl", "svh", "st")
-    attn_configs, rope_configs = [], []
+    sig = {n: f"*{dt}" for n in ("q_ptr", "k_ptr", "v_ptr", "out_ptr")}
+    sig.update({"qw_ptr": "*fp32", "kw_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32"})
+    sig.update({n: "i32" for n in ints})
+    sig.update(qk_scale="fp32", eps="fp32", last_key_log2="fp32")
+    sig.update({n: "constexpr" for n in ("HEAD_DIM", "HALF", "BLOCK_D", "BLOCK_M", "BLOCK_N", "NORM", "ROPE",
+                                          "EVEN_N", "REPEAT_LAST", "DOT_PRECISION")})
+    return sig
+
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# The model's head dims in 16 bits; fp32, whose tiles change with head_dim, over the whole supported range.
+_REPORT_HEAD_DIMS = {"bf16": (64, 128), "fp16": (64, 128), "fp32": (64, 96, 128, 256)}
+
+
+def _attention_report_configs() -> list[TritonConfig]:
+    """The launch's own specialisations: self-attention (norm + RoPE on Q, EVEN_N False at 1,764 keys) and
+    cross-attention over compacted text (Q norm, the last key repeated), per architecture family; families that
+    launch the same tiles share one row."""
+    archs: dict[tuple, list[str]] = {}
+    for dt, dims in _REPORT_HEAD_DIMS.items():
+        for d in dims:
+            for norm, rope, repeat in ((True, True, False), (True, False, True), (False, False, False)):
+                for arch, hopper in (("sm90", True), ("sm80/sm89", False)):
+                    tiles = gpu_config(d, _DTYPES[dt], hopper=hopper, rope=rope)
+                    archs.setdefault((dt, d, norm, rope, repeat, tiles), []).append(arch)
+    configs = []
+    for (dt, d, norm, rope, repeat, tiles), names in archs.items():
+        block_m, block_n, warps, stages = tiles
+        label = (f"{'/'.join(names)} {dt} d={d}{' norm' if norm else ''}{' rope' if rope else ''}"
+                 f"{' repeat-last' if repeat else ''}")
+        precision = dot_precision(_DTYPES[dt])
+        configs.append(TritonConfig(label, _attention_signature(dt), {
+            "HEAD_DIM": d, "HALF": half_block(d), "BLOCK_D": 2 * half_block(d), "BLOCK_M": block_m,
+            "BLOCK_N": block_n, "NORM": norm, "ROPE": rope, "EVEN_N": False, "REPEAT_LAST": repeat,
+            "DOT_PRECISION": precision}, num_warps=warps, num_stages=stages, divisible=ATTENTION_DIVISIBLE,
+            tensor_cores=precision != "ieee"))
+    return configs
+
+
+def _register_for_compile_report() -> None:
+    rope_configs = []
     for dt in ("bf16", "fp16"):
-        sig = {n: f"*{dt}" for n in ("q_ptr", "k_ptr", "v_ptr", "out_ptr")}
-        sig.update({"qw_ptr": "*fp32", "kw_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32"})
-        sig.update({n: "i32" for n in ints})
-        sig.update(qk_scale="fp32", eps="fp32", last_key_log2="fp32")
-        sig.update({n: "constexpr" for n in ("HEAD_DIM", "HALF", "BLOCK_D", "BLOCK_M", "BLOCK_N", "NORM", "ROPE",
-                                              "EVEN_N", "REPEAT_LAST", "DOT_PRECISION")})
-        torch_dt = torch.bfloat16 if dt == "bf16" else torch.float16
-        # The launch's own specialisations: self-attention (norm + RoPE on Q, EVEN_N False at 1,764 keys) and
-        # cross-attention over compacted text (Q norm, the last key repeated), per architecture family.
-        for arch, hopper in (("sm90", True), ("sm80/sm89", False)):
-            for d in (64, 128):
-                for norm, rope, repeat in ((True, True, False), (True, False, True), (False, False, False)):
-                    block_m, block_n, warps, stages = gpu_config(d, torch_dt, hopper=hopper, rope=rope)
-                    label = (f"{arch} {dt} d={d}{' norm' if norm else ''}{' rope' if rope else ''}"
-                             f"{' repeat-last' if repeat else ''}")
-                    attn_configs.append(TritonConfig(label, sig, {
-                        "HEAD_DIM": d, "HALF": half_block(d), "BLOCK_D": 2 * half_block(d), "BLOCK_M": block_m,
-                        "BLOCK_N": block_n, "NORM": norm, "ROPE": rope, "EVEN_N": False, "REPEAT_LAST": repeat,
-                        "DOT_PRECISION": dot_precision(torch_dt)}, num_warps=warps, num_stages=stages,
-                        divisible=ATTENTION_DIVISIBLE))
         rsig = {n: f"*{dt}" for n in ("q_ptr", "k_ptr", "q_out_ptr", "k_out_ptr")}
         rsig.update({"qw_ptr": "*fp32", "kw_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32"})
         rsig.update({n: "i32" for n in ("NQ", "Lq", "Lk", "H", "sqb", "sql", "sqh", "skb", "skl", "skh", "st")})
@@ -312,7 +356,8 @@ def _register_for_compile_report() -> None:
                 f"{dt} 16x128{' norm-q' if norm_q else ''} norm-k{' rope' if rope else ''}", rsig,
                 {"HEAD_DIM": 128, "HALF": 64, "BLOCK_H": _qk_rope_block_h(16, 128), "NORM_Q": norm_q, "NORM_K": True,
                  "ROPE": rope}, num_warps=4, divisible=QK_ROPE_DIVISIBLE))
-    register_triton_kernel("attention.flash_attention_fwd", _attention_fwd_kernel, attn_configs, matrix=True)
+    register_triton_kernel("attention.flash_attention_fwd", _attention_fwd_kernel, _attention_report_configs(),
+                           matrix=True)
     register_triton_kernel("attention.qk_norm_rope", _qk_norm_rope_kernel, rope_configs)
 
 

@@ -79,16 +79,22 @@ CONFIGS = {
     "sm_89": GemmConfig(128, 64, 32, 8, 4, 4),  # 48 KiB of 99 KiB (L40S, RTX 4090)
     "small": GemmConfig(64, 64, 32, 8, 4, 3),  # other cards and small problems
 }
+# IEEE fp32 dots run on the FMA units, every thread holding its operands along BLOCK_K in registers: the sm_90
+# tiles take 255 registers and spill 4.9 KB there (Triton 3.6), and 4 stages of them overflow shared memory. Half
+# the rows and a quarter of the depth: 160-168 registers, 24 KiB, the same on every card.
+FP32_CONFIG = GemmConfig(64, 128, 16, 8, 4, 3)
 # Under the interpreter one program costs the same whatever its tile: fewer, larger tiles run faster.
 INTERPRETER_CONFIG = GemmConfig(64, 64, 32, 4, 4, 1)
 
 
-def gemm_config(device: torch.device, m: int, n: int) -> GemmConfig:
+def gemm_config(device: torch.device, m: int, n: int, dtype: torch.dtype) -> GemmConfig:
     if device.type != "cuda":
         return INTERPRETER_CONFIG
     major, minor = torch.cuda.get_device_capability(device)
     if m * n < 128 * 128 * 64:  # too few large tiles to fill the card
         return CONFIGS["small"]
+    if dtype == torch.float32:
+        return FP32_CONFIG
     if major in (9, 10):  # Hopper, data-centre Blackwell: 228 KiB of shared memory per SM
         return CONFIGS["sm_90"]
     if (major, minor) == (8, 9) or major == 12:  # Ada, consumer Blackwell: about 100 KiB
@@ -103,8 +109,9 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 @_dispatch.on_tensor_device  # launch on the tensors' GPU
-def linear_gelu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """`x (M, K)`, `weight (N, K)`, any strides; returns a new contiguous `(M, N)` tensor of x's dtype."""
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, config: GemmConfig | None = None) -> torch.Tensor:
+    """`x (M, K)`, `weight (N, K)`, any strides; returns a new contiguous `(M, N)` tensor of x's dtype. `config`
+    overrides the tiles."""
     m, k = x.shape
     n = weight.shape[0]
     out = _alloc.empty((m, n), dtype=x.dtype, device=x.device)
@@ -112,7 +119,7 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return out
     if k == 0:
         return out.zero_()  # gelu(0) = 0
-    cfg = gemm_config(x.device, m, n)
+    cfg = config or gemm_config(x.device, m, n, x.dtype)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     _linear_gelu_kernel[grid](
         x, weight, out, m, n, k, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
@@ -126,19 +133,21 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def _register_for_compile_report() -> None:
     # The launch at the 2B's MLP shapes (M = 1764 tokens, N = 8192, K = 2048): contiguous rows, whose stride 1
     # along K Triton specialises to a constant, aligned pointers, N, K and the row strides multiples of 16.
+    launches = [(dt, arch, cfg) for arch, cfg in CONFIGS.items() for dt in ("bf16", "fp16")]
+    launches += [("fp32", "all", FP32_CONFIG), ("fp32", "small", CONFIGS["small"])]
     configs = []
-    for arch, cfg in CONFIGS.items():
-        for dt in ("bf16", "fp16"):
-            signature = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "out_ptr": f"*{dt}", "M": "i32", "N": "i32",
-                         "K": "i32", "sxm": "i32", "sxk": "constexpr", "swn": "i32", "swk": "constexpr"}
-            signature.update({name: "constexpr" for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "EVEN_K",
-                                                            "PRECISION")})
-            configs.append(TritonConfig(
-                f"{dt} {arch} {cfg.block_m}x{cfg.block_n}x{cfg.block_k}", signature,
-                {"sxk": 1, "swk": 1, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
-                 "GROUP_M": cfg.group_m, "EVEN_K": True, "PRECISION": "tf32"},
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                divisible=("x_ptr", "w_ptr", "out_ptr", "N", "K", "sxm", "swn")))
+    for dt, arch, cfg in launches:
+        signature = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "out_ptr": f"*{dt}", "M": "i32", "N": "i32",
+                     "K": "i32", "sxm": "i32", "sxk": "constexpr", "swn": "i32", "swk": "constexpr"}
+        signature.update({name: "constexpr" for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "EVEN_K",
+                                                        "PRECISION")})
+        precision = _precision(torch.float32 if dt == "fp32" else torch.float16)
+        configs.append(TritonConfig(
+            f"{dt} {arch} {cfg.block_m}x{cfg.block_n}x{cfg.block_k}", signature,
+            {"sxk": 1, "swk": 1, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
+             "GROUP_M": cfg.group_m, "EVEN_K": True, "PRECISION": precision},
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            divisible=("x_ptr", "w_ptr", "out_ptr", "N", "K", "sxm", "swn"), tensor_cores=precision != "ieee"))
     register_triton_kernel("linear_gelu.linear_gelu", _linear_gelu_kernel, configs, matrix=True)
 
 

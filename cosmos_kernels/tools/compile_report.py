@@ -6,7 +6,8 @@ Triton kernels (registered through `cosmos_kernels._registry`) are compiled with
 `GPUTarget("cuda", 90, 32)`; their PTX goes through Triton's bundled ptxas (`-v`) and their cubin through
 cuobjdump. CUDA sources in csrc/cuda are compiled with `nvcc -cubin -arch sm_90a -Xptxas -v`. One row per
 kernel and configuration: registers, shared memory, spill bytes, HGMMA count. Exit status 1 on any spill,
-on a matrix kernel without HGMMA, or on a kernel that fails to compile.
+on a matrix kernel without HGMMA (configurations whose dots are IEEE fp32 run on the FMA units and are exempt),
+or on a kernel that fails to compile.
 """
 
 from __future__ import annotations
@@ -94,15 +95,25 @@ def count_hgmma(cubin: Path) -> dict[str, int]:
     return counts
 
 
-def _import_all_kernels() -> None:
+def import_kernel_modules() -> list[Row]:
     """Import every module of the package so that each kernel registers itself (Triton kernels live in
-    modules named `triton`, which the ops import only on first launch)."""
+    modules named `triton`, which the ops import only on first launch). A module that needs an absent optional
+    package (the diffusers integrations on a machine without diffusers) is skipped with a note on stderr; a
+    kernel module that fails to import is a failing row."""
     import cosmos_kernels
 
+    rows = []
     for info in pkgutil.walk_packages(cosmos_kernels.__path__, "cosmos_kernels."):
         if ".tools" in info.name:
             continue
-        importlib.import_module(info.name)
+        try:
+            importlib.import_module(info.name)
+        except ModuleNotFoundError as exc:
+            if info.name.rsplit(".", 1)[-1] == "triton" or (exc.name or "").startswith("cosmos_kernels"):
+                rows.append(Row(info.name, "-", error=f"does not import: {exc}"))
+            else:
+                print(f"note: {info.name} skipped ({exc}); it registers no kernels", file=sys.stderr)
+    return rows
 
 
 def triton_rows() -> list[Row]:
@@ -116,7 +127,7 @@ def triton_rows() -> list[Row]:
     target = GPUTarget("cuda", 90, 32)
     for entry in TRITON_KERNELS.values():
         for cfg in entry.configs:
-            row = Row(entry.name, cfg.label, matrix=entry.matrix)
+            row = Row(entry.name, cfg.label, matrix=entry.matrix and cfg.tensor_cores)
             rows.append(row)
             try:
                 attrs = {(entry.kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in cfg.divisible}
@@ -182,13 +193,13 @@ def cuda_rows(source_dir: Path) -> list[Row]:
 
 
 def _print_table(rows: list[Row]) -> None:
-    header = f"{'kernel':44} {'config':34} {'regs':>5} {'smem':>7} {'spill':>6} {'hgmma':>6}  status"
+    header = f"{'kernel':36} {'config':44} {'regs':>5} {'smem':>7} {'spill':>6} {'hgmma':>6}  status"
     print(header)
     print("-" * len(header))
     for r in rows:
         status = "; ".join(r.failures()) or "ok"
         fmt = lambda v: "-" if v is None else str(v)  # noqa: E731
-        print(f"{r.name[:44]:44} {r.config[:34]:34} {fmt(r.registers):>5} {fmt(r.shared_bytes):>7} "
+        print(f"{r.name[:36]:36} {r.config[:44]:44} {fmt(r.registers):>5} {fmt(r.shared_bytes):>7} "
               f"{fmt(r.spill_bytes):>6} {fmt(r.hgmma):>6}  {status}")
 
 
@@ -207,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows: list[Row] = []
     if not args.no_triton:
-        _import_all_kernels()
+        rows += import_kernel_modules()
         rows += triton_rows()
     if not args.no_cuda:
         if args.csrc.is_dir():

@@ -150,3 +150,40 @@ def test_counted_as_one_gemm_launch_on_a_gpu():
     with _dispatch.meta_as_cuda(), DispatchCounter() as counter:
         ck.linear_gelu(x, w)
     assert [r.name for r in counter.records if r.cost.launches] == ["aten.mm", "aten.gelu"]
+
+
+# -- GPU launch settings ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("capability", [(7, 5), (8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (12, 0)])
+def test_gpu_tiles_per_dtype(capability, monkeypatch):
+    """fp32 takes its own tiles on every card (the 16-bit ones spill and overflow shared memory in fp32), and
+    every tile a launch can pick is in the compile report with its dtype and precision."""
+    tk = pytest.importorskip("cosmos_kernels.linear_gelu.triton")
+    from cosmos_kernels._registry import TRITON_KERNELS
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    cuda = torch.device("cuda")
+    assert tk.gemm_config(cuda, 1764, 8192, torch.float32) == tk.FP32_CONFIG
+    assert tk.gemm_config(cuda, 1764, 8192, torch.bfloat16) != tk.FP32_CONFIG
+    reported = {(c.label.split()[0], c.constexprs["BLOCK_M"], c.constexprs["BLOCK_N"], c.constexprs["BLOCK_K"],
+                 c.num_warps, c.num_stages, c.constexprs["PRECISION"])
+                for c in TRITON_KERNELS["linear_gelu.linear_gelu"].configs}
+    for dtype, name in ((torch.float32, "fp32"), (torch.float16, "fp16"), (torch.bfloat16, "bf16")):
+        for m, n in ((1764, 8192), (40, 64)):
+            cfg = tk.gemm_config(cuda, m, n, dtype)
+            precision = "ieee" if dtype == torch.float32 else "tf32"
+            assert (name, cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages, precision) in reported
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="needs Triton (its interpreter on the CPU)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gpu_tiles_compute_across_edges(dtype, gen):
+    """Each GPU tile configuration, run by the interpreter on sizes one past its tiles, with and without a K tail."""
+    from cosmos_kernels.linear_gelu import triton as tk
+
+    configs = {*tk.CONFIGS.values(), tk.FP32_CONFIG} if dtype == torch.float16 else {tk.FP32_CONFIG,
+                                                                                      tk.CONFIGS["small"]}
+    for cfg in sorted(configs, key=str):
+        for k in (2 * cfg.block_k, 2 * cfg.block_k + 7):
+            x, w = _inputs(gen, (cfg.block_m + 3,), k, cfg.block_n + 5, dtype)
+            _check(tk.linear_gelu(x, w, config=cfg), x, w, dtype, "triton")

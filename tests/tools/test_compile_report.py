@@ -26,6 +26,9 @@ from tests.tools import _report_kernels as k
 _registry.TRITON_KERNELS.clear()
 _registry.register_triton_kernel("test.scale", k.scale_kernel, [_registry.TritonConfig(
     "fp32", {"x_ptr": "*fp32", "y_ptr": "*fp32", "n": "i32", "BLOCK": "constexpr"}, {"BLOCK": 256})], matrix=True)
+_registry.register_triton_kernel("test.fma", k.scale_kernel, [_registry.TritonConfig(
+    "fp32 ieee", {"x_ptr": "*fp32", "y_ptr": "*fp32", "n": "i32", "BLOCK": "constexpr"}, {"BLOCK": 256},
+    tensor_cores=False)], matrix=True)
 _registry.register_triton_kernel("test.matmul", k.matmul_tile_kernel, [_registry.TritonConfig(
     "fp16 64x64x32", {"a_ptr": "*fp16", "b_ptr": "*fp16", "c_ptr": "*fp32", "M": "constexpr", "N": "constexpr",
     "K": "constexpr"}, {"M": 64, "N": 64, "K": 32})], matrix=True)
@@ -50,7 +53,28 @@ def test_matrix_kernels_are_checked_for_hgmma():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-c", _CHILD], env=env, cwd=root, capture_output=True, text=True, check=True)
-    scale, matmul = json.loads(out.stdout.strip().splitlines()[-1])
+    scale, fma, matmul = json.loads(out.stdout.strip().splitlines()[-1])
     assert scale["error"] is None and scale["spill_bytes"] == 0 and scale["registers"] > 0
     assert scale["hgmma"] == 0 and scale["failures"] == ["is a matrix kernel without HGMMA instructions"]
+    assert fma["hgmma"] == 0 and fma["failures"] == []  # IEEE fp32 dots run on the FMA units: none expected
     assert matmul["error"] is None and matmul["hgmma"] > 0 and matmul["failures"] == []
+
+
+def test_modules_needing_absent_packages_are_skipped_but_kernel_modules_fail(monkeypatch, capsys):
+    """On a machine without diffusers the integrations do not import; the kernels still get their report."""
+    import importlib
+    import pkgutil
+    from types import SimpleNamespace
+
+    names = ["cosmos_kernels.integrations.diffusers_cosmos", "cosmos_kernels.norms.triton", "cosmos_kernels.ok"]
+    missing = {names[0]: "diffusers", names[1]: "triton"}
+
+    def import_module(name):
+        if name in missing:
+            raise ModuleNotFoundError(f"No module named '{missing[name]}'", name=missing[name])
+
+    monkeypatch.setattr(pkgutil, "walk_packages", lambda *args, **kwargs: [SimpleNamespace(name=n) for n in names])
+    monkeypatch.setattr(importlib, "import_module", import_module)
+    rows = compile_report.import_kernel_modules()
+    assert [(r.name, bool(r.failures())) for r in rows] == [("cosmos_kernels.norms.triton", True)]
+    assert "diffusers_cosmos skipped" in capsys.readouterr().err
