@@ -3,7 +3,7 @@
 
 A step result: {"name", "what", "command", "limit_s", "status", "wall_s", "note"} plus, once run, "tail" (the last
 lines of its log), "data" (what its JSON file holds) or "tests" (junit counts). Status: pending, running, ok, failed,
-timeout (stopped at its limit; what it measured is kept) or skipped.
+timeout (stopped at its limit; what it measured is kept), skipped, or stopped (the suite itself was stopped).
 """
 
 from __future__ import annotations

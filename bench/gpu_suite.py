@@ -144,7 +144,11 @@ def run_step(step: Step, out: Path, deadline: float, *, cuda: bool = True,
             if on_tick is not None:
                 on_tick(result)
 
-        ended = _wait(proc, limit, tick)
+        try:
+            ended = _wait(proc, limit, tick)
+        except BaseException:  # the suite itself is being stopped: its step goes with it
+            _kill(proc)
+            raise
     result["wall_s"] = round(time.monotonic() - start, 1)
     if ended == "exited":
         result.update(status="ok" if proc.returncode == 0 else "failed", rc=proc.returncode)
@@ -171,11 +175,16 @@ def _wait(proc: subprocess.Popen, limit: float, tick: Callable[[], None]) -> str
             tick()
             continue
         if interrupted:
-            os.killpg(proc.pid, signal.SIGKILL)  # the step's compilers and workers too
-            proc.wait()
+            _kill(proc)
             return "killed"
         os.killpg(proc.pid, signal.SIGINT)
         interrupted = True
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)  # the step's compilers and workers too
+    proc.wait()
 
 
 def _collect(result: dict, step: Step, out: Path, log: Path) -> None:
@@ -263,20 +272,35 @@ def run_suite(out: Path, *, wheels: Path | None = None, build: bool = True) -> i
             results[index] = partial
         return gpu_report.write(out, results, time.monotonic() - start, total)
 
-    deadline, cuda = start, False
-    for i in range(len(steps)):
-        if i == 1:  # the build needs the card's architecture, known once the env step has run
-            dev = gpu_report.device_info(results)
-            cuda = bool(dev.get("cuda"))
-            steps[1:] = plan(out, capability=dev.get("capability"), wheels=wheels, build=build)[1:]
-            results[1:] = [new_result(s) for s in steps[1:]]
-        step = steps[i]
-        deadline += step.limit_s  # a step may use what the ones before it left unused
-        print(f"{PROG}: {step.name} (until +{deadline - start:.0f} s) ...", flush=True)
-        results[i] = run_step(step, out, deadline, cuda=cuda, on_tick=lambda partial, i=i: report(partial, i))
+    deadline, cuda, paths = start, False, []
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        for i in range(len(steps)):
+            if i == 1:  # the build needs the card's architecture, known once the env step has run
+                dev = gpu_report.device_info(results)
+                cuda = bool(dev.get("cuda"))
+                steps[1:] = plan(out, capability=dev.get("capability"), wheels=wheels, build=build)[1:]
+                results[1:] = [new_result(s) for s in steps[1:]]
+            step = steps[i]
+            deadline += step.limit_s  # a step may use what the ones before it left unused
+            print(f"{PROG}: {step.name} (until +{deadline - start:.0f} s) ...", flush=True)
+            results[i] = run_step(step, out, deadline, cuda=cuda, on_tick=lambda partial, i=i: report(partial, i))
+            r = results[i]
+            print(f"{PROG}: {step.name} {r['status']} in {r['wall_s']:.0f} s {r['note']}".rstrip(), flush=True)
+            paths = report()
+    except KeyboardInterrupt:  # SIGINT or SIGTERM: the numbers taken so far still make a report
+        running = next((i for i, r in enumerate(results) if r["status"] in ("pending", "running")), None)
+        if running is not None:
+            results[running] = {**results[running], "status": "stopped", "note": "the suite was stopped"}
         paths = report()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print("\n".join(gpu_report.summary(results, time.monotonic() - start, total, paths)))
-    return 1 if any(r["status"] in ("failed", "timeout") for r in results) else 0
+    return 1 if any(r["status"] in ("failed", "timeout", "stopped") for r in results) else 0
+
+
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ step leaves to the next), the report rewritten after every step, and the summary
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -152,6 +155,28 @@ def test_suite_report_after_every_step_and_exit_status(tmp_path, monkeypatch, ca
                                  "triton 3.6.0, python 3.12.1, numpy 2.5.5")
     assert any("broken" in line and "failed" in line and "no luck" in line for line in summary)
     assert capsys.readouterr().out.count("report: ") == 1
+
+
+def test_a_stopped_suite_stops_its_step_and_still_reports(tmp_path, monkeypatch):
+    pid_file = tmp_path / "child.pid"
+    sleeper = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    monkeypatch.setattr(gpu_suite, "plan", lambda out, **kw: [_step("first", "print(1)", limit=10),
+                                                             _step("long", sleeper, limit=100),
+                                                             _step("never", "print(2)", limit=10)])
+    def stop_once_the_long_step_runs():
+        for _ in range(600):
+            if pid_file.exists() and pid_file.read_text():
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            gpu_suite.time.sleep(0.1)
+
+    threading.Thread(target=stop_once_the_long_step_runs, daemon=True).start()
+    rc = gpu_suite.run_suite(tmp_path)
+    assert rc == 1
+    status = {s["name"]: s["status"] for s in json.loads((tmp_path / "gpu_report.json").read_text())["steps"]}
+    assert status == {"first": "ok", "long": "stopped", "never": "pending"}
+    with pytest.raises(ProcessLookupError):  # the step's process went with the suite
+        os.kill(int(pid_file.read_text()), 0)
 
 
 def _fabricated_results() -> list[dict]:
