@@ -145,7 +145,8 @@ def test_start_up_errors_are_one_line_naming_the_flag(extra, expected, tmp_path,
 
     if "cuda" in extra and torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    assert main(["eval", "libero", "--task-suite", "libero_10", "--out", str(tmp_path / "o"), *extra]) == 2
+    checkpoint = [] if "--checkpoint" in extra else ["--checkpoint", str(tmp_path)]
+    assert main(["eval", "libero", "--task-suite", "libero_10", "--out", str(tmp_path / "o"), *checkpoint, *extra]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""  # no task-order or progress text before the error
     lines = captured.err.strip().splitlines()
