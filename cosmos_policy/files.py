@@ -57,7 +57,7 @@ def resolve_directory(path: str | os.PathLike) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise FileNotFoundError(
-            f"{text}: no such directory, and huggingface_hub is not installed to fetch it from the Hugging Face Hub "
+            f"{text}: not a directory, and huggingface_hub is not installed to fetch it from the Hugging Face Hub "
             "(pip install huggingface_hub, or download the repository and pass its directory)"
         ) from None
     try:
@@ -66,7 +66,7 @@ def resolve_directory(path: str | os.PathLike) -> Path:
         first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
         detail = f"{type(err).__name__}: {first[:200]}" if first else type(err).__name__
         raise FileNotFoundError(
-            f"{text}: no such directory, and could not be fetched from the Hugging Face Hub ({detail})") from err
+            f"{text}: not a directory, and could not be fetched from the Hugging Face Hub ({detail})") from err
     return local / "model" if (local / "model").is_dir() else local
 
 
