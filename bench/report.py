@@ -4,8 +4,8 @@
     python -m bench.report out.json [--out DIR]
 
 Writes `DIR/<name>.md` (the per-group summary, then one table per group: variants, medians, ratios, device,
-commit) and `DIR/<name>.png` (each variant's median relative to the fused one, per group); DIR defaults to the
-JSON file's folder. Bad input is one line `bench.report: error: ...` and exit code 2.
+commit) and `DIR/<name>.png` (a dot plot, one row per group: each variant's median relative to the fused one);
+DIR defaults to the JSON file's folder. Bad input is one line `bench.report: error: ...` and exit code 2.
 """
 
 from __future__ import annotations
@@ -96,8 +96,14 @@ def markdown(data: dict, source: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+MARKERS = "osD^v<>Ph*X"
+
+
 def chart(data: dict, path: Path) -> None:
-    """Horizontal bars per group: each variant's ratio to the fused variant (log scale)."""
+    """A dot plot, one row per group: each variant's median relative to the fused one (log scale; fused at 1).
+
+    A group without a fused variant is drawn relative to its first variant (named in the row's label). The figure
+    grows by a fixed height per row, so labels stay readable at any number of groups."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,27 +111,35 @@ def chart(data: dict, path: Path) -> None:
 
     groups = summary.group_benchmarks(data["benchmarks"])
     variants = list(dict.fromkeys(v for g in groups for v in g.medians_s))
-    fig, ax = plt.subplots(figsize=(10, 1.0 + 0.25 * len(groups) * max(1, len(variants))))
-    height = 0.8 / max(1, len(variants))
-    for i, variant in enumerate(variants):
-        ys, xs = [], []
-        for j, g in enumerate(groups):
-            base = g.medians_s.get(summary.FUSED) or next(iter(g.medians_s.values()))
-            ratio = 1.0 if variant == summary.FUSED else g.ratio(variant)
-            if ratio is None and variant in g.medians_s and base > 0:  # a group without a fused variant
-                ratio = g.medians_s[variant] / base
-            if variant in g.medians_s and ratio is not None:
-                ys.append(j + i * height)
-                xs.append(ratio)
-        ax.barh(ys, xs, height=height, label=variant)
+    colors = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(11, 1.6 + 0.3 * len(groups)))
+    labels, lowest, highest = [], 1.0, 1.0
+    for row, g in enumerate(groups):
+        base_name = summary.FUSED if summary.FUSED in g.medians_s else next(iter(g.medians_s))
+        base = g.medians_s[base_name]
+        labels.append(g.group if base_name == summary.FUSED else f"{g.group} (vs {base_name})")
+        for i, variant in enumerate(variants):
+            if variant in g.medians_s and base > 0 and g.medians_s[variant] > 0:
+                ratio = g.ratio(variant) if base_name == summary.FUSED else None  # per-round ratios when timed so
+                ratio = ratio if ratio is not None else g.medians_s[variant] / base
+                lowest, highest = min(lowest, ratio), max(highest, ratio)
+                ax.plot(ratio, row, linestyle="none", marker=MARKERS[i % len(MARKERS)], markersize=7,
+                        color=colors(i % 10), alpha=0.9, label=variant)
     ax.set_xscale("log")
+    ax.set_xlim(lowest / 1.5, highest * 1.5)
     ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(groups))], [g.group for g in groups], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("time relative to fused (log; > 1: fused is faster)")
-    ax.legend(fontsize=7, loc="best")
+    ax.set_yticks(range(len(groups)), labels, fontsize=9)
+    ax.set_ylim(len(groups) - 0.5, -0.5)
+    ax.grid(axis="y", color="0.9", linewidth=0.8)
+    ax.grid(axis="x", which="both", color="0.93", linewidth=0.6)
+    ax.set_axisbelow(True)
+    ax.set_xlabel("median relative to fused (log scale; right of 1: fused is faster)", fontsize=10)
+    handles, names = ax.get_legend_handles_labels()
+    unique = dict(zip(names, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=9, ncol=min(len(unique), 4), loc="lower right",
+              bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # "tight": the legend above the axes is kept whole
     plt.close(fig)
 
 

@@ -59,6 +59,36 @@ def one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
+def flag_error(flag: str, value, err: BaseException) -> UsageError:
+    """`err` as the error of `flag VALUE`, naming the value once (library messages often start with it already):
+    "x: no such file" -> "--flag x: no such file", "'x' is not a device" -> "--flag x: not a device"."""
+    message = one_line(err)
+    text = str(value)
+    if message.startswith(text):
+        return UsageError(f"{flag} {message}")
+    if message.startswith(f"{text!r} is "):
+        message = message[len(repr(text)) + len(" is "):]
+    return UsageError(f"{flag} {text}: {message}")
+
+
+def device_error(flag: str, value, err: BaseException) -> UsageError:
+    """A `resolve_device` error ("device: cuda asked for, but no CUDA GPU is available") as the error of `flag`
+    ("--device cuda: no CUDA GPU is available")."""
+    message = one_line(err).removeprefix("device: ").removeprefix(f"{value} asked for, but ")
+    return flag_error(flag, value, ValueError(message))
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless its help already says it, or there is none to show (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False \
+                or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser(command: str | None) -> ArgumentParser:
     """The parser, with the arguments of `command` only (the other subcommands' modules are not imported)."""
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
@@ -69,7 +99,7 @@ def build_parser(command: str | None) -> ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     for name, (_, help_text) in COMMANDS.items():
         child = sub.add_parser(name, help=help_text, description=help_text,
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                               formatter_class=HelpFormatter)
         child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                            help="show the traceback of an error")
         if name == command:

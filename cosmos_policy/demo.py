@@ -21,7 +21,7 @@ latency. `torch.cuda.profiler` start / stop bracket that measured window (`nsys 
                     (+ vae_decode with --future-images); sampler = denoise time not spent in network passes
     ratio           {"chunk_p50": reference / fused, "stages_p50": {stage: reference / fused}} (--backend both)
     targets         [{"what", "target", "measured" (str | null), "status": "pass" | "fail" | "not measured",
-                      "note"}]  (DESIGN.md's GPU targets)
+                      "note"}]  (the GPU latency targets, set in demo_report.py)
     actions         the last chunk's actions, (chunk, action_dim); value: its predicted value
     files           {"report": path, "chart": path, "trace": [paths]}
 """
@@ -39,7 +39,7 @@ import torch
 
 from . import argtypes
 from . import demo_report as R
-from .cli import SAMPLE_NAME, USER_ERRORS, default_data_dir, one_line
+from .cli import SAMPLE_NAME, USER_ERRORS, default_data_dir, device_error, flag_error, one_line
 from .errors import UsageError, missing_extra
 from .layout import LAYOUTS, get_layout
 
@@ -129,12 +129,6 @@ def load_observation(suite: str, task: str, data_dir: Path | None, seed: int = 0
     return obs, info
 
 
-def _flagged(flag: str, value, err: BaseException) -> UsageError:
-    message = one_line(err)
-    text = str(value)
-    return UsageError(f"{flag} {message}" if message.startswith(text) else f"{flag} {text}: {message}")
-
-
 # -- building the policies ------------------------------------------------------------------------------------------
 
 def load_policies(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, tmp: str) -> tuple[dict, dict]:
@@ -161,7 +155,7 @@ def load_policies(args: argparse.Namespace, device: torch.device, dtype: torch.d
                 network_config=config if args.config else None)
         except USER_ERRORS as err:
             vae_named = args.vae is not None and str(args.vae) in one_line(err)
-            raise (_flagged("--vae", args.vae, err) if vae_named else _flagged(flag, path, err)) from err
+            raise (flag_error("--vae", args.vae, err) if vae_named else flag_error(flag, path, err)) from err
         what = {"config": config_name if args.config else _config_name(first.network.config),
                 "checkpoint": "random weights" if args.checkpoint is None else str(args.checkpoint),
                 "image_size": first.image_size}
@@ -297,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
     except ValueError as err:
-        raise UsageError(f"--device {args.device}: {one_line(err).removeprefix('device: ')}") from None
+        raise device_error("--device", args.device, err) from None
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     out = writable_folder(args.out)
     if args.data_dir is not None and not args.data_dir.is_dir():  # before minutes of loading

@@ -34,6 +34,14 @@ class CheckpointFiles:
     image_size: int = IMAGE_SIZE
 
 
+def is_hub_repo_id(text: str) -> bool:
+    """Whether `text` can name a Hugging Face repository ("org/name"; a path such as ./x or a/b/ is not one)."""
+    parts = text.split("/")
+    return len(text) <= 96 and len(parts) == 2 and all(
+        re.fullmatch(r"[\w.-]+", part) and part[0] not in ".-" and part[-1] not in ".-"
+        and "--" not in part and ".." not in part for part in parts)
+
+
 def resolve_directory(path: str | os.PathLike) -> Path:
     """A local directory, or a Hugging Face repo id ("org/name") downloaded with `huggingface_hub`."""
     local = Path(path)
@@ -42,8 +50,9 @@ def resolve_directory(path: str | os.PathLike) -> Path:
             return local.parent
         return local / "model" if (local / "model").is_dir() else local
     text = os.fspath(path)
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", text):
-        raise FileNotFoundError(f"{text}: no such checkpoint directory (nor a Hugging Face repo id like org/name)")
+    if not is_hub_repo_id(text):
+        hint = "" if "/" in text or os.sep in text else " (nor a Hugging Face repo id like org/name)"
+        raise FileNotFoundError(f"{text}: no such checkpoint directory{hint}")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:

@@ -2,9 +2,13 @@
 
 Results go to `--out`: `episodes.jsonl` (one line per finished episode, appended as it finishes), `summary.json`
 (success rate and 95 % Wilson interval per task and for the suite, the simulator versions, the throughput), `run.json`
-(the settings) and `videos/` (`--videos K`: the first K trials of each task). Running again with the same `--out`
+(the settings) and `videos/` (`--videos K`: the first K trials of each task). The folder is created when the first
+episode starts, so a run that fails while starting up leaves nothing there. Running again with the same `--out`
 resumes: finished episodes are skipped. `--ray [ADDRESS]` runs the simulators as Ray actors and the policy in one
 actor per GPU (or one CPU actor); without ADDRESS a local Ray cluster is started.
+
+Without `--checkpoint` the policy has random weights: a tiny checkpoint that knows the suite's instructions is written
+to a temporary folder, so the protocol can be tried without a download or a GPU (its episodes fail).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import argparse
 import functools
 import importlib.metadata as metadata
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .libero import DEFAULT_SEED, SUITE_MAX_STEPS
 
     parser.add_argument("benchmark", choices=BENCHMARKS, help="the simulator benchmark")
-    parser.add_argument("--checkpoint", required=True, help="official checkpoint directory or Hugging Face repo id")
+    parser.add_argument("--checkpoint", default=None,
+                        help="official checkpoint directory or Hugging Face repo id (default: random tiny weights, "
+                             "to try the protocol)")
     parser.add_argument("--vae", help="Wan2.1 VAE weights (default: looked for in the checkpoint directory)")
     parser.add_argument("--task-suite", required=True, choices=sorted(SUITE_MAX_STEPS))
     parser.add_argument("--tasks", default=None, help="comma-separated task ids (default: every task of the suite)")
@@ -46,15 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                         help="run on Ray: a local cluster, or the one at ADDRESS (e.g. ray://head:10001 or auto)")
     parser.add_argument("--device", default=None, help="policy device (default: cuda when visible, else cpu)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
-    parser.add_argument("--backend", choices=["fused", "reference"], default="fused")
-    parser.add_argument("--step-timeout", type=float, default=30.0,
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                        help="policy dtype (default: bfloat16 on CUDA, float32 on the CPU)")
+    parser.add_argument("--backend", choices=["fused", "reference"], default="fused", help="the network's kernels")
+    parser.add_argument("--step-timeout", type=argtypes.seconds, default=30.0,
                         help="seconds one simulator step may take before its worker is replaced")
     parser.add_argument("--reset-seed", type=argtypes.whole_number(0), default=0,
                         help="seed of the global generators before each reset (official deterministic reset)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
 
 
 def parse_tasks(text: str | None, num_tasks: int, suite: str) -> list[int]:
@@ -85,43 +91,87 @@ def _versions() -> dict:
     return versions
 
 
-def _loader(args):
-    import torch
+RANDOM_WEIGHTS = "random tiny weights (seed 0)"
+TINY_IMAGE_SIZE = 64  # the random checkpoint's image size: the CPU policy query stays short
 
+
+def _checkpoint(args, tasks, tmp: str) -> str:
+    """`--checkpoint`, or a random tiny checkpoint that knows every instruction of the suite, written to `tmp`."""
+    if args.checkpoint is not None:
+        return args.checkpoint
+    from ..testing import write_tiny_checkpoint
+
+    return str(write_tiny_checkpoint(tmp, suite="libero", instructions=tuple(t.language for t in tasks),
+                                     image_size=TINY_IMAGE_SIZE))
+
+
+def _loader(args, checkpoint: str, dtype):
     from ..policy import CosmosPolicy
 
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    return functools.partial(CosmosPolicy.from_pretrained, args.checkpoint, suite="libero", vae=args.vae,
-                             device=args.device, dtype=dtypes.get(args.dtype), backend=args.backend,
-                             seed=args.seed)
+    return functools.partial(CosmosPolicy.from_pretrained, checkpoint, suite="libero", vae=args.vae,
+                             device=args.device, dtype=dtype, backend=args.backend, seed=args.seed)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..cli import USER_ERRORS, one_line
-    from . import libero as L
-    from .loop import Timeouts, evaluate
-    from .results import ResultStore, format_summary, summarize
-    from .workers import LocalPolicy, RayPolicy, init_ray
+def _check_arguments(args):
+    """What can be checked in a moment, before the simulator or the policy is touched; returns the torch dtype."""
+    import torch
 
-    L.require_libero()
-    if args.step_timeout <= 0:
-        raise UsageError(f"--step-timeout {args.step_timeout}: expected a positive number of seconds")
-    tasks = L.load_tasks(args.task_suite)
-    task_ids = parse_tasks(args.tasks, len(tasks), args.task_suite)
-    fewest = min(tasks[t].num_initial_states for t in task_ids)
-    if args.trials > fewest:
-        raise UsageError(f"--trials {args.trials}: the chosen tasks have {fewest} initial states each at most")
+    from ..cli import device_error, flag_error
+    from ..files import is_hub_repo_id, resolve_directory
+    from ..policy import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        raise device_error("--device", args.device, err) from None
+    if args.checkpoint is not None and not is_hub_repo_id(args.checkpoint):  # a local path: no download to wait for
+        try:
+            resolve_directory(args.checkpoint)
+        except FileNotFoundError as err:
+            raise flag_error("--checkpoint", args.checkpoint, err) from None
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out}: not a directory")
     if args.videos:
         try:
             import imageio  # noqa: F401
             import imageio_ffmpeg  # noqa: F401
         except ImportError as err:
             raise missing_extra(err.name or "imageio", "libero") from None
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(args.dtype)
+
+
+def _load_local(loader, args, instructions: list[str]):
+    from ..cli import USER_ERRORS, flag_error, one_line
+
+    try:
+        policy = loader()
+    except USER_ERRORS as err:
+        vae_named = args.vae is not None and str(args.vae) in one_line(err)
+        raise (flag_error("--vae", args.vae, err) if vae_named else
+               flag_error("--checkpoint", args.checkpoint or RANDOM_WEIGHTS, err)) from None
+    _check_instructions(policy, instructions)
+    return policy
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import libero as L
+    from .loop import Timeouts, evaluate
+    from .results import ResultStore, format_summary, summarize
+    from .workers import LocalPolicy, RayPolicy, init_ray
+
+    dtype = _check_arguments(args)
+    L.require_libero()
+    tasks = L.load_tasks(args.task_suite)
+    task_ids = parse_tasks(args.tasks, len(tasks), args.task_suite)
+    fewest = min(tasks[t].num_initial_states for t in task_ids)
+    if args.trials > fewest:
+        raise UsageError(f"--trials {args.trials}: the chosen tasks have {fewest} initial states each at most")
     max_steps = args.max_steps or L.SUITE_MAX_STEPS[args.task_suite]
+    checkpoint_name = str(args.checkpoint) if args.checkpoint is not None else RANDOM_WEIGHTS
     run_config = {"benchmark": args.benchmark, "suite": args.task_suite, "seed": args.seed, "max_steps": max_steps,
-                  "reset_seed": args.reset_seed, "checkpoint": str(args.checkpoint), "vae": args.vae,
+                  "reset_seed": args.reset_seed, "checkpoint": checkpoint_name, "vae": args.vae,
                   "backend": args.backend, "dtype": args.dtype}
-    store = ResultStore(args.out, run_config)
+    store = ResultStore(args.out, run_config)  # reads a previous run; the folder is claimed by the first episode
 
     episodes = []
     for task_id in task_ids:
@@ -134,37 +184,34 @@ def run(args: argparse.Namespace) -> int:
                                           states[trial], max_steps, args.seed, reset_seed=args.reset_seed,
                                           video=video))
     todo = [e for e in episodes if not store.done(e.task_id, e.trial)]
-    print(f"{args.task_suite}: {len(episodes)} episodes over {len(task_ids)} tasks, {len(episodes) - len(todo)} "
-          f"already in {store.episodes_path}", file=sys.stderr)
 
-    loader = _loader(args)
-    ray = init_ray(args.ray) if args.ray is not None else None
-    pool = policy = None
-    try:
-        if todo:
+    ray = pool = policy = None
+    with tempfile.TemporaryDirectory(prefix="cosmos_policy_eval_") as tmp:
+        try:
+            if todo:
+                loader = _loader(args, _checkpoint(args, tasks, tmp), dtype)
+                if args.ray is None:  # loaded before anything is printed: a bad checkpoint is the only line
+                    policy = LocalPolicy(_load_local(loader, args, [tasks[t].language for t in task_ids]))
+            print(f"{args.task_suite}: {len(episodes)} episodes over {len(task_ids)} tasks, "
+                  f"{len(episodes) - len(todo)} already in {store.episodes_path}", file=sys.stderr)
+            if todo:
+                if args.ray is not None:
+                    ray = init_ray(args.ray)
+                    policy = RayPolicy(ray, loader, args.device or "auto", max_actors=args.envs)
+                policy.warmup(range(1, min(args.envs, len(todo)) + 1))
+                pool = _make_pool(ray, min(args.envs, len(todo)))
+            stats = _run_with_progress(todo, pool, policy, store, Timeouts(step_s=args.step_timeout), args,
+                                       evaluate) if todo else None
+        finally:
+            for thing in (pool, policy):
+                if thing is not None:
+                    thing.close()
             if ray is not None:
-                policy = RayPolicy(ray, loader, args.device or "auto", max_actors=args.envs)
-            else:
-                try:
-                    local = loader()
-                except USER_ERRORS as err:
-                    raise UsageError(f"--checkpoint {args.checkpoint}: {one_line(err)}") from None
-                _check_instructions(local, [tasks[t].language for t in task_ids])
-                policy = LocalPolicy(local)
-            policy.warmup(range(1, min(args.envs, len(todo)) + 1))
-            pool = _make_pool(ray, min(args.envs, len(todo)))
-        stats = _run_with_progress(todo, pool, policy, store, Timeouts(step_s=args.step_timeout), args,
-                                   evaluate) if todo else None
-    finally:
-        for thing in (pool, policy):
-            if thing is not None:
-                thing.close()
-        if ray is not None:
-            ray.shutdown()
+                ray.shutdown()
 
     meta = {"benchmark": args.benchmark, "suite": args.task_suite, "seed": args.seed, "trials": args.trials,
             "task_ids": task_ids, "max_steps": max_steps, "envs": args.envs, "ray": args.ray,
-            "checkpoint": str(args.checkpoint), "versions": _versions(), "differences_from_official": DIFFERENCES,
+            "checkpoint": checkpoint_name, "versions": _versions(), "differences_from_official": DIFFERENCES,
             "this_run": stats.as_dict() if stats else None}
     records = [r for r in store.records if r["task_id"] in task_ids and r["trial"] < args.trials]
     summary = summarize(records, {t: tasks[t].language for t in task_ids}, meta)

@@ -22,8 +22,10 @@ candidates of that one chunk; the base policy has a single candidate, so every c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata as metadata
+import io
 import os
 import random
 from collections.abc import Mapping, Sequence
@@ -110,7 +112,8 @@ def _benchmark(suite: str):
         raise UsageError(f"--task-suite {suite}: unknown suite; expected one of {', '.join(SUITE_MAX_STEPS)}")
     from libero.libero import benchmark
 
-    return benchmark.get_benchmark_dict()[suite]()
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its task order on every construction
+        return benchmark.get_benchmark_dict()[suite]()
 
 
 def load_tasks(suite: str) -> list[Task]:

@@ -71,6 +71,8 @@ def evaluate(episodes: Sequence[EpisodeSpec], pool, policy, store: ResultStore,
     begin = time.monotonic()
 
     def submit(slot: int, method: str, arg) -> None:
+        if method == "start":
+            store.claim()  # the run folder is taken only now, when an episode really starts
         pool.submit(slot, method, arg, timeouts.for_call(method))
         busy[slot] = method
 

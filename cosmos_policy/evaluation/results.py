@@ -2,7 +2,9 @@
 resuming from them, success rates with 95 % Wilson intervals, and the summary (`summary.json` and a terminal table).
 
 `run.json` records what decides an episode's outcome (suite, seed, step limit, checkpoint...); resuming into a folder
-made with other settings is refused, so one file never mixes two evaluations.
+that holds episodes made with other settings is refused, so one file never mixes two evaluations. The folder is
+claimed (created, `run.json` written) only when the first episode starts: a run that fails while starting up leaves
+nothing behind, and a folder that holds no episode yet takes the settings of the next run.
 """
 
 from __future__ import annotations
@@ -43,23 +45,40 @@ class ResultStore:
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
             raise UsageError(f"--out {self.out}: not a directory")
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.run = dict(run)
         self.episodes_path = self.out / EPISODES
         self.summary_path = self.out / SUMMARY
-        run_path = self.out / RUN
-        if run_path.exists():
-            try:
-                previous = json.loads(run_path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise CorruptFileError(f"{run_path}: not JSON ({err})") from None
-            differ = sorted(k for k in run if previous.get(k) != run[k])
-            if differ:
-                shown = ", ".join(f"{k} {previous.get(k)!r} -> {run[k]!r}" for k in differ)
-                raise UsageError(f"--out {self.out}: holds an evaluation with other settings ({shown}); "
-                                 "use another --out to start a new one")
-        else:
-            _write_atomic(run_path, json.dumps(dict(run), indent=2) + "\n")
+        self.run_path = self.out / RUN
         self._records = self._load()
+        previous = self._previous_run()
+        differ = sorted(k for k in self.run if previous is not None and previous.get(k) != self.run[k])
+        if differ and self._records:
+            shown = ", ".join(f"{k} {previous.get(k)!r} -> {self.run[k]!r}" for k in differ)
+            raise UsageError(f"--out {self.out}: holds episodes of an evaluation with other settings ({shown}); "
+                             "use another --out to start a new one")
+        self._claimed = previous is not None and not differ
+
+    def _previous_run(self) -> dict | None:
+        if not self.run_path.exists():
+            return None
+        try:
+            previous = json.loads(self.run_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CorruptFileError(f"{self.run_path}: not JSON ({err})") from None
+        if not isinstance(previous, dict):
+            raise CorruptFileError(f"{self.run_path}: not a JSON object")
+        return previous
+
+    def claim(self) -> None:
+        """Create the folder and record this run's settings in run.json (called as the first episode starts)."""
+        if self._claimed:
+            return
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _write_atomic(self.run_path, json.dumps(self.run, indent=2) + "\n")
+        except OSError as err:
+            raise UsageError(f"--out {self.out}: cannot write there ({err.strerror or err})") from None
+        self._claimed = True
 
     def _load(self) -> dict[tuple[int, int], dict]:
         """Finished episodes by (task_id, trial). A last line cut short by an interruption is dropped (that episode
@@ -102,6 +121,7 @@ class ResultStore:
         self._records[(int(record["task_id"]), int(record["trial"]))] = dict(record)
 
     def write_summary(self, summary: Mapping) -> Path:
+        self.claim()
         _write_atomic(self.summary_path, json.dumps(summary, indent=2) + "\n")
         return self.summary_path
 

@@ -146,3 +146,18 @@ def test_real_run_summary_json_compare_and_report(tmp_path):
 
     assert report.main([str(tmp_path / "out.json")]) == 0
     assert "toy[small]" in (tmp_path / "out.md").read_text()
+
+
+def test_chart_stays_readable_with_many_groups(tmp_path):
+    """One row per group at a fixed height: 40 groups of 8 variants make a page-sized image, not a strip."""
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    variants = ["fused", "reference", "compile", "triton", "sdpa", "flash_attn", "eager_official", "fused_op_only"]
+    benchmarks = [{"group": f"op_{g}[libero,bf16,cpu]", "name": f"test_op[{v}]", "extra_info": {"variant": v},
+                   "stats": {"median": 1e-3 * (1 + g) * (1 + i)}}
+                  for g in range(40) for i, v in enumerate(variants)]
+    report.chart({"benchmarks": benchmarks}, tmp_path / "many.png")
+    width, height = Image.open(tmp_path / "many.png").size
+    assert 800 <= width <= 1400 and height <= 1600  # about 30 px per row, at 100 dpi
+    assert height / 40 >= 25  # and not squeezed below a readable row either

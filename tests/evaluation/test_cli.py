@@ -116,3 +116,42 @@ def test_missing_extra_names_it(monkeypatch, tmp_path, capsys):
     assert main(["eval", "libero", "--checkpoint", str(tmp_path), "--task-suite", "libero_10"]) == 2
     err = capsys.readouterr().err.strip()
     assert 'pip install "cosmos-kernels[libero]"' in err and len(err.splitlines()) == 1
+
+
+@needs_libero
+def test_a_failed_start_leaves_nothing_and_the_corrected_rerun_runs(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--trials", "1", "--max-steps", "16"]
+    assert main([*eval_args(tmp_path / "no_such_dir", out), *args]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+    assert not out.exists()
+    # a folder left by a start-up failure of an earlier version (run.json, no episode) is taken over too
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"checkpoint": str(tmp_path / "no_such_dir"), "seed": 195}))
+    assert main([*eval_args(tiny_checkpoint, out), *args]) == 0
+    records, lines = episodes(out)
+    assert lines == 1 and set(records) == {(0, 0)}
+    assert json.loads((out / "run.json").read_text())["checkpoint"] == str(tiny_checkpoint)
+
+
+@needs_libero
+@pytest.mark.parametrize("extra, expected", [
+    (["--device", "cuda"], "--device cuda: no CUDA GPU is available"),
+    (["--checkpoint", "./no_such_dir"], "--checkpoint ./no_such_dir: no such checkpoint directory"),
+    (["--checkpoint", "no/such/dir/"], "--checkpoint no/such/dir/: no such checkpoint directory"),
+])
+def test_start_up_errors_are_one_line_naming_the_flag(extra, expected, tmp_path, capsys):
+    import torch
+
+    if "cuda" in extra and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    checkpoint = [] if "--checkpoint" in extra else ["--checkpoint", str(tmp_path)]
+    assert main(["eval", "libero", "--task-suite", "libero_10", "--out", str(tmp_path / "o"), *checkpoint, *extra]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no task-order or progress text before the error
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cosmos-policy: error: " + expected), lines
+    flag, value = extra
+    assert lines[0].count(flag) == 1 and lines[0].count(value) == 1
+    assert "HFValidationError" not in lines[0] and "Repo id" not in lines[0]
+    assert not (tmp_path / "o").exists()

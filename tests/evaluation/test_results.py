@@ -47,9 +47,28 @@ def test_append_resume_and_torn_last_line(tmp_path):
 
 
 def test_other_settings_are_refused(tmp_path):
-    ResultStore(tmp_path, RUN)
+    store = ResultStore(tmp_path, RUN)
+    store.claim()
+    store.append(record(0, 0))
     with pytest.raises(UsageError, match="seed 195 -> 196"):
         ResultStore(tmp_path, {**RUN, "seed": 196})
+
+
+def test_the_folder_is_claimed_only_when_an_episode_starts(tmp_path):
+    out = tmp_path / "out"
+    store = ResultStore(out, RUN)
+    assert not out.exists()  # opening the store (a run that then fails to start) leaves nothing behind
+    store.claim()
+    assert json.loads((out / "run.json").read_text()) == RUN
+    # a folder that holds no episode takes the settings of the next run
+    other = {**RUN, "seed": 196}
+    again = ResultStore(out, other)
+    assert json.loads((out / "run.json").read_text()) == RUN  # not yet: only when its first episode starts
+    again.claim()
+    assert json.loads((out / "run.json").read_text()) == other
+    again.append(record(0, 0))
+    with pytest.raises(UsageError, match="holds episodes"):
+        ResultStore(out, RUN)
 
 
 def test_corrupt_line_in_the_middle(tmp_path):
