@@ -197,8 +197,8 @@ def step_attention(rec: Recorder, smoke: bool) -> None:
 
 
 def _dit(smoke: bool, device: str, dtype: torch.dtype):
-    from cosmos_policy.config import DiTConfig
     from cosmos_policy.model import CosmosDiT
+    from cosmos_policy.model.config import DiTConfig
 
     config = DiTConfig.tiny() if smoke else DiTConfig.cosmos_predict2_2b()
     with torch.device(device):
@@ -255,10 +255,10 @@ def step_chunk(rec: Recorder, smoke: bool) -> None:
         rec.data["skipped"] = True
         return
     from cosmos_policy import CosmosPolicy
-    from cosmos_policy import layout as L
+    from cosmos_policy.model import layout as L
+    from cosmos_policy.model.text import TextEmbeddings
+    from cosmos_policy.model.vae import PolicyVAE
     from cosmos_policy.testing import LIBERO_SAMPLE_TASK, tiny_autoencoder, tiny_statistics
-    from cosmos_policy.text import TextEmbeddings
-    from cosmos_policy.vae import PolicyVAE
 
     device, dtype = _setup(smoke)
     network = _dit(smoke, device, dtype)

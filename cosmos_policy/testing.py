@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import NETWORK_CONFIG_FILE
-from .layout import IMAGE_SIZE, get_layout
-from .text import TEXT_TOKENS
+from .model.layout import IMAGE_SIZE, get_layout
+from .model.text import TEXT_TOKENS
+from .policy.files import NETWORK_CONFIG_FILE
 
 LIBERO_SAMPLE_TASK = "put both the alphabet soup and the tomato sauce in the basket"
 TINY_VAE_BASE_DIM = 16
@@ -132,8 +132,8 @@ def write_tiny_checkpoint(
     """Write a random tiny checkpoint for `suite` into `directory` (created if needed); returns the directory.
 
     `image_size` other than 224 (a multiple of 16) makes a smaller latent video, for quick CPU tests."""
-    from .checkpoint import save_network_checkpoint
-    from .config import DiTConfig
+    from .model.checkpoint import save_network_checkpoint
+    from .model.config import DiTConfig
 
     get_layout(suite)  # validates the suite name
     directory = Path(directory)
@@ -161,8 +161,8 @@ def write_tiny_planning_checkpoint(directory: str | os.PathLike, seed: int = 1, 
                                    suite: str = "aloha") -> Path:
     """A random planning checkpoint as nvidia/Cosmos-Policy-ALOHA-Planning-Model-Predict2-2B ships one: the network
     `.pt` alone (text, statistics and VAE are the policy's), plus `network_config.json` for its tiny size."""
-    from .checkpoint import save_network_checkpoint
-    from .config import DiTConfig
+    from .model.checkpoint import save_network_checkpoint
+    from .model.config import DiTConfig
 
     get_layout(suite)
     directory = Path(directory)

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from .. import argtypes
+from ..cli import argtypes
 from ..errors import UsageError, missing_extra
 
 DEFAULT_OUT = "cosmos_policy_eval"
@@ -97,7 +97,7 @@ def _loader(args):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import USER_ERRORS, one_line
+    from ..cli.entry import USER_ERRORS, one_line
     from . import libero as L
     from .loop import Timeouts, evaluate
     from .results import ResultStore, format_summary, summarize

@@ -9,8 +9,8 @@ import torch
 
 from cosmos_kernels import _dispatch
 from cosmos_policy import CosmosPolicy
-from cosmos_policy import layout as L
-from cosmos_policy._graph import ChunkGraphs
+from cosmos_policy.model import layout as L
+from cosmos_policy.policy.graphs import ChunkGraphs
 from cosmos_policy.testing import LIBERO_SAMPLE_TASK, write_tiny_checkpoint
 
 OTHER_TASK = "open the top drawer and put the bowl inside"

@@ -6,8 +6,8 @@ import torch
 
 from cosmos_kernels.sampling import arch_invariant_noise, sample
 from cosmos_policy import CosmosPolicy
-from cosmos_policy import layout as L
-from cosmos_policy.planning import (
+from cosmos_policy.model import layout as L
+from cosmos_policy.policy.planning import (
     PlanningConfig,
     PlanningModel,
     aggregate_values,

@@ -7,7 +7,7 @@ import torch
 
 from cosmos_kernels.sampling import arch_invariant_noise
 from cosmos_policy import CosmosPolicy
-from cosmos_policy import layout as L
+from cosmos_policy.model import layout as L
 from cosmos_policy.testing import LIBERO_SAMPLE_TASK, write_tiny_checkpoint
 
 # ../shared/data beside the repository root (COSMOS_POLICY_DATA overrides the directory)
@@ -47,7 +47,7 @@ def test_tiny_checkpoint_has_the_official_file_names(tiny_dir):
     assert (tiny_dir / "tokenizer" / "tokenizer.pth").is_file()
     state = torch.load(tiny_dir / "Cosmos-Policy-LIBERO-Predict2-2B.pt", weights_only=True)
     assert all(k.startswith("net.") for k in state)
-    from cosmos_policy.checkpoint import load_t5_embeddings
+    from cosmos_policy.model.checkpoint import load_t5_embeddings
     from cosmos_policy.testing import instruction_tokens
 
     for instruction, emb in load_t5_embeddings(tiny_dir / "libero_t5_embeddings.pkl").items():
@@ -303,7 +303,7 @@ def test_fused_backend_matches_reference(tiny_dir, policy, obs):
 @pytest.mark.parametrize("backend", ["fused", "reference"])
 def test_graph_loop_matches_the_checked_sampler(tiny_dir, obs, backend):
     """The loop a CUDA graph captures (Sampler + host times for the fused network), run eagerly on the CPU."""
-    from cosmos_policy._graph import ChunkGraphs
+    from cosmos_policy.policy.graphs import ChunkGraphs
 
     policy = CosmosPolicy.from_pretrained(tiny_dir, backend=backend, device="cpu")
     expected = policy.infer(obs, seed=4)

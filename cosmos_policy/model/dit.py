@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import cosmos_kernels
-from cosmos_policy import checkpoint
-from cosmos_policy.blocks import (
+from cosmos_policy.model import checkpoint
+from cosmos_policy.model.blocks import (
     Block,
     FinalLayer,
     PatchEmbed,
@@ -27,8 +27,8 @@ from cosmos_policy.blocks import (
     Timesteps,
     unpatchify,
 )
-from cosmos_policy.cache import LRUCache
-from cosmos_policy.config import DiTConfig
+from cosmos_policy.model.cache import LRUCache
+from cosmos_policy.model.config import DiTConfig
 from cosmos_policy.profiling import nvtx_enumerate
 
 BACKENDS = ("fused", "reference")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cosmos_policy import layout as L
+from cosmos_policy.model import layout as L
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from torch import nn
 
 from cosmos_kernels.adaptive_norm import reference as norm_ref
 from cosmos_kernels.attention import reference as attention_ref
-from cosmos_policy.config import DiTConfig
+from cosmos_policy.model.config import DiTConfig
 
 
 class RMSNorm(nn.Module):

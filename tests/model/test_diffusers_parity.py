@@ -8,7 +8,7 @@ import torch
 
 from cosmos_policy import DiTConfig
 from tests._diffusers_shims import patch_nearest_resize
-from tests.policy._dit_helpers import random_dit, random_inputs, rel_error
+from tests.model._dit_helpers import random_dit, random_inputs, rel_error
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.loaders.single_file_utils import convert_cosmos_transformer_checkpoint_to_diffusers  # noqa: E402

@@ -37,11 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UsageError, missing_extra
+from ..model.layout import LAYOUTS, get_layout
 from . import argtypes
 from . import demo_report as R
-from .cli import SAMPLE_NAME, USER_ERRORS, default_data_dir, one_line
-from .errors import UsageError, missing_extra
-from .layout import LAYOUTS, get_layout
+from .entry import SAMPLE_NAME, USER_ERRORS, default_data_dir, one_line
 
 DEFAULT_OUT = "cosmos_policy_demo"
 DEFAULT_CHUNKS = 3
@@ -50,7 +50,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .testing import LIBERO_SAMPLE_TASK
+    from ..testing import LIBERO_SAMPLE_TASK
 
     parser.add_argument("--checkpoint", help="official checkpoint directory or Hugging Face repo id "
                                              "(default: random weights of --config)")
@@ -139,8 +139,8 @@ def _flagged(flag: str, value, err: BaseException) -> UsageError:
 
 def load_policies(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, tmp: str) -> tuple[dict, dict]:
     """{backend: CosmosPolicy} (sharing one set of weights) and a description of what was loaded."""
-    from .config import DiTConfig
-    from .policy import CosmosPolicy
+    from ..model.config import DiTConfig
+    from ..policy import CosmosPolicy
 
     backends = ["fused", "reference"] if args.backend == "both" else [args.backend]
     config_name = args.config or ("2b" if device.type == "cuda" else "tiny")
@@ -151,7 +151,7 @@ def load_policies(args: argparse.Namespace, device: torch.device, dtype: torch.d
     else:
         path, flag = args.checkpoint, "--checkpoint"
         if path is None:
-            from .testing import write_tiny_checkpoint
+            from ..testing import write_tiny_checkpoint
 
             path = write_tiny_checkpoint(tmp, suite=args.suite or "libero", instructions=(args.task,),
                                          seed=args.seed % 2**31, image_size=TINY_IMAGE_SIZE)
@@ -172,19 +172,19 @@ def load_policies(args: argparse.Namespace, device: torch.device, dtype: torch.d
 
 
 def _config_name(config) -> str:
-    from .config import DiTConfig
+    from ..model.config import DiTConfig
 
     return {DiTConfig.tiny(): "tiny", DiTConfig.cosmos_predict2_2b(): "2b"}.get(config, "custom")
 
 
 def _random_2b(args, config, device: torch.device, dtype: torch.dtype, backend: str):
     """The 2B network and a Wan2.1-sized VAE with random weights, in memory only."""
-    from . import layout as L
-    from .model import CosmosDiT
-    from .policy import CosmosPolicy
-    from .testing import tiny_autoencoder, tiny_statistics
-    from .text import TextEmbeddings
-    from .vae import PolicyVAE
+    from ..model import CosmosDiT
+    from ..model import layout as L
+    from ..model.text import TextEmbeddings
+    from ..model.vae import PolicyVAE
+    from ..policy import CosmosPolicy
+    from ..testing import tiny_autoencoder, tiny_statistics
 
     suite = args.suite or "libero"
     with torch.device(device):
@@ -200,8 +200,8 @@ def _random_2b(args, config, device: torch.device, dtype: torch.dtype, backend: 
 
 def _sibling(policy, backend: str):
     """The same policy with another backend, sharing the weights (no second copy)."""
-    from .model import CosmosDiT
-    from .policy import CosmosPolicy
+    from ..model import CosmosDiT
+    from ..policy import CosmosPolicy
 
     with torch.device("meta"):
         network = CosmosDiT(policy.network.config, backend=backend)
@@ -291,7 +291,7 @@ def measure(policy, obs: dict, args: argparse.Namespace, bar, trace: Path | None
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .policy import resolve_device
+    from ..policy import resolve_device
 
     require_extras()
     try:

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from cosmos_policy import layout as L
+from cosmos_policy.model import layout as L
+from cosmos_policy.model.vae import PolicyVAE, load_autoencoder
 from cosmos_policy.testing import tiny_autoencoder, to_wan_state_dict
-from cosmos_policy.vae import PolicyVAE, load_autoencoder
 
 SIZE = 40  # any multiple of 8 works; small keeps the CPU test quick
 

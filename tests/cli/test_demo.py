@@ -6,7 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cosmos_policy import cli, demo, profiling
+from cosmos_policy import profiling
+from cosmos_policy.cli import demo
+from cosmos_policy.cli import entry as cli
 from cosmos_policy.errors import UsageError
 from cosmos_policy.testing import write_tiny_checkpoint
 
@@ -89,7 +91,7 @@ def test_real_sample_is_found_beside_the_repository(monkeypatch):
 
 
 def test_percentiles():
-    from cosmos_policy.demo_report import percentiles
+    from cosmos_policy.cli.demo_report import percentiles
 
     p = percentiles([float(v) for v in range(1, 101)])
     assert p["n"] == 100 and p["p50"] == pytest.approx(50.5) and p["p95"] == pytest.approx(95.05)

@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from cosmos_policy.text import TextEmbeddings
+from cosmos_policy.model.text import TextEmbeddings
 
 
 def _embeddings(gen, dim=8):

@@ -18,7 +18,7 @@ import torch
 
 from cosmos_kernels.attention.flash import FLASH_MODULES  # in the order the attention op tries them
 
-from .errors import UsageError
+from ..errors import UsageError
 
 # op -> the backends it accepts (what `resolve_backend` is given as `supported` for it)
 OPS: dict[str, tuple[str, ...]] = {

@@ -202,7 +202,7 @@ class DatasetStatistics:
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> DatasetStatistics:
         """Read `<suite>_dataset_statistics.json`; a damaged file raises `CorruptFileError` naming it."""
-        from .errors import CorruptFileError
+        from ..errors import CorruptFileError
 
         try:
             with open(path, encoding="utf-8") as f:

@@ -4,7 +4,7 @@ import torch
 
 from cosmos_kernels.adaptive_norm import reference as norm_reference
 from cosmos_policy import CosmosDiT
-from tests.policy._dit_helpers import random_dit, random_inputs, rel_error
+from tests.model._dit_helpers import random_dit, random_inputs, rel_error
 
 
 def test_fused_cross_attention_q_norm_eps_at_small_q():

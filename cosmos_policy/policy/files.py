@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CorruptFileError
-from .layout import IMAGE_SIZE, LAYOUTS
-from .vae import OFFICIAL_VAE_SOURCE
+from ..errors import CorruptFileError
+from ..model.layout import IMAGE_SIZE, LAYOUTS
+from ..model.vae import OFFICIAL_VAE_SOURCE
 
 NETWORK_CONFIG_FILE = "network_config.json"
 VAE_CANDIDATES = ("tokenizer/tokenizer.pth", "tokenizer.pth", "vae", "vae.safetensors")
@@ -70,7 +70,7 @@ def _suite_of(name: str) -> str | None:
 
 
 def find_checkpoint_files(path, *, suite: str | None = None, vae=None) -> CheckpointFiles:
-    from .config import DiTConfig
+    from ..model.config import DiTConfig
 
     directory = resolve_directory(path)
     if suite is not None and suite not in LAYOUTS:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .layout import IMAGE_SIZE
+from ..model.layout import IMAGE_SIZE
 
 JPEG_QUALITY = 95
 

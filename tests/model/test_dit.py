@@ -10,10 +10,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from cosmos_kernels.tools import dispatch_counter
 from cosmos_policy import CosmosDiT, DiTConfig
-from cosmos_policy.blocks import timestep_sinusoid, unpatchify
-from cosmos_policy.cache import LRUCache
 from cosmos_policy.model import with_text_tokens
-from tests.policy._dit_helpers import random_dit, random_inputs, rel_error
+from cosmos_policy.model.blocks import timestep_sinusoid, unpatchify
+from cosmos_policy.model.cache import LRUCache
+from tests.model._dit_helpers import random_dit, random_inputs, rel_error
 
 
 def _run(model: CosmosDiT, inputs: dict, backend: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 
 from cosmos_kernels._ext import build_info, cuda_kernels_note
 from cosmos_kernels.attention import picker
-from cosmos_policy import cli
+from cosmos_policy.cli import entry as cli
 
 KEYS = {"torch", "environment", "build_info", "cuda_kernels_note", "devices", "ops", "attention_backends",
         "attention_choices"}

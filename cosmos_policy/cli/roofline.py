@@ -131,7 +131,7 @@ def _totals(records: list[OpRecord]) -> Totals:
 
 
 def dit_config(name: str):
-    from cosmos_policy.config import DiTConfig
+    from cosmos_policy.model.config import DiTConfig
 
     if name not in CONFIGS:
         raise UsageError(f"--config: expected one of {', '.join(CONFIGS)}, got {name!r}")
@@ -141,8 +141,8 @@ def dit_config(name: str):
 def count_network(config, layout, text_tokens: int, dtype: torch.dtype = torch.bfloat16) -> dict[str, tuple]:
     """Per backend: (DiT pass records, sampler step records), counted on meta tensors in steady state."""
     from cosmos_kernels.sampling import Sampler, sampler_step
-    from cosmos_policy.layout import IMAGE_SIZE, LATENT_CHANNELS, SPATIAL_COMPRESSION
     from cosmos_policy.model import CosmosDiT, with_text_tokens
+    from cosmos_policy.model.layout import IMAGE_SIZE, LATENT_CHANNELS, SPATIAL_COMPRESSION
 
     meta = torch.device("meta")
     side = IMAGE_SIZE // SPATIAL_COMPRESSION
@@ -182,8 +182,8 @@ def count_vae_encode(layout, dtype: torch.dtype = torch.bfloat16) -> list[OpReco
         from diffusers import AutoencoderKLWan
     except ImportError:
         return None
-    from cosmos_policy.layout import IMAGE_SIZE
-    from cosmos_policy.vae import PolicyVAE
+    from cosmos_policy.model.layout import IMAGE_SIZE
+    from cosmos_policy.model.vae import PolicyVAE
 
     with torch.device("meta"):
         autoencoder = AutoencoderKLWan()  # the Wan2.1 VAE's default (real) size
@@ -199,7 +199,7 @@ def count_vae_encode(layout, dtype: torch.dtype = torch.bfloat16) -> list[OpReco
 def count(config_name: str = "2b", suite: str = "libero", text_tokens: int | None = None,
           vae: bool = True) -> tuple[dict[str, Counted], dict]:
     """Count both backends; returns (per-backend records, the setup that was counted)."""
-    from cosmos_policy.layout import IMAGE_SIZE, LAYOUTS, SPATIAL_COMPRESSION, get_layout
+    from cosmos_policy.model.layout import IMAGE_SIZE, LAYOUTS, SPATIAL_COMPRESSION, get_layout
 
     if suite not in LAYOUTS:
         raise UsageError(f"--suite: expected one of {', '.join(sorted(LAYOUTS))}, got {suite!r}")

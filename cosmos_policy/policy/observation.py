@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import layout as L
+from ..model import layout as L
 from .preprocess import prepare_image
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cosmos_policy import cli
-from cosmos_policy.checkpoint import load_network_checkpoint, load_t5_embeddings
+from cosmos_policy.cli import entry as cli
 from cosmos_policy.errors import CorruptFileError
+from cosmos_policy.model.checkpoint import load_network_checkpoint, load_t5_embeddings
 from cosmos_policy.testing import CHECKPOINT_NAMES, write_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -174,7 +174,7 @@ def test_missing_diffusers_names_the_extra(capsys, tmp_path, monkeypatch):
     line = _error(capsys, _demo(out=tmp_path / "out"))
     assert "diffusers is not installed" in line and 'pip install "cosmos-kernels[policy]"' in line
     from cosmos_policy.errors import UsageError
-    from cosmos_policy.vae import load_autoencoder
+    from cosmos_policy.model.vae import load_autoencoder
 
     with pytest.raises(UsageError, match=r"\[policy\]"):
         load_autoencoder(tmp_path / "tokenizer.pth")
@@ -192,7 +192,7 @@ def test_unwritable_out_folder(capsys, tmp_path):
 
 
 def test_wrong_size_checkpoint_is_caught_on_the_meta_device(capsys, tiny, tmp_path, monkeypatch):
-    from cosmos_policy import model
+    from cosmos_policy.model import dit as model
 
     devices = []
     init = model.CosmosDiT.__init__

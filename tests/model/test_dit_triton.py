@@ -6,7 +6,7 @@ import torch
 
 from cosmos_kernels import _dispatch
 from cosmos_kernels.linear_gelu import ops as linear_gelu_ops
-from tests.policy._dit_helpers import random_dit, random_inputs, rel_error
+from tests.model._dit_helpers import random_dit, random_inputs, rel_error
 
 
 @pytest.mark.skipif(not _dispatch.backend_available("triton", torch.device("cpu")),

@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 
-from cosmos_policy import roofline
-from cosmos_policy.config import DiTConfig
+from cosmos_policy.cli import roofline
 from cosmos_policy.errors import UsageError
 from cosmos_policy.model import CosmosDiT, with_text_tokens
+from cosmos_policy.model.config import DiTConfig
 
 KEYS = ("launches_per_pass", "flops_per_pass", "bytes_per_pass", "nonmatmul_bytes_per_pass",
         "predicted_ms_per_pass", "predicted_ms_per_chunk")
@@ -68,7 +68,7 @@ def test_2b_flops_match_the_parameter_count(libero_2b):
 
 
 def test_padded_text_reaches_the_network_as_metadata():
-    from cosmos_policy.layout import get_layout
+    from cosmos_policy.model.layout import get_layout
 
     config, layout = DiTConfig.tiny(), get_layout("libero")
     padded = roofline.count_network(config, layout, 13)["fused"][0]
@@ -127,7 +127,7 @@ def test_cli_json_has_the_keys_and_fused_wins(capsys):
 
 @pytest.mark.skipif(not HAS_DIFFUSERS, reason="the VAE is diffusers' AutoencoderKLWan")
 def test_vae_encode_is_counted_at_the_real_size():
-    from cosmos_policy.layout import get_layout
+    from cosmos_policy.model.layout import get_layout
 
     records = roofline.count_vae_encode(get_layout("libero"))
     flops = sum(r.cost.flops for r in records)

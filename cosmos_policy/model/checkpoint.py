@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from .errors import CorruptFileError
+from ..errors import CorruptFileError
 
 NET_PREFIX = "net."
 
@@ -335,7 +335,7 @@ def load_network(path: str | os.PathLike, config, *, backend: str = "fused"):
 
     The checkpoint is compared with the network built on the meta device first, so weights of another size are
     refused with a short summary (naming the file) before the real network is allocated."""
-    from .model import CosmosDiT
+    from .dit import CosmosDiT
 
     state = load_network_checkpoint(path, mmap=True)
     with torch.device("meta"):

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from cosmos_policy import CosmosDiT, DiTConfig
-from cosmos_policy.checkpoint import (
+from cosmos_policy.model.checkpoint import (
     load_network_checkpoint,
     load_t5_embeddings,
     official_to_diffusers_key,
     save_network_checkpoint,
 )
-from tests.policy._dit_helpers import random_dit
+from tests.model._dit_helpers import random_dit
 
 
 class _RunsCode:

@@ -18,15 +18,15 @@ import torch
 
 from cosmos_kernels.sampling import arch_invariant_noise, sample
 
-from . import layout as L
-from . import profiling
-from ._graph import ChunkGraphs
+from .. import profiling
+from ..model import layout as L
+from ..model.text import TextEmbeddings
+from ..model.vae import PolicyVAE
 from .files import CheckpointFiles, find_checkpoint_files
+from .graphs import ChunkGraphs
 from .observation import Checked, check_observation, prepare, synthetic_observation
 from .observation import Prepared as _Prepared
 from .seeds import SEED_LIMIT, SeedCounter, check_seed
-from .text import TextEmbeddings
-from .vae import PolicyVAE
 
 __all__ = ["CosmosPolicy", "SEED_LIMIT", "resolve_device"]
 
@@ -84,7 +84,7 @@ class CosmosPolicy:
 
         The checkpoint's keys and shapes are checked against the network built on the meta device before any
         weights are allocated: a checkpoint of another size is one short `ValueError`."""
-        from .checkpoint import load_network
+        from ..model.checkpoint import load_network
 
         device = resolve_device(device)
         files: CheckpointFiles = find_checkpoint_files(path, suite=suite, vae=vae)

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from cosmos_policy.control import AsyncScheduler, ScheduleError, SyncScheduler, check_schedule, inference_delay
+from cosmos_policy.policy.control import AsyncScheduler, ScheduleError, SyncScheduler, check_schedule, inference_delay
 
 CHUNK = 16
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
+from ..errors import missing_extra
+from ..policy.preprocess import to_pixels
 from .checkpoint import _is_refusal, _refusal, corrupt_file, mismatch_summary
-from .errors import missing_extra
 from .layout import TEMPORAL_COMPRESSION
-from .preprocess import to_pixels
 
 LATENTS_MEAN = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,

@@ -17,19 +17,19 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 
 PROG = "cosmos-policy"
 DEFAULT_COMMAND = "demo"
 
 # subcommand -> (module, one-line help); `serve` and `eval` are added the same way
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("cosmos_policy.demo", "run the policy on one observation and report the latency of every stage"),
-    "roofline": ("cosmos_policy.roofline", "count launches, FLOPs and bytes of one pass and predict GPU times"),
+    "demo": ("cosmos_policy.cli.demo", "run the policy on one observation and report the latency of every stage"),
+    "roofline": ("cosmos_policy.cli.roofline", "count launches, FLOPs and bytes of one pass and predict GPU times"),
     "eval": ("cosmos_policy.evaluation.cli", "closed-loop evaluation in a simulator (LIBERO), resumable, on Ray"),
     "serve": ("cosmos_policy.serve.command", "serve the policy to robot clients (openpi websocket, HTTP /act)"),
     "loadtest": ("cosmos_policy.serve.loadtest", "bounded load on a running server: latency percentiles, req/s"),
-    "backends": ("cosmos_policy.backends_cli", "the backends each op can use here, the attention choices on disk"),
+    "backends": ("cosmos_policy.cli.backends", "the backends each op can use here, the attention choices on disk"),
 }
 
 # Library errors that describe the user's input (a file, a flag) when raised while loading what the user named;
@@ -43,7 +43,7 @@ def default_data_dir() -> Path:
     """../shared/data beside the repository root (COSMOS_POLICY_DATA overrides it)."""
     if "COSMOS_POLICY_DATA" in os.environ:
         return Path(os.environ["COSMOS_POLICY_DATA"])
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 class ArgumentParser(argparse.ArgumentParser):
