@@ -11,11 +11,11 @@
 
 #include <optional>
 
-#include "cosmos/alloc.h"
-#include "cosmos/cuda_utils.cuh"
-#include "cosmos/host.h"
-#include "cosmos/rope.h"
-#include "cosmos/rope_host.h"
+#include "common/alloc.h"
+#include "common/cuda_utils.cuh"
+#include "common/host.h"
+#include "qk_norm_rope/rope.h"
+#include "qk_norm_rope/rope_host.h"
 
 namespace cosmos::rope {
 namespace {

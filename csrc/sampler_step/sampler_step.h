@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-#include "cosmos/common.h"
+#include "common/common.h"
 
 namespace cosmos::sampler_step {
 

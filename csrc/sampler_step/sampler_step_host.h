@@ -3,8 +3,8 @@
 
 #include <ATen/ATen.h>
 
-#include "cosmos/host.h"
-#include "cosmos/sampler_step.h"
+#include "common/host.h"
+#include "sampler_step/sampler_step.h"
 
 namespace cosmos::sampler_step {
 

@@ -4,7 +4,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
-#include "cosmos/common.h"
+#include "common/common.h"
 
 // The kernels' dtypes: float32, bfloat16, float16 (float64 runs on the reference backend).
 #define COSMOS_DISPATCH_FLOATING(TYPE, NAME, ...)                  \

@@ -5,7 +5,7 @@
 
 #include <optional>
 
-#include "cosmos/rope.h"
+#include "qk_norm_rope/rope.h"
 
 namespace cosmos::rope {
 

@@ -3,7 +3,7 @@
 
 #include <cuda_runtime.h>
 
-#include "cosmos/common.h"
+#include "common/common.h"
 
 namespace cosmos::cuda {
 

@@ -9,10 +9,10 @@
 
 #include <algorithm>
 
-#include "cosmos/adaptive_norm.h"
-#include "cosmos/alloc.h"
-#include "cosmos/cuda_utils.cuh"
-#include "cosmos/host.h"
+#include "adaptive_norm/adaptive_norm.h"
+#include "common/alloc.h"
+#include "common/cuda_utils.cuh"
+#include "common/host.h"
 
 namespace cosmos::adaptive_norm {
 namespace {

@@ -10,10 +10,10 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "cosmos/alloc.h"
-#include "cosmos/host.h"
-#include "cosmos/sampler_step.h"
-#include "cosmos/sampler_step_host.h"
+#include "common/alloc.h"
+#include "common/host.h"
+#include "sampler_step/sampler_step.h"
+#include "sampler_step/sampler_step_host.h"
 
 namespace cosmos::sampler_step {
 namespace {

@@ -1,10 +1,10 @@
 // The cosmos_kernels op library: the namespace, the test hook for NaN-filled outputs, and the Python
 // module entry point of cosmos_kernels._C. Each op family declares its schemas in its own
-// TORCH_LIBRARY_FRAGMENT (csrc/cpu/<family>.cpp), so families stay independent.
+// TORCH_LIBRARY_FRAGMENT (csrc/<family>/<family>_cpu.cpp), so families stay independent.
 #include <Python.h>
 #include <torch/library.h>
 
-#include "cosmos/alloc.h"
+#include "common/alloc.h"
 
 namespace {
 void set_nan_fill(bool enabled) { cosmos::nan_fill_flag().store(enabled); }

@@ -15,9 +15,9 @@
 #include <immintrin.h>
 #endif
 
-#include "cosmos/adaptive_norm.h"
-#include "cosmos/alloc.h"
-#include "cosmos/host.h"
+#include "adaptive_norm/adaptive_norm.h"
+#include "common/alloc.h"
+#include "common/host.h"
 
 namespace cosmos::adaptive_norm {
 namespace {

@@ -1,7 +1,7 @@
 // Per-element math of the adaptive-norm family (LayerNorm + modulation, gated residual, RMSNorm).
 #pragma once
 
-#include "cosmos/common.h"
+#include "common/common.h"
 
 namespace cosmos::adaptive_norm {
 

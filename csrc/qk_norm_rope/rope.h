@@ -3,7 +3,7 @@
 // the CUDA kernel on floats: one definition of the arithmetic.
 #pragma once
 
-#include "cosmos/common.h"
+#include "common/common.h"
 
 namespace cosmos::rope {
 

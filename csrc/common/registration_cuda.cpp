@@ -3,7 +3,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
-#include "cosmos/alloc.h"
+#include "common/alloc.h"
 
 namespace {
 void set_nan_fill(bool enabled) { cosmos::nan_fill_flag().store(enabled); }

@@ -11,10 +11,10 @@
 #include <type_traits>
 #include <vector>
 
-#include "cosmos/alloc.h"
-#include "cosmos/host.h"
-#include "cosmos/rope.h"
-#include "cosmos/rope_host.h"
+#include "common/alloc.h"
+#include "common/host.h"
+#include "qk_norm_rope/rope.h"
+#include "qk_norm_rope/rope_host.h"
 
 namespace cosmos::rope {
 namespace {
