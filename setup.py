@@ -193,13 +193,13 @@ def _extensions(mode: str):
     # GCC reports -Wmaybe-uninitialized inside its own AVX-512 intrinsics once torch's vector code is inlined into
     # ours (hundreds of lines per file at -O3, none about our code), system headers or not
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wno-maybe-uninitialized", *quiet, *_cpu_flags()]
-    cpu_sources = sorted(glob.glob("csrc/common/registration.cpp") + glob.glob("csrc/*/*_cpu.cpp"))
+    cpu_sources = sorted(["csrc/common/registration.cpp", *glob.glob("csrc/*/*_cpu.cpp")])
     exts = [CppExtension("cosmos_kernels._C", cpu_sources, include_dirs=include,
                          extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])]
     if archs is not None:
         nvcc = ["-O3", "-std=c++20", "--use_fast_math", "--expt-relaxed-constexpr", "-lineinfo",
                 *quiet, *_gencode(archs)]
-        cuda_sources = sorted(glob.glob("csrc/*/*.cu") + glob.glob("csrc/common/registration_cuda.cpp"))  # .cpp: the module
+        cuda_sources = sorted(glob.glob("csrc/*/*.cu") + ["csrc/common/registration_cuda.cpp"])  # .cpp: the module
         cuda = CUDAExtension("cosmos_kernels._C_cuda", cuda_sources, include_dirs=include,
                              extra_compile_args={"cxx": ["-O3", "-std=c++20", *quiet], "nvcc": nvcc})
         cuda.optional = mode == "auto"  # setuptools then neither fails the build nor copies a missing library

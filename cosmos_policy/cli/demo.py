@@ -167,7 +167,7 @@ def load_policies(args: argparse.Namespace, device: torch.device, dtype: torch.d
                 "image_size": first.image_size}
     policies = {backends[0]: first}
     for backend in backends[1:]:
-        policies[backend] = _sibling(first, backend)
+        policies[backend] = first.with_backend(backend)
     return policies, what
 
 
@@ -196,19 +196,6 @@ def _random_2b(args, config, device: torch.device, dtype: torch.dtype, backend: 
     vae = PolicyVAE(tiny_autoencoder(args.seed, base_dim=96), device=device, dtype=dtype)  # 96: Wan2.1's width
     stats = L.DatasetStatistics.from_dict(tiny_statistics(suite, args.seed))
     return CosmosPolicy(network, vae, text, stats, get_layout(suite), seed=args.seed)
-
-
-def _sibling(policy, backend: str):
-    """The same policy with another backend, sharing the weights (no second copy)."""
-    from ..model import CosmosDiT
-    from ..policy import CosmosPolicy
-
-    with torch.device("meta"):
-        network = CosmosDiT(policy.network.config, backend=backend)
-    network.load_state_dict(policy.network.state_dict(), assign=True)
-    return CosmosPolicy(network, policy.vae, policy.text, policy.statistics, policy.layout,
-                        trained_with_image_aug=policy.trained_with_image_aug, num_steps=policy.num_steps,
-                        image_size=policy.image_size)
 
 
 # -- measuring ------------------------------------------------------------------------------------------------------

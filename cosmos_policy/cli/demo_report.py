@@ -61,11 +61,9 @@ def _pass_flops(policies: dict, args) -> float | None:
     """FLOPs of one network pass, counted on the reference backend (pure aten ops the counter knows)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .demo import _sibling
-
     if args is None:
         return None
-    policy = policies.get("reference") or _sibling(next(iter(policies.values())), "reference")
+    policy = policies.get("reference") or next(iter(policies.values())).with_backend("reference")
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         policy.network(*args)
     return float(counter.get_total_flops())

@@ -6,6 +6,7 @@ layout each suite's network was trained on (`layout.py`), and reading checkpoint
 """
 
 from cosmos_policy.model.config import DiTConfig
-from cosmos_policy.model.dit import CosmosDiT, text_tokens, with_text_tokens
+from cosmos_policy.model.dit import CosmosDiT
+from cosmos_policy.model.text import text_tokens, with_text_tokens
 
 __all__ = ["CosmosDiT", "DiTConfig", "text_tokens", "with_text_tokens"]

@@ -29,28 +29,11 @@ from cosmos_policy.model.blocks import (
 )
 from cosmos_policy.model.cache import LRUCache
 from cosmos_policy.model.config import DiTConfig
+from cosmos_policy.model.text import text_tokens
 from cosmos_policy.profiling import nvtx_enumerate
 
 BACKENDS = ("fused", "reference")
 MiB = 1 << 20
-
-
-TEXT_TOKENS_ATTR = "cosmos_text_tokens"
-
-
-def with_text_tokens(emb: torch.Tensor, tokens: int) -> torch.Tensor:
-    """Mark T5 embeddings `(B, N, C)` as zero past their first `tokens` rows (returns `emb` itself).
-
-    The fused network then skips reading the values to find the padding: what a tensor without values (meta)
-    needs, and a host read saved for real ones. The mark must be true: rows past it are treated as zero.
-    """
-    setattr(emb, TEXT_TOKENS_ATTR, int(tokens))
-    return emb
-
-
-def text_tokens(emb: torch.Tensor) -> int | None:
-    """The leading non-zero row count marked by `with_text_tokens`, or None."""
-    return getattr(emb, TEXT_TOKENS_ATTR, None)
 
 
 def _version(t: torch.Tensor) -> int:

@@ -14,6 +14,23 @@ import torch
 
 TEXT_TOKENS = 512
 
+TEXT_TOKENS_ATTR = "cosmos_text_tokens"
+
+
+def with_text_tokens(emb: torch.Tensor, tokens: int) -> torch.Tensor:
+    """Mark T5 embeddings `(B, N, C)` as zero past their first `tokens` rows (returns `emb` itself).
+
+    The fused network then skips reading the values to find the padding: what a tensor without values (meta)
+    needs, and a host read saved for real ones. The mark must be true: rows past it are treated as zero.
+    """
+    setattr(emb, TEXT_TOKENS_ATTR, int(tokens))
+    return emb
+
+
+def text_tokens(emb: torch.Tensor) -> int | None:
+    """The leading non-zero row count marked by `with_text_tokens`, or None."""
+    return getattr(emb, TEXT_TOKENS_ATTR, None)
+
 
 class TextEmbeddings:
     def __init__(

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from ..errors import missing_extra
-from ..policy.preprocess import to_pixels
 from .checkpoint import _is_refusal, _refusal, corrupt_file, mismatch_summary
 from .layout import TEMPORAL_COMPRESSION
 
@@ -36,6 +35,12 @@ LATENTS_STD = (
 OFFICIAL_VAE_SOURCE = "nvidia/Cosmos-Predict2-2B-Video2World (file tokenizer/tokenizer.pth)"
 
 EncoderState = list  # the encoder's causal feature cache: one entry per causal conv (tensor, "Rep" or None)
+
+
+def to_pixels(frames_uint8: torch.Tensor, dtype: torch.dtype, device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 -> [-1, 1] in `dtype` in the official order: cast to `dtype` first, then `/ 127.5` and `- 1` in `dtype`
+    (in bf16 that rounds twice, and half of the 256 levels land one ulp away from the once-rounded value)."""
+    return frames_uint8.to(device=device, dtype=dtype) / 127.5 - 1.0
 
 
 def load_autoencoder(path: str | os.PathLike):

@@ -28,6 +28,7 @@ import torch
 from cosmos_kernels.sampling import arch_invariant_noise, sample
 
 from ..model import layout as L
+from .device import resolve_device
 from .files import NETWORK_CONFIG_FILE, resolve_directory
 from .seeds import SEED_LIMIT
 
@@ -106,9 +107,8 @@ class PlanningModel:
                         network_config=None) -> PlanningModel:
         """A directory (or Hugging Face repo id) with one network `.pt` (a name with "planning" is preferred when
         there are several), or the `.pt` itself. `network_config.json` (tiny test checkpoints) sets the size."""
-        from ..model.checkpoint import load_network
         from ..model.config import DiTConfig
-        from .policy import resolve_device
+        from ..model.loading import load_network
 
         local = Path(path)
         if local.is_file():

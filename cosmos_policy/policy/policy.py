@@ -19,9 +19,11 @@ import torch
 from cosmos_kernels.sampling import arch_invariant_noise, sample
 
 from .. import profiling
+from ..model import CosmosDiT
 from ..model import layout as L
 from ..model.text import TextEmbeddings
 from ..model.vae import PolicyVAE
+from .device import resolve_device
 from .files import CheckpointFiles, find_checkpoint_files
 from .graphs import ChunkGraphs
 from .observation import Checked, check_observation, prepare, synthetic_observation
@@ -84,7 +86,7 @@ class CosmosPolicy:
 
         The checkpoint's keys and shapes are checked against the network built on the meta device before any
         weights are allocated: a checkpoint of another size is one short `ValueError`."""
-        from ..model.checkpoint import load_network
+        from ..model.loading import load_network
 
         device = resolve_device(device)
         files: CheckpointFiles = find_checkpoint_files(path, suite=suite, vae=vae)
@@ -104,6 +106,16 @@ class CosmosPolicy:
             num_steps=num_steps,
             image_size=files.image_size,
         )
+
+    def with_backend(self, backend: str) -> CosmosPolicy:
+        """The same policy with another network backend ("fused" or "reference"), sharing the weights (no second
+        copy); like a freshly built policy it is seeded 0 and captures CUDA graphs on CUDA devices."""
+        with torch.device("meta"):
+            network = CosmosDiT(self.network.config, backend=backend)
+        network.load_state_dict(self.network.state_dict(), assign=True)
+        return CosmosPolicy(network, self.vae, self.text, self.statistics, self.layout,
+                            trained_with_image_aug=self.trained_with_image_aug, num_steps=self.num_steps,
+                            image_size=self.image_size)
 
     # -- public API -----------------------------------------------------------------------------------------------
 
@@ -355,25 +367,3 @@ class CosmosPolicy:
 def _check_candidates(num_candidates) -> None:
     if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
         raise ValueError(f"num_candidates: expected an int >= 1, got {num_candidates!r}")
-
-
-def resolve_device(device=None) -> torch.device:
-    """`device` as a `torch.device` (CUDA when available by default); a CUDA device without a GPU is a
-    `ValueError` here rather than an error deep inside the first allocation."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device: {device!r} is not a device ({err})") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device: {device} asked for, but no CUDA GPU is available "
-                             f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'})")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device: {device} asked for, but only {torch.cuda.device_count()} CUDA GPUs are visible")
-    elif device.type not in ("cpu", "meta"):
-        available = getattr(torch, device.type, None)
-        if available is not None and hasattr(available, "is_available") and not available.is_available():
-            raise ValueError(f"device: {device} asked for, but it is not available")
-    return device

@@ -5,8 +5,9 @@
 3. when the checkpoint was trained with image augmentation: a centre crop to int(224 * sqrt(0.9)) = 212 and a resize
    back to 224 (bilinear with antialiasing, rounded back to uint8, as torchvision's tensor resize does).
 
-Flipping or rotating the simulator's render is the client's job and is not done here. `to_pixels` is the last step,
-on the policy's device: uint8 -> [-1, 1] in the network's dtype, as the official model normalises its video input.
+Flipping or rotating the simulator's render is the client's job and is not done here. The last step is the VAE's
+`to_pixels` (`cosmos_policy/model/vae.py`), on the policy's device: uint8 -> [-1, 1] in the network's dtype, as the
+official model normalises its video input.
 """
 
 from __future__ import annotations
@@ -63,9 +64,3 @@ def prepare_image(
     if trained_with_image_aug:
         image = center_crop_and_resize(image)
     return image
-
-
-def to_pixels(frames_uint8: torch.Tensor, dtype: torch.dtype, device: torch.device | str | None = None) -> torch.Tensor:
-    """uint8 -> [-1, 1] in `dtype` in the official order: cast to `dtype` first, then `/ 127.5` and `- 1` in `dtype`
-    (in bf16 that rounds twice, and half of the 256 levels land one ulp away from the once-rounded value)."""
-    return frames_uint8.to(device=device, dtype=dtype) / 127.5 - 1.0

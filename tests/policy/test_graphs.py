@@ -91,7 +91,7 @@ def test_replays_and_invalidation(tiny_dir, obs):
 
 
 def test_failed_capture_runs_the_fused_loop_and_retries(tiny_dir, obs, monkeypatch):
-    import cosmos_policy.policy as policy_module
+    import cosmos_policy.policy.policy as policy_module
 
     capture = FakeCapture(fail={1, 2})
     policy = _graphed(tiny_dir, capture)

@@ -13,7 +13,7 @@ import torch
 from cosmos_kernels.sampling import Sampler, arch_invariant_noise, sample
 from cosmos_policy import CosmosPolicy
 from cosmos_policy.model import layout as L
-from cosmos_policy.policy.preprocess import to_pixels
+from cosmos_policy.model.vae import to_pixels
 from cosmos_policy.testing import LIBERO_SAMPLE_TASK, write_tiny_checkpoint
 
 STEPS, SIGMA_MIN, SIGMA_MAX, RHO = 5, 4.0, 80.0, 7.0
