@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from cosmos_kernels.attention.flash import FLASH_MODULES  # in the order the attention op tries them
+from cosmos_kernels.attention.flash import FLASH_MODULES, flash_attn_func  # in the order the attention op tries them
 
 from ..errors import UsageError
 
@@ -47,7 +47,7 @@ def _devices() -> list[torch.device]:
 def _op_backends(devices: list[torch.device], probe: bool) -> dict[str, dict[str, dict[str, object]]]:
     """op -> device -> {"available": [...], "probes": {backend: passed}} (probes only where one ran)."""
     import cosmos_kernels  # noqa: F401  (registers the ops and their probes)
-    from cosmos_kernels import _dispatch
+    from cosmos_kernels import backends as kernel_backends
     from cosmos_kernels.attention import ops as attention_ops
 
     ops = {**OPS, "attention": tuple(attention_ops.ATTENTION_BACKENDS)}
@@ -57,18 +57,18 @@ def _op_backends(devices: list[torch.device], probe: bool) -> dict[str, dict[str
         for device in devices:
             if op == "attention":  # flash-attn also needs fp16 / bf16 tensors and no repeated key
                 available = [b for b in supported if b in ("reference", "sdpa")
-                             or (b == "triton" and _dispatch.triton_available(device))
+                             or (b == "triton" and kernel_backends.triton_available(device))
                              or (b == "flash_attn" and device.type == "cuda"
-                                 and attention_ops._flash_attn_func() is not None)]
+                                 and flash_attn_func() is not None)]
             else:
-                available = [b for b in supported if _dispatch.backend_available(b, device)]
+                available = [b for b in supported if kernel_backends.backend_available(b, device)]
             probes: dict[str, bool] = {}
             for backend in available:
-                key = (op, backend, str(device))
-                if probe and device.type == "cuda" and (op, backend) in _dispatch._probe_fns:
-                    _dispatch.probe_passed(op, backend, device)
-                if key in _dispatch._probe_results:
-                    probes[backend] = _dispatch._probe_results[key]
+                if probe and device.type == "cuda" and kernel_backends.has_probe(op, backend):
+                    kernel_backends.probe_passed(op, backend, device)
+                result = kernel_backends.probe_result(op, backend, device)
+                if result is not None:
+                    probes[backend] = result
             per_device[str(device)] = {"available": available, "probes": probes}
         report[op] = per_device
     return report

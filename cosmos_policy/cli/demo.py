@@ -227,9 +227,9 @@ def measure(policy, obs: dict, args: argparse.Namespace, bar, trace: Path | None
     warmup_ms = (time.perf_counter() - start) * 1e3
     bar.update()
 
-    graphs, network = policy._graphs, policy.network
+    graphs, network = policy.graphs, policy.network
     timed = _TimedNetwork(network)
-    policy._graphs, policy.network = None, timed
+    policy.graphs, policy.network = None, timed
     stages: dict[str, list[float]] = {}
     try:
         for _ in range(n):
@@ -245,7 +245,7 @@ def measure(policy, obs: dict, args: argparse.Namespace, bar, trace: Path | None
                 stages.setdefault(stage, []).append(ms)
             bar.update()
     finally:
-        policy._graphs, policy.network = graphs, network
+        policy.graphs, policy.network = graphs, network
 
     cuda = policy.device.type == "cuda"
     chunks = []

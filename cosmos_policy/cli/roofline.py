@@ -3,7 +3,7 @@
 One DiT pass, one sampler step and the VAE encode of the conditioning frames run on meta tensors under
 `cosmos_kernels.tools.dispatch_counter.DispatchCounter`, once per network backend, in steady state (the fused
 network's exact caches are filled by a first, uncounted pass, as the first chunk fills them), dispatching as
-they would on CUDA (`cosmos_kernels._dispatch.meta_as_cuda`; attention takes its fixed deterministic choice,
+they would on CUDA (`cosmos_kernels.backends.meta_as_cuda`; attention takes its fixed deterministic choice,
 since nothing can be timed). The text is what a real checkpoint sees: T5 embeddings that are zero past the
 instruction's tokens, whose count reaches the network as metadata (`cosmos_policy.model.with_text_tokens`).
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cosmos_kernels import _dispatch
+from cosmos_kernels.backends import meta_as_cuda
 from cosmos_kernels.tools.dispatch_counter import DispatchCounter, OpRecord, Totals
 from cosmos_policy.errors import UsageError
 
@@ -156,7 +156,7 @@ def count_network(config, layout, text_tokens: int, dtype: torch.dtype = torch.b
     mask5 = cond_frames.to(dtype).view(1, 1, -1, 1, 1).to(meta)
     host_times = torch.where(cond_frames, 0.0, 0.5).view(1, -1)  # the fused chunk hands host times (its cache key)
     out: dict[str, tuple] = {}
-    with torch.no_grad(), _dispatch.meta_as_cuda():
+    with torch.no_grad(), meta_as_cuda():
         sampler = Sampler(shape, num_steps=layout.num_steps, sigma_min=layout.sigma_min, sigma_max=layout.sigma_max,
                           net_dtype=dtype, device=meta)
         for backend in BACKENDS:
@@ -189,7 +189,7 @@ def count_vae_encode(layout, dtype: torch.dtype = torch.bfloat16) -> list[OpReco
         autoencoder = AutoencoderKLWan()  # the Wan2.1 VAE's default (real) size
     vae = PolicyVAE(autoencoder, dtype=dtype)
     images = [torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8) for _ in layout.cameras]
-    with torch.no_grad(), _dispatch.meta_as_cuda():
+    with torch.no_grad(), meta_as_cuda():
         vae.encode_prefix(images)  # fills the constant-prefix cache
         with DispatchCounter() as counter:
             vae.encode_prefix(images)

@@ -27,7 +27,7 @@ NET_PREFIX = "net."
 _NETWORK_SAFE_GLOBALS: list = [io.BytesIO]
 
 
-def _refusal(path: str | os.PathLike, err: Exception) -> ValueError:
+def refusal(path: str | os.PathLike, err: Exception) -> ValueError:
     # torch's message suggests weights_only=False; keep only the line that names the refused global.
     lines = [ln for ln in str(err).splitlines() if "GLOBAL" in ln or "not allowed" in ln]
     detail = lines[0].strip() if lines else str(err).strip().splitlines()[0]
@@ -37,7 +37,7 @@ def _refusal(path: str | os.PathLike, err: Exception) -> ValueError:
         f"Details: {detail}")
 
 
-def _is_refusal(err: Exception) -> bool:
+def is_refusal(err: Exception) -> bool:
     """An unpickler refusing a global (the file is well-formed but would run code), not a damaged file."""
     return isinstance(err, pickle.UnpicklingError) and "global" in str(err).lower()
 
@@ -67,8 +67,8 @@ def load_network_checkpoint(path: str | os.PathLike, *, map_location: str | torc
         with torch.serialization.safe_globals(_NETWORK_SAFE_GLOBALS):
             obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises RuntimeError, KeyError, EOFError... for a damaged file
-        if _is_refusal(err):
-            raise _refusal(path, err) from None
+        if is_refusal(err):
+            raise refusal(path, err) from None
         raise corrupt_file(path, "PyTorch checkpoint", err) from None
     if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         for wrapper in ("model", "state_dict"):
@@ -181,8 +181,8 @@ def restricted_pickle_load(path: str | os.PathLike):
         try:
             return _RestrictedUnpickler(f).load()
         except Exception as err:  # a damaged pickle raises EOFError, KeyError, UnpicklingError...
-            if _is_refusal(err) or "persistent ids" in str(err):
-                raise _refusal(path, err) from None
+            if is_refusal(err) or "persistent ids" in str(err):
+                raise refusal(path, err) from None
             raise corrupt_file(path, "pickle of tensors", err) from None
 
 

@@ -123,7 +123,7 @@ class CosmosDiT(nn.Module):
     def device(self) -> torch.device:
         return self.x_embedder.proj[1].weight.device
 
-    def _weights_key(self) -> tuple:
+    def weights_key(self) -> tuple:
         # In-place updates bump a parameter's version counter; the sum only grows, so it identifies the weights.
         return (self.dtype, self.device, sum(_version(p) for p in self.parameters()))
 
@@ -354,7 +354,7 @@ class CosmosDiT(nn.Module):
 
     def _forward_fused(self, x, timesteps, context, grid):
         eps, d = self.config.eps, self.config.model_channels
-        weights_key = self._weights_key()
+        weights_key = self.weights_key()
         mods = self._modulation(timesteps, weights_key)
         cos, sin = self._cached_rope(grid)
         kv = self._cross_kv(context, weights_key)

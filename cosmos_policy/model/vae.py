@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import missing_extra
-from .checkpoint import _is_refusal, _refusal, corrupt_file, mismatch_summary
+from .checkpoint import corrupt_file, is_refusal, mismatch_summary, refusal
 from .layout import TEMPORAL_COMPRESSION
 
 LATENTS_MEAN = (
@@ -66,8 +66,8 @@ def load_autoencoder(path: str | os.PathLike):
         try:
             state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
         except Exception as err:
-            if _is_refusal(err):
-                raise _refusal(path, err) from None
+            if is_refusal(err):
+                raise refusal(path, err) from None
             raise corrupt_file(path, "VAE checkpoint (tokenizer.pth)", err) from None
         if isinstance(state_dict, dict) and "state_dict" in state_dict:
             state_dict = state_dict["state_dict"]

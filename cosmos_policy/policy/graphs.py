@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from cosmos_kernels import _dispatch
+from cosmos_kernels.backends import run_deferred
 from cosmos_kernels.sampling import Sampler
 
 MAX_RETRY_DELAY = 64
@@ -54,13 +54,13 @@ class _Chunk:
                                sigma_max=layout.sigma_max, solver="2ab", net_dtype=policy.dtype,
                                device=policy.device)
         self.noise, self.gt = torch.zeros_like(gt), torch.zeros_like(gt)
-        self.cond_mask = policy._cond_frames.to(torch.float32).expand(batch, -1).contiguous()
-        frames = policy._cond_frames.cpu()
+        self.cond_mask = policy.cond_frames.to(torch.float32).expand(batch, -1).contiguous()
+        frames = policy.cond_frames.cpu()
         # host times for the fused network (its modulation cache is keyed by value); device ones otherwise
         self.host_times = [torch.where(frames, 0.0, t).to(torch.float32).expand(batch, -1)
                            for t in self.sampler.timesteps.to(torch.float32).tolist()]
         self.use_host_times = getattr(network, "backend", None) == "fused"
-        self.network, self.context, self.mask5 = network, context, policy._cond_mask  # held: the graph reads them
+        self.network, self.context, self.mask5 = network, context, policy.cond_mask  # held: the graph reads them
         self.graph, self.out = None, None
         self.failures, self.retry_in = 0, 0
 
@@ -109,7 +109,7 @@ class ChunkGraphs:
     def key(self, gt: torch.Tensor, context: torch.Tensor, instructions: list[str]) -> tuple:
         """Everything that changes what a capture reads or computes."""
         p, network = self.policy, self.policy.network
-        weights = network._weights_key() if hasattr(network, "_weights_key") else (p.dtype, p.device)
+        weights = network.weights_key() if hasattr(network, "weights_key") else (p.dtype, p.device)
         text = (id(context), getattr(context, "_version", 0), tuple(context.shape), context.dtype, context.device)
         return (tuple(gt.shape), tuple(instructions), text, p.num_steps, p.layout.name, p.layout.sigma_min,
                 p.layout.sigma_max, p.dtype, str(p.device), getattr(network, "backend", None), weights)
@@ -140,14 +140,14 @@ class ChunkGraphs:
             self._pool = torch.cuda.graph_pool_handle()
         error = None
         for _ in range(2):  # a second capture when the first one had to bake in an unchecked backend
-            _dispatch.run_deferred()  # nothing pending may be blamed on this capture
+            run_deferred()  # nothing pending may be blamed on this capture
             try:
                 graph, out = self.capturer(chunk.run_eager, chunk.device, self._pool)
             except Exception as err:  # keep serving: this key runs the eager fused loop for now
-                _dispatch.run_deferred()
+                run_deferred()
                 error = f"{type(err).__name__}: {err}"
                 break
-            if _dispatch.run_deferred():
+            if run_deferred():
                 chunk.graph, chunk.out, chunk.failures = graph, out, 0
                 self.last_error = None
                 return

@@ -13,6 +13,11 @@ The chosen candidate is the base seed's unless another value is strictly higher 
 Here every stage runs the N candidates (times the ensemble members of one step count) as one batch on one device,
 split into sub-batches of at most `max_batch` samples; each sample keeps its own seed, so the split does not change
 what is computed.
+
+What planning asks of the policy (a `CosmosPolicy`, handed in by its `plan`): `device`, `layout`, `statistics`,
+`text`, and the stages of an action query: `check_observation`, `take_seeds`, `prepare`, `context`,
+`sample_candidates` (the latents of one observation's candidates), `run_query` (results as `infer` returns them),
+and `clock` / `lap` for the timing.
 """
 
 from __future__ import annotations
@@ -226,14 +231,14 @@ def plan_with_model(policy, obs, num_candidates: int, seed: int | None, planning
     latents = []
     for first in range(0, num_candidates, step):
         part = seeds[first: first + step]
-        part_latents, clock = policy._candidate_latents(prepared, part, timing, clock)
+        part_latents, clock = policy.sample_candidates(prepared, part, timing, clock)
         latents.append(part_latents)
     latents = torch.cat(latents)
     layout = policy.layout
     actions = L.extract_actions(latents, layout.action_index, layout.chunk_size, layout.action_dim)
     actions = policy.statistics.unnormalize_actions(actions.double().cpu().numpy()).astype(np.float32)
     own_values = L.extract_value(latents, layout.value_index).double().cpu().numpy()
-    context = policy._context(prepared.instructions)
+    context = policy.context(prepared.instructions)
     predictions = predict_values(planning_model.network, layout, latents, seeds, context, prepared.proprio,
                                  config, step)
     if config.value_ensemble == 1:  # no ensemble: the official value is the first prediction as it is
@@ -241,9 +246,9 @@ def plan_with_model(policy, obs, num_candidates: int, seed: int | None, planning
     else:
         values = aggregate_values(predictions.T, config.aggregation)
     values = values.cpu().numpy()
-    clock = policy._lap(timing, "planning", clock)
+    clock = policy.lap(timing, "planning", clock)
     best = select_candidate(values)
-    timing["total"] = (policy._clock() - start) * 1e3
+    timing["total"] = (policy.clock() - start) * 1e3
     return {"actions": actions[best], "value": float(values[best]), "seed": seeds[best], "index": best,
             "candidate_values": values, "candidate_seeds": seeds, "candidate_actions": actions,
             "value_predictions": predictions.cpu().numpy(), "policy_values": own_values, "timing": timing}
@@ -252,13 +257,13 @@ def plan_with_model(policy, obs, num_candidates: int, seed: int | None, planning
 def _begin(policy, obs, num_candidates: int, seed: int | None):
     """Checks, the candidates' seeds (the base seed is one query of the seed rule) and the prepared observation."""
     timing: dict[str, float] = {}
-    start = clock = policy._clock()
-    checked = policy._check_observation(obs, "obs")
+    start = clock = policy.clock()
+    checked = policy.check_observation(obs, "obs")
     policy.text.check_known([checked[2]])
-    base = policy._seeds(None if seed is None else [seed], 1)[0]
+    base = policy.take_seeds(None if seed is None else [seed], 1)[0]
     seeds = [(base + i) % SEED_LIMIT for i in range(num_candidates)]
-    prepared = policy._prepare([checked])
-    clock = policy._lap(timing, "preprocess", clock)
+    prepared = policy.prepare([checked])
+    clock = policy.lap(timing, "preprocess", clock)
     return timing, start, clock, prepared, seeds
 
 
@@ -274,11 +279,11 @@ def plan_by_policy_value(policy, obs, num_candidates: int, seed: int | None, bat
         part = seeds[first: first + step]
         # the images stay a batch of one: their latents are computed once and broadcast over the candidates
         expanded = Prepared(prepared.images, prepared.proprio.expand(len(part), -1), prepared.instructions * len(part))
-        results += policy._run(expanded, part, False, timing, clock)
-        clock = policy._clock()
+        results += policy.run_query(expanded, part, False, timing, clock)
+        clock = policy.clock()
     values = np.array([r["value"] for r in results], dtype=np.float32)
     best = int(np.argmax(values))
-    timing["total"] = (policy._clock() - start) * 1e3
+    timing["total"] = (policy.clock() - start) * 1e3
     return {"actions": results[best]["actions"], "value": float(values[best]), "seed": seeds[best],
             "index": best, "candidate_values": values, "candidate_seeds": seeds,
             "candidate_actions": np.stack([r["actions"] for r in results]), "timing": timing}

@@ -28,6 +28,7 @@ from .files import CheckpointFiles, find_checkpoint_files
 from .graphs import ChunkGraphs
 from .observation import Checked, check_observation, prepare, synthetic_observation
 from .observation import Prepared as _Prepared
+from .planning import conditioned_x0_fn, plan_by_policy_value, plan_with_model
 from .seeds import SEED_LIMIT, SeedCounter, check_seed
 
 __all__ = ["CosmosPolicy", "SEED_LIMIT", "resolve_device"]
@@ -40,9 +41,13 @@ class CosmosPolicy:
     LIBERO `primary_image`, `wrist_image`; RoboCasa adds `secondary_image`; ALOHA `primary_image`, `left_wrist_image`,
     `right_wrist_image`), `proprio` and `task_description`.
 
-    Seeds follow the official rule (cosmos_policy/seeds.py): every query without an explicit seed uses `seed`, and
-    best-of-N candidate i uses `seed + i`. `seed_step=1` seeds the k-th query since loading (or `reset()`) with
+    Seeds follow the official rule (cosmos_policy/policy/seeds.py): every query without an explicit seed uses `seed`,
+    and best-of-N candidate i uses `seed + i`. `seed_step=1` seeds the k-th query since loading (or `reset()`) with
     `seed + k` instead. A query with an explicit seed uses it and leaves the count alone.
+
+    `graphs` holds the captured CUDA graphs of the chunk (`ChunkGraphs`, None when the chunk runs eagerly);
+    `cond_frames` (T,) marks the clean latent frames of an action query, `cond_mask` is the same as the network's
+    (1, 1, T, 1, 1) float mask.
     """
 
     def __init__(self, network, vae: PolicyVAE, text: TextEmbeddings, statistics: L.DatasetStatistics,
@@ -62,13 +67,13 @@ class CosmosPolicy:
         if cuda_graph and self.device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs a CUDA device, the policy runs on {self.device}")
         use_graph = self.device.type == "cuda" if cuda_graph is None else bool(cuda_graph)
-        self._graphs = ChunkGraphs(self) if use_graph else None
+        self.graphs = ChunkGraphs(self) if use_graph else None
         self._seed_counter = SeedCounter(seed, seed_step)
         self._contexts: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
         t = layout.state_t
-        self._cond_frames = torch.zeros(t, dtype=torch.bool, device=self.device)
-        self._cond_frames[: layout.num_conditional_frames] = True
-        self._cond_mask = self._cond_frames.to(torch.float32).view(1, 1, t, 1, 1)
+        self.cond_frames = torch.zeros(t, dtype=torch.bool, device=self.device)
+        self.cond_frames[: layout.num_conditional_frames] = True
+        self.cond_mask = self.cond_frames.to(torch.float32).view(1, 1, t, 1, 1)
 
     # -- loading --------------------------------------------------------------------------------------------------
 
@@ -134,18 +139,18 @@ class CosmosPolicy:
         Without `seeds`, sample i takes the seed rule's next values in order (they count as len(observations)
         queries)."""
         timing: dict[str, float] = {}
-        start = clock = self._clock()
+        start = clock = self.clock()
         if not isinstance(observations, Sequence) or isinstance(observations, (str, bytes)) or not observations:
             raise ValueError("observations: expected a non-empty list of observation dicts")
-        checked = [self._check_observation(obs, f"obs[{i}]" if len(observations) > 1 else "obs")
+        checked = [self.check_observation(obs, f"obs[{i}]" if len(observations) > 1 else "obs")
                    for i, obs in enumerate(observations)]
         self.text.check_known([c[2] for c in checked])
-        seeds = self._seeds(seeds, len(observations))
+        seeds = self.take_seeds(seeds, len(observations))
         with profiling.nvtx_range("preprocess"):
-            prepared = self._prepare(checked)
-        clock = self._lap(timing, "preprocess", clock)
-        result = self._run(prepared, seeds, return_future_images, timing, clock)
-        timing["total"] = (self._clock() - start) * 1e3
+            prepared = self.prepare(checked)
+        clock = self.lap(timing, "preprocess", clock)
+        result = self.run_query(prepared, seeds, return_future_images, timing, clock)
+        timing["total"] = (self.clock() - start) * 1e3
         return result
 
     def plan(self, obs: Mapping, num_candidates: int = 8, seed: int | None = None,
@@ -154,18 +159,14 @@ class CosmosPolicy:
         rule's next value: the plan counts as one query). Candidates run as one batch, or in sub-batches of at most
         `batch_size` samples per network pass (the same result).
 
-        With `planning_model` (a `cosmos_policy.planning.PlanningModel`) this is the official protocol (spec 4.7):
+        With `planning_model` (a `cosmos_policy.PlanningModel`) this is the official protocol (spec 4.7):
         the future state of each candidate and its value by ensembles of the planning network, aggregated as
         `planning_config` (a `PlanningConfig`, default the official majority_mean 3 x 5 ensembles) says; the base
         seed is kept unless another value is strictly higher. Without it, candidates are ranked by the value each
         action query predicts alongside its actions; ties keep the lowest seed."""
         if planning_model is not None:
-            from .planning import plan_with_model
-
             _check_candidates(num_candidates)
             return plan_with_model(self, obs, num_candidates, seed, planning_model, planning_config, batch_size)
-        from .planning import plan_by_policy_value
-
         _check_candidates(num_candidates)
         return plan_by_policy_value(self, obs, num_candidates, seed, batch_size)
 
@@ -202,7 +203,7 @@ class CosmosPolicy:
                 self.infer_batch([obs] * int(size), seeds=[0] * int(size))
                 runs.append({"instruction": instruction, "batch_size": int(size),
                              "ms": (time.perf_counter() - began) * 1e3})
-        graphs = self._graphs
+        graphs = self.graphs
         return {"batch_sizes": [int(b) for b in sizes], "instructions": instructions, "runs": runs,
                 "total_ms": (time.perf_counter() - start) * 1e3, "cuda_graphs": len(graphs) if graphs else 0,
                 "graph_failures": graphs.failures if graphs else 0, "next_seed": self.next_seed}
@@ -225,8 +226,8 @@ class CosmosPolicy:
             clear()
         self.vae.clear_cache()
         self._contexts.clear()
-        if self._graphs is not None:
-            self._graphs.invalidate()
+        if self.graphs is not None:
+            self.graphs.invalidate()
 
     def cache_info(self) -> dict:
         info = {"contexts": len(self._contexts), "next_seed": self.next_seed}
@@ -236,27 +237,30 @@ class CosmosPolicy:
             cache = getattr(self.network, name, None)
             if cache is not None:
                 info[name] = len(cache)
-        if self._graphs is not None:
-            info["cuda_graphs"] = len(self._graphs)
+        if self.graphs is not None:
+            info["cuda_graphs"] = len(self.graphs)
         return info
 
-    # -- checks and preparation -----------------------------------------------------------------------------------
+    # -- an action query in stages: `infer_batch` runs them in order, the planners (planning.py) compose them ------
 
-    def _check_observation(self, obs, name: str) -> Checked:
+    def check_observation(self, obs, name: str) -> Checked:
+        """The observation's cameras, proprio and instruction, checked against the suite (errors name `name`)."""
         return check_observation(obs, self.layout, name)
 
-    def _seeds(self, seeds, count: int) -> list[int]:
+    def take_seeds(self, seeds, count: int) -> list[int]:
+        """`seeds` checked, or (None) the seed rule's next `count` values."""
         if seeds is None:  # the seed rule moves only once the inputs are known to be good
             return self._seed_counter.take(count)
         if len(seeds) != count:
             raise ValueError(f"seeds: expected {count} seeds, got {len(seeds)}")
         return [check_seed(s, "seed") for s in seeds]
 
-    def _prepare(self, checked: list[Checked]) -> _Prepared:
+    def prepare(self, checked: list[Checked]) -> _Prepared:
+        """Checked observations -> images and normalised proprio on the policy's device, as one batch."""
         return prepare(checked, self.layout, self.statistics, self.device, self.dtype,
                        trained_with_image_aug=self.trained_with_image_aug, image_size=self.image_size)
 
-    def _context(self, instructions: list[str]) -> torch.Tensor:
+    def context(self, instructions: list[str]) -> torch.Tensor:
         """A stable tensor per instruction tuple, so the network's cross-attention K/V cache hits across queries."""
         if len(set(instructions)) == 1:
             return self.text.get(instructions[0])  # (1, N, D) broadcasts over the batch
@@ -275,8 +279,8 @@ class CosmosPolicy:
         """The action query's sample: (latents (B, C, T, H, W), prefix latents, encoder state, clock)."""
         layout, batch = self.layout, len(seeds)
         with profiling.nvtx_range("text"):
-            context = self._context(prepared.instructions)
-        clock = self._lap(timing, "text", clock)
+            context = self.context(prepared.instructions)
+        clock = self.lap(timing, "text", clock)
 
         with profiling.nvtx_range("vae_encode"):
             encoded = self.vae.encode_prefix(prepared.images, keep_state=keep_state)
@@ -286,20 +290,20 @@ class CosmosPolicy:
             gt = torch.zeros(batch, prefix.shape[1], layout.state_t, h, w, device=self.device)
             gt[:, :, : layout.num_conditional_frames] = prefix
             gt = L.inject_proprio(gt, prepared.proprio, layout.proprio_index)
-        clock = self._lap(timing, "vae_encode", clock)
+        clock = self.lap(timing, "vae_encode", clock)
 
         with profiling.nvtx_range("denoise"):
             noise = torch.cat([arch_invariant_noise(s, (1, *gt.shape[1:])) for s in seeds]).to(self.device)
             noise = noise * layout.sigma_max
-            if self._graphs is not None:
-                latents = self._graphs.run(noise, gt, context, prepared.instructions)
+            if self.graphs is not None:
+                latents = self.graphs.run(noise, gt, context, prepared.instructions)
             else:
                 latents = sample(self._x0_fn(gt, context), noise, num_steps=self.num_steps,
                                  sigma_min=layout.sigma_min, sigma_max=layout.sigma_max, solver="2ab")
-        clock = self._lap(timing, "denoise", clock)
+        clock = self.lap(timing, "denoise", clock)
         return latents, prefix, encoder_state, clock
 
-    def _candidate_latents(self, prepared: _Prepared, seeds: list[int], timing: dict, clock: float):
+    def sample_candidates(self, prepared: _Prepared, seeds: list[int], timing: dict, clock: float):
         """Action samples of one observation's candidates: its images stay a batch of one (their latents are
         computed once and broadcast), the proprio and instruction repeat."""
         expanded = _Prepared(prepared.images, prepared.proprio.expand(len(seeds), -1),
@@ -308,8 +312,9 @@ class CosmosPolicy:
         return latents, clock
 
     @torch.no_grad()
-    def _run(self, prepared: _Prepared, seeds: list[int], return_future_images: bool, timing: dict,
-             clock: float) -> list[dict]:
+    def run_query(self, prepared: _Prepared, seeds: list[int], return_future_images: bool, timing: dict,
+                  clock: float) -> list[dict]:
+        """One batched action query: sample i with seeds[i] -> its result dict (as `infer` returns it)."""
         layout = self.layout
         latents, prefix, encoder_state, clock = self._denoise(prepared, seeds, return_future_images, timing, clock)
 
@@ -317,13 +322,13 @@ class CosmosPolicy:
             actions = L.extract_actions(latents, layout.action_index, layout.chunk_size, layout.action_dim)
             actions = self.statistics.unnormalize_actions(actions.double().cpu().numpy()).astype(np.float32)
             values = L.extract_value(latents, layout.value_index).double().cpu().numpy()
-        clock = self._lap(timing, "postprocess", clock)
+        clock = self.lap(timing, "postprocess", clock)
 
         futures = None
         if return_future_images:
             with profiling.nvtx_range("vae_decode"):
                 futures = self._future_images(latents, prefix, encoder_state)
-            clock = self._lap(timing, "vae_decode", clock)
+            clock = self.lap(timing, "vae_decode", clock)
         results = []
         for i, s in enumerate(seeds):
             out = {"actions": actions[i], "value": float(values[i]), "seed": s, "timing": timing}
@@ -334,9 +339,7 @@ class CosmosPolicy:
 
     def _x0_fn(self, gt: torch.Tensor, context: torch.Tensor):
         """The denoiser of spec 4.2 for `sample()`: sigma is a (B,) tensor on the policy's device."""
-        from .planning import conditioned_x0_fn
-
-        return conditioned_x0_fn(self.network, gt, context, self._cond_frames, self._cond_mask)
+        return conditioned_x0_fn(self.network, gt, context, self.cond_frames, self.cond_mask)
 
     def _future_images(self, latents: torch.Tensor, prefix: torch.Tensor, encoder_state) -> dict[str, torch.Tensor]:
         """Decode the predicted future frames after restoring the placeholder frames' own VAE latents."""
@@ -353,13 +356,15 @@ class CosmosPolicy:
 
     # -- timing ---------------------------------------------------------------------------------------------------
 
-    def _clock(self) -> float:
+    def clock(self) -> float:
+        """Seconds, once the policy's device has finished its work."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def _lap(self, timing: dict, stage: str, since: float) -> float:
-        now = self._clock()
+    def lap(self, timing: dict, stage: str, since: float) -> float:
+        """Add the milliseconds since `since` to `timing[stage]`; returns the new clock."""
+        now = self.clock()
         timing[stage] = timing.get(stage, 0.0) + (now - since) * 1e3
         return now
 

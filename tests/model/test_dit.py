@@ -173,7 +173,7 @@ def test_modulation_cache_is_per_step_and_follows_weight_changes(gen):
     (table, _), = model.modulation_cache._entries.values()
     assert table.shape == (1, 4, 1, (9 * 2 + 2) * 128)  # equal batch rows are stored once
     with torch.no_grad():
-        assert model._modulation(inputs["timesteps_B_T"], model._weights_key()).data_ptr() == table.data_ptr()
+        assert model._modulation(inputs["timesteps_B_T"], model.weights_key()).data_ptr() == table.data_ptr()
     ref = _run(model, inputs, "reference")
     assert rel_error(_run(model, inputs, "fused"), ref) < 1e-5  # a hit
     inputs["timesteps_B_T"][1, 3] = 0.25  # another step, whose batch rows differ

@@ -57,7 +57,7 @@ def obs():
 
 def _graphed(tiny_dir, capture, backend="fused"):
     policy = CosmosPolicy.from_pretrained(tiny_dir, backend=backend, device="cpu")
-    policy._graphs = ChunkGraphs(policy, capturer=capture)
+    policy.graphs = ChunkGraphs(policy, capturer=capture)
     return policy
 
 
@@ -65,14 +65,14 @@ def test_replays_and_invalidation(tiny_dir, obs):
     capture = FakeCapture()
     policy = _graphed(tiny_dir, capture)
     eager = CosmosPolicy.from_pretrained(tiny_dir, backend="fused", device="cpu")
-    eager._graphs = ChunkGraphs(eager, capture=False)
+    eager.graphs = ChunkGraphs(eager, capture=False)
     expected = eager.infer(obs, seed=1)["actions"]
     np.testing.assert_array_equal(policy.infer(obs, seed=1)["actions"], expected)
     np.testing.assert_array_equal(policy.infer(obs, seed=1)["actions"], expected)
-    assert (capture.attempts, capture.replays, len(policy._graphs)) == (1, 2, 1)
+    assert (capture.attempts, capture.replays, len(policy.graphs)) == (1, 2, 1)
     policy.infer(dict(obs, task_description=OTHER_TASK), seed=1)  # another instruction, another graph
     policy.infer_batch([obs, obs], seeds=[1, 2])  # another batch size
-    assert capture.attempts == 3 and len(policy._graphs) == 3
+    assert capture.attempts == 3 and len(policy.graphs) == 3
 
     for invalidate in (lambda: policy.network.clear_caches(), lambda: policy.clear_caches(),
                        lambda: policy.network.load_state_dict(policy.network.state_dict()),
@@ -80,7 +80,7 @@ def test_replays_and_invalidation(tiny_dir, obs):
         before = capture.attempts
         invalidate()
         np.testing.assert_array_equal(policy.infer(obs, seed=1)["actions"], expected)
-        assert capture.attempts == before + 1 and len(policy._graphs) == 1  # every old graph went
+        assert capture.attempts == before + 1 and len(policy.graphs) == 1  # every old graph went
 
     with torch.no_grad():  # an in-place weight update changes the key (version counters)
         policy.network.final_layer.linear.weight.mul_(1.0)
@@ -112,19 +112,19 @@ def test_failed_capture_runs_the_fused_loop_and_retries(tiny_dir, obs, monkeypat
     assert attempts == [1, 1, 2, 2, 2, 3, 3, 3] and capture.replays == 3
     messages = [str(w.message) for w in caught if "CUDA graph capture failed" in str(w.message)]
     assert len(messages) == 2 and "eagerly" in messages[0] and "stream is capturing" in messages[0]
-    assert policy._graphs.failures == 2 and policy._graphs.last_error is None and len(policy._graphs) == 1
+    assert policy.graphs.failures == 2 and policy.graphs.last_error is None and len(policy.graphs) == 1
 
 
 def test_capture_that_deferred_a_backend_check_is_redone(tiny_dir, obs):
     capture = FakeCapture(defer={1})
     policy = _graphed(tiny_dir, capture)
     policy.infer(obs, seed=0)
-    assert capture.attempts == 2 and len(policy._graphs) == 1 and policy._graphs.failures == 0
+    assert capture.attempts == 2 and len(policy.graphs) == 1 and policy.graphs.failures == 0
     always = FakeCapture(defer=set(range(1, 10)))
     policy = _graphed(tiny_dir, always)
     with pytest.warns(RuntimeWarning, match="deferred"):
         policy.infer(obs, seed=0)
-    assert always.attempts == 2 and len(policy._graphs) == 0 and _dispatch.deferred() == []
+    assert always.attempts == 2 and len(policy.graphs) == 0 and _dispatch.deferred() == []
 
 
 @pytest.fixture
@@ -218,7 +218,7 @@ def test_cuda_graphs_follow_weight_loads_and_survive_a_failed_capture(tiny_dir, 
     for policy in (graphed, eager):
         policy.network.load_state_dict(state)  # frees the K/V and modulation the old graphs read
     after = close(1)
-    assert not np.allclose(before, after) and len(graphed._graphs) == 1
+    assert not np.allclose(before, after) and len(graphed.graphs) == 1
     graphed.network.clear_caches()
     close(2)
 
@@ -233,8 +233,8 @@ def test_cuda_graphs_follow_weight_loads_and_survive_a_failed_capture(tiny_dir, 
     graphed.clear_caches()
     with pytest.warns(RuntimeWarning, match="capture failed"):
         close(3)
-    assert graphed._graphs.failures == 1 and len(graphed._graphs) == 0
+    assert graphed.graphs.failures == 1 and len(graphed.graphs) == 0
     close(3)  # eager fused loop until the retry
     monkeypatch.setattr(graphed.network, "forward", real)
     close(3)
-    assert len(graphed._graphs) == 1 and graphed._graphs.last_error is None
+    assert len(graphed.graphs) == 1 and graphed.graphs.last_error is None
