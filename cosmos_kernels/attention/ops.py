@@ -23,8 +23,8 @@ import os
 import torch
 import torch.nn.functional as F
 
-from cosmos_kernels import _checks, _dispatch, _ext
-from cosmos_kernels.attention import flash, picker, reference
+from cosmos_kernels import _checks, _dispatch, _ext, picker
+from cosmos_kernels.attention import flash, reference
 from cosmos_kernels.tools import dispatch_counter
 
 _NS = "cosmos_kernels"

@@ -100,7 +100,7 @@ def _attention_backends() -> dict[str, object]:
 
 def _cached_choices() -> dict[str, object]:
     """The picker's file as it is on disk (not this process's choices): path, entries, or why it was not read."""
-    from cosmos_kernels.attention import picker
+    from cosmos_kernels import picker
 
     path = picker.choices_path()
     out: dict[str, object] = {"path": str(path), "exists": path.is_file(), "entries": {}}

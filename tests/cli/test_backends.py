@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
+from cosmos_kernels import picker
 from cosmos_kernels._ext import build_info, cuda_kernels_note
-from cosmos_kernels.attention import picker
 from cosmos_policy.cli import entry as cli
 
 KEYS = {"torch", "environment", "build_info", "cuda_kernels_note", "devices", "ops", "attention_backends",

@@ -158,7 +158,7 @@ def test_probe_skipped_during_capture_runs_after(fake_capturing, monkeypatch):
 def test_attention_first_called_inside_a_capture_is_provisional(fake_capturing, monkeypatch):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    picker = pytest.importorskip("cosmos_kernels.attention.picker")
+    picker = pytest.importorskip("cosmos_kernels.picker")
     monkeypatch.setattr(picker, "choice_key", lambda *args: "fake GPU | q(1, 40, 2, 64)")
     monkeypatch.setattr(picker, "_load_disk", lambda: None)
     with FakeTensorMode():

@@ -1,4 +1,5 @@
-"""The automatic attention backend: timed once on the device, kept per (GPU, versions, shapes), also on disk.
+"""The timed backend choice of attention and linear_gelu: timed once on the device, kept per (GPU, versions, shapes),
+also on disk.
 
 Each usable candidate runs twice (compiling what it needs), then at least `SAMPLES` times with CUDA events around
 each call while a sleep kernel queued before the events keeps the GPU busy, so the host's Python and launch cost
