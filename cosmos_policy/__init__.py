@@ -1,10 +1,11 @@
 """cosmos_policy: a thin inference wrapper for Cosmos Policy checkpoints on the cosmos_kernels ops.
 
 The folders, from the bottom up: `model/` (the DiT, the VAE, the text embeddings and their checkpoint files),
-`policy/` (observation -> action chunk, planning, chunk scheduling), then the faces that use the policy: `cli/` (the
-`cosmos-policy` command line), `serve/` (the policy server) and `evaluation/` (closed-loop LIBERO). A folder imports
+`policy/` (observation -> action chunk, planning, chunk scheduling), `cli/` (the `cosmos-policy` command line), and
+on it `serve/` (the policy server) and `evaluation/` (closed-loop LIBERO), which add subcommands. A folder imports
 the folders below it, never those above. Beside them: `errors.py` and `profiling.py`, leaves that every folder may
-import (one-line user errors, NVTX ranges), and `testing.py`, tiny random checkpoints for tests and demos.
+import (one-line user errors, NVTX ranges), and `testing.py` (tiny random checkpoints for tests and demos), which
+stands on the policy.
 """
 
 import sys

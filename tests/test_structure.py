@@ -1,6 +1,6 @@
 """The layout's rules, read from the source with `ast`: modules of cosmos_policy use each other's public names only,
 no two modules of cosmos_policy or cosmos_kernels import each other (directly or round a loop), the folders of
-cosmos_policy depend one way (cli, serve, evaluation -> policy -> model), and no source file is over 400 lines."""
+cosmos_policy depend one way (serve, evaluation -> cli -> policy -> model), and no source file is over 400 lines."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("cosmos_kernels", "cosmos_policy")
 MAX_LINES = 400
 # cosmos_policy's folders from the bottom up: a module may import its own floor and those below, never above.
-FLOORS = {"model": 0, "policy": 1, "testing": 2, "cli": 3, "serve": 3, "evaluation": 3}
+FLOORS = {"model": 0, "policy": 1, "testing": 2, "cli": 3, "serve": 4, "evaluation": 4}
 # Underscore attributes of other libraries that a module relies on (their only way to the value), with the reason.
 LIBRARY_INTERNALS = {
     ("cosmos_policy.evaluation.libero", "_observables"): "robosuite keeps an environment's camera observables there",
