@@ -188,18 +188,18 @@ def _extensions(mode: str):
     archs, reason = _cuda_plan(mode)
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-    include = [os.path.join(ROOT, "csrc", "include")]
+    include = [os.path.join(ROOT, "csrc")]
     quiet = _system_includes()
     # GCC reports -Wmaybe-uninitialized inside its own AVX-512 intrinsics once torch's vector code is inlined into
     # ours (hundreds of lines per file at -O3, none about our code), system headers or not
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wno-maybe-uninitialized", *quiet, *_cpu_flags()]
-    cpu_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cpu_sources = sorted(["csrc/common/registration.cpp", *glob.glob("csrc/*/*_cpu.cpp")])
     exts = [CppExtension("cosmos_kernels._C", cpu_sources, include_dirs=include,
                          extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])]
     if archs is not None:
         nvcc = ["-O3", "-std=c++20", "--use_fast_math", "--expt-relaxed-constexpr", "-lineinfo",
                 *quiet, *_gencode(archs)]
-        cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))  # .cpp: the module itself
+        cuda_sources = sorted(glob.glob("csrc/*/*.cu") + ["csrc/common/registration_cuda.cpp"])  # .cpp: the module
         cuda = CUDAExtension("cosmos_kernels._C_cuda", cuda_sources, include_dirs=include,
                              extra_compile_args={"cxx": ["-O3", "-std=c++20", *quiet], "nvcc": nvcc})
         cuda.optional = mode == "auto"  # setuptools then neither fails the build nor copies a missing library

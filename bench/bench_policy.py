@@ -16,7 +16,7 @@ import torch
 
 from bench.conftest import DEVICES, measure
 from cosmos_policy import CosmosPolicy
-from cosmos_policy import layout as L
+from cosmos_policy.model import layout as L
 from cosmos_policy.testing import (
     LIBERO_SAMPLE_TASK,
     t5_like_embedding,
@@ -68,8 +68,8 @@ def test_tiny_action_chunk(benchmark, tiny_dir, device, variant):
 def _full_size_policy(cuda_graph: bool, backend: str = "fused") -> CosmosPolicy:
     """The 2B network and the full-size Wan VAE with random weights (no files), bf16 on the GPU."""
     from cosmos_policy import CosmosDiT, DiTConfig
-    from cosmos_policy.text import TextEmbeddings
-    from cosmos_policy.vae import PolicyVAE
+    from cosmos_policy.model.text import TextEmbeddings
+    from cosmos_policy.model.vae import PolicyVAE
 
     device, dtype = torch.device("cuda"), torch.bfloat16
     with torch.device(device):

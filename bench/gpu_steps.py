@@ -209,8 +209,8 @@ def auto_choice(q: torch.Tensor, k: torch.Tensor, extra: dict) -> str | None:
 
 
 def _dit(smoke: bool, device: str, dtype: torch.dtype):
-    from cosmos_policy.config import DiTConfig
     from cosmos_policy.model import CosmosDiT
+    from cosmos_policy.model.config import DiTConfig
 
     config = DiTConfig.tiny() if smoke else DiTConfig.cosmos_predict2_2b()
     with torch.device(device):

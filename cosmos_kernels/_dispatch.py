@@ -131,6 +131,16 @@ def probe_passed(op_name: str, backend: str, device: torch.device) -> bool:
     return ok
 
 
+def has_probe(op_name: str, backend: str) -> bool:
+    """Whether `backend` of `op_name` is checked by a probe before its first use on a GPU."""
+    return (op_name, backend) in _probe_fns
+
+
+def probe_result(op_name: str, backend: str, device: torch.device) -> bool | None:
+    """The outcome of the probe that ran in this process on `device`, or None when none ran."""
+    return _probe_results.get((op_name, backend, str(device)))
+
+
 def defer(key: tuple, check: Callable[[], bool]) -> None:
     """Record one-time work skipped inside a CUDA-graph capture (a probe, a timed choice made provisionally).
 

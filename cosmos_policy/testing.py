@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import NETWORK_CONFIG_FILE
-from .layout import IMAGE_SIZE, TEMPORAL_COMPRESSION, get_layout
-from .preprocess import to_pixels
-from .text import TEXT_TOKENS
+from .model.layout import IMAGE_SIZE, TEMPORAL_COMPRESSION, get_layout
+from .model.text import TEXT_TOKENS
+from .model.vae import to_pixels
+from .policy.files import NETWORK_CONFIG_FILE
 
 LIBERO_SAMPLE_TASK = "put both the alphabet soup and the tomato sauce in the basket"
 TINY_VAE_BASE_DIM = 16
@@ -138,8 +138,8 @@ def write_tiny_checkpoint(
 
     `image_size` other than 224 (a multiple of 16) makes a smaller latent video, for quick CPU tests. `vae=False`
     leaves the VAE out (it needs diffusers): load the directory with `tiny_policy`."""
-    from .checkpoint import save_network_checkpoint
-    from .config import DiTConfig
+    from .model.checkpoint import save_network_checkpoint
+    from .model.config import DiTConfig
 
     get_layout(suite)  # validates the suite name
     directory = Path(directory)
@@ -211,11 +211,11 @@ def tiny_policy(directory: str | os.PathLike, suite: str = "libero", *, device=N
                 backend: str = "fused", **policy_kwargs):
     """A `CosmosPolicy` on a directory of `write_tiny_checkpoint` (its VAE file, if any, unused) with `StandInVAE`:
     needs no diffusers. `policy_kwargs` go to `CosmosPolicy` (`cuda_graph`, `seed`, ...)."""
-    from .checkpoint import load_network
-    from .config import DiTConfig
-    from .layout import DatasetStatistics
+    from .model.loading import load_network
+    from .model.config import DiTConfig
+    from .model.layout import DatasetStatistics
     from .policy import CosmosPolicy, resolve_device
-    from .text import TextEmbeddings
+    from .model.text import TextEmbeddings
 
     directory = Path(directory)
     layout = get_layout(suite)
@@ -234,8 +234,8 @@ def write_tiny_planning_checkpoint(directory: str | os.PathLike, seed: int = 1, 
                                    suite: str = "aloha") -> Path:
     """A random planning checkpoint as nvidia/Cosmos-Policy-ALOHA-Planning-Model-Predict2-2B ships one: the network
     `.pt` alone (text, statistics and VAE are the policy's), plus `network_config.json` for its tiny size."""
-    from .checkpoint import save_network_checkpoint
-    from .config import DiTConfig
+    from .model.checkpoint import save_network_checkpoint
+    from .model.config import DiTConfig
 
     get_layout(suite)
     directory = Path(directory)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cosmos_policy.control import AsyncScheduler, SyncScheduler
+from cosmos_policy.policy.control import AsyncScheduler, SyncScheduler
 
 NUM_STEPS_WAIT = 10
 DUMMY_ACTION = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0]

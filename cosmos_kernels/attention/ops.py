@@ -22,8 +22,8 @@ import os
 
 import torch
 
-from cosmos_kernels import _checks, _dispatch, _ext
-from cosmos_kernels.attention import flash, picker, reference, sdpa
+from cosmos_kernels import _checks, _dispatch, _ext, picker
+from cosmos_kernels.attention import flash, reference, sdpa
 from cosmos_kernels.tools import dispatch_counter
 
 _NS = "cosmos_kernels"

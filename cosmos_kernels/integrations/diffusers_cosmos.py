@@ -19,7 +19,7 @@ from diffusers.models import normalization
 from diffusers.models.transformers import transformer_cosmos as tc
 
 import cosmos_kernels as ck
-from cosmos_kernels.integrations import diffusers as integ
+from cosmos_kernels.integrations import patching as integ
 
 
 def _modulation(norm: torch.nn.Module, embedded_timestep: torch.Tensor, temb: torch.Tensor | None, n: int):

@@ -23,7 +23,7 @@ from diffusers.models import normalization
 from diffusers.models.transformers import transformer_wan as tw
 
 import cosmos_kernels as ck
-from cosmos_kernels.integrations import diffusers as integ
+from cosmos_kernels.integrations import patching as integ
 
 
 def interleaved_to_half(x: torch.Tensor) -> torch.Tensor:

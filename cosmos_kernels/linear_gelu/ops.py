@@ -74,7 +74,7 @@ def _timed_choice(rows: torch.Tensor, weight: torch.Tensor) -> str:
     picker's device timing, kept on disk beside its choices); "triton" under COSMOS_KERNELS_DETERMINISTIC=1."""
     if _dispatch.environment(_dispatch.DETERMINISTIC_ENV, "0") == "1":
         return "triton"
-    from cosmos_kernels.attention import picker
+    from cosmos_kernels import picker
 
     key = (f"linear_gelu | {picker.gpu_label(rows.device)} | {picker.versions()} | x{tuple(rows.shape)} "
            f"w{tuple(weight.shape)} {str(rows.dtype)[6:]} stride{tuple(rows.stride())}{tuple(weight.stride())}")

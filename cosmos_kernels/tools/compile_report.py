@@ -4,7 +4,7 @@
 
 Triton kernels (registered through `cosmos_kernels._registry`) are compiled with `triton.compile` for
 `GPUTarget("cuda", 90, 32)`; their PTX goes through Triton's bundled ptxas (`-v`) and their cubin through
-cuobjdump. CUDA sources in csrc/cuda are compiled with `nvcc -cubin -arch sm_90a -Xptxas -v`. One row per
+cuobjdump. CUDA sources in csrc/<family>/ are compiled with `nvcc -cubin -arch sm_90a -Xptxas -v`. One row per
 kernel and configuration: registers, shared memory, spill bytes, HGMMA count. Exit status 1 on any spill,
 on a matrix kernel without HGMMA (configurations whose dots are IEEE fp32 run on the FMA units and are exempt),
 or on a kernel that fails to compile.
@@ -167,9 +167,9 @@ def cuda_rows(source_dir: Path) -> list[Row]:
     cuda_home = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
     nvcc = os.path.join(cuda_home, "bin", "nvcc")
     if not os.path.exists(nvcc):
-        return [Row("csrc/cuda", "-", error=f"{nvcc} not found (set CUDA_HOME)")]
-    includes = [f"-I{p}" for p in [str(source_dir.parent / "include"), *include_paths("cuda")]]
-    for src in sorted(source_dir.glob("*.cu")):
+        return [Row("csrc", "-", error=f"{nvcc} not found (set CUDA_HOME)")]
+    includes = [f"-I{p}" for p in [str(source_dir), *include_paths("cuda")]]
+    for src in sorted(source_dir.glob("*/*.cu")):
         with tempfile.TemporaryDirectory() as tmp:
             cubin = Path(tmp, "k.cubin")
             cmd = [nvcc, "-cubin", f"-gencode=arch=compute_90a,code={ARCH}", "-O3", "-std=c++20",
@@ -213,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA sources")
     parser.add_argument("--no-triton", action="store_true", help="skip the Triton kernels")
-    parser.add_argument("--csrc", type=Path, default=Path(__file__).resolve().parents[2] / "csrc" / "cuda",
-                        help="directory of the CUDA sources (default: the source checkout's csrc/cuda)")
+    parser.add_argument("--csrc", type=Path, default=Path(__file__).resolve().parents[2] / "csrc",
+                        help="directory of the CUDA sources (default: the source checkout's csrc)")
     args = parser.parse_args(argv)
     rows: list[Row] = []
     if not args.no_triton:
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.csrc.is_dir():
             rows += cuda_rows(args.csrc)
         else:
-            rows.append(Row("csrc/cuda", "-", error=f"{args.csrc} not found (pass --csrc or --no-cuda)"))
+            rows.append(Row("csrc", "-", error=f"{args.csrc} not found (pass --csrc or --no-cuda)"))
     if args.json:
         keys = ("name", "config", "registers", "shared_bytes", "spill_bytes", "hgmma")
         print(json.dumps([{k: getattr(r, k) for k in keys} for r in rows], indent=1))

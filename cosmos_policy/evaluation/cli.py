@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .. import argtypes
+from ..cli import argtypes
 from ..errors import UsageError, missing_extra
 
 DEFAULT_OUT = "cosmos_policy_eval"
@@ -116,8 +116,8 @@ def _check_arguments(args):
     """What can be checked in a moment, before the simulator or the policy is touched; returns the torch dtype."""
     import torch
 
-    from ..cli import device_error, flag_error
-    from ..files import is_hub_repo_id, resolve_directory
+    from ..cli.entry import device_error, flag_error
+    from ..policy.files import is_hub_repo_id, resolve_directory
     from ..policy import resolve_device
 
     try:
@@ -141,7 +141,7 @@ def _check_arguments(args):
 
 
 def _load_local(loader, args, instructions: list[str]):
-    from ..cli import USER_ERRORS, flag_error, one_line
+    from ..cli.entry import USER_ERRORS, flag_error, one_line
 
     try:
         policy = loader()

@@ -14,9 +14,9 @@ import signal
 import sys
 import tempfile
 
-from .. import argtypes
+from ..cli import argtypes
 from ..errors import UsageError, missing_extra
-from ..layout import LAYOUTS
+from ..model.layout import LAYOUTS
 
 SERVE_MODULES = (("websockets", "websockets"), ("msgpack", "msgpack"), ("starlette", "starlette"),
                  ("uvicorn", "uvicorn"))
@@ -86,7 +86,7 @@ def load_policy(args: argparse.Namespace, tmp: str):
     """The policy of `--checkpoint` (or random weights of `--config`), errors naming the flag."""
     import torch
 
-    from ..demo import DTYPES, load_policies
+    from ..cli.demo import DTYPES, load_policies
     from ..policy import resolve_device
 
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import argtypes
+from ..cli import argtypes
 from ..errors import UsageError
 
 

@@ -1,12 +1,12 @@
-// Unit tests of the per-element math that the CPU and CUDA kernels share (csrc/include/cosmos).
+// Unit tests of the per-element math that the CPU and CUDA kernels share (the per-element header of each csrc/<family>/).
 #include <random>
 #include <vector>
 
 #include "check.h"
-#include "cosmos/adaptive_norm.h"
-#include "cosmos/common.h"
-#include "cosmos/rope.h"
-#include "cosmos/sampler_step.h"
+#include "adaptive_norm/adaptive_norm.h"
+#include "common/common.h"
+#include "qk_norm_rope/rope.h"
+#include "sampler_step/sampler_step.h"
 
 using namespace cosmos;
 

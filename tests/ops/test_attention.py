@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import cosmos_kernels as ck
-from cosmos_kernels import _dispatch
-from cosmos_kernels.attention import ops, picker, reference
+from cosmos_kernels import _dispatch, picker
+from cosmos_kernels.attention import ops, reference
 from tests.numerics import assert_within_reference_error
 
 CPU = torch.device("cpu")

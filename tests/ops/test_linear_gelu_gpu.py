@@ -30,7 +30,7 @@ def test_matches_float64_reference(dtype, m, k, n, gen):
 
 def test_auto_choice_is_timed_kept_and_captured(gen, tmp_path, monkeypatch):
     _triton()
-    from cosmos_kernels.attention import picker
+    from cosmos_kernels import picker
 
     monkeypatch.setenv(picker.CACHE_ENV, str(tmp_path))
     x = torch.randn(1764, 2048, generator=gen).to("cuda", torch.bfloat16)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-import cosmos_policy._graph as graph_module
+import cosmos_policy.policy.graphs as graph_module
 from cosmos_kernels import _dispatch
 from cosmos_policy import CosmosPolicy
-from cosmos_policy import layout as L
-from cosmos_policy._graph import ChunkGraphs, capture_failure_recoverable
+from cosmos_policy.model import layout as L
+from cosmos_policy.policy.graphs import ChunkGraphs, capture_failure_recoverable
 from cosmos_policy.testing import LIBERO_SAMPLE_TASK, tiny_policy, write_tiny_checkpoint
 
 OTHER_TASK = "open the top drawer and put the bowl inside"
@@ -84,7 +84,7 @@ def obs():
 
 def _graphed(tiny_dir, capture, backend="fused"):
     policy = CosmosPolicy.from_pretrained(tiny_dir, backend=backend, device="cpu")
-    policy._graphs = ChunkGraphs(policy, capturer=capture)
+    policy.graphs = ChunkGraphs(policy, capturer=capture)
     return policy
 
 
@@ -92,14 +92,14 @@ def test_replays_and_invalidation(tiny_dir, obs):
     capture = FakeCapture()
     policy = _graphed(tiny_dir, capture)
     eager = CosmosPolicy.from_pretrained(tiny_dir, backend="fused", device="cpu")
-    eager._graphs = ChunkGraphs(eager, capture=False)
+    eager.graphs = ChunkGraphs(eager, capture=False)
     expected = eager.infer(obs, seed=1)["actions"]
     np.testing.assert_array_equal(policy.infer(obs, seed=1)["actions"], expected)
     np.testing.assert_array_equal(policy.infer(obs, seed=1)["actions"], expected)
-    assert (capture.attempts, capture.replays, len(policy._graphs)) == (1, 2, 1)
+    assert (capture.attempts, capture.replays, len(policy.graphs)) == (1, 2, 1)
     policy.infer(dict(obs, task_description=OTHER_TASK), seed=1)  # another instruction, another graph
     policy.infer_batch([obs, obs], seeds=[1, 2])  # another batch size
-    assert capture.attempts == 3 and len(policy._graphs) == 3
+    assert capture.attempts == 3 and len(policy.graphs) == 3
 
     for invalidate in (lambda: policy.network.clear_caches(), lambda: policy.clear_caches(),
                        lambda: policy.network.load_state_dict(policy.network.state_dict()),
@@ -107,7 +107,7 @@ def test_replays_and_invalidation(tiny_dir, obs):
         before = capture.attempts
         invalidate()
         np.testing.assert_array_equal(policy.infer(obs, seed=1)["actions"], expected)
-        assert capture.attempts == before + 1 and len(policy._graphs) == 1  # every old graph went
+        assert capture.attempts == before + 1 and len(policy.graphs) == 1  # every old graph went
 
     with torch.no_grad():  # an in-place weight update changes the key (version counters)
         policy.network.final_layer.linear.weight.mul_(1.0)
@@ -118,7 +118,7 @@ def test_replays_and_invalidation(tiny_dir, obs):
 
 
 def test_failed_capture_runs_the_fused_loop_and_retries(tiny_dir, obs, monkeypatch):
-    import cosmos_policy.policy as policy_module
+    import cosmos_policy.policy.policy as policy_module
 
     monkeypatch.setattr(graph_module, "capture_failure_recoverable", lambda: True)
     capture = FakeCapture(fail={1, 2})
@@ -140,7 +140,7 @@ def test_failed_capture_runs_the_fused_loop_and_retries(tiny_dir, obs, monkeypat
     assert attempts == [1, 1, 2, 2, 2, 3, 3, 3] and capture.replays == 3
     messages = [str(w.message) for w in caught if "CUDA graph capture failed" in str(w.message)]
     assert len(messages) == 2 and "eagerly" in messages[0] and "stream is capturing" in messages[0]
-    assert policy._graphs.failures == 2 and policy._graphs.last_error is None and len(policy._graphs) == 1
+    assert policy.graphs.failures == 2 and policy.graphs.last_error is None and len(policy.graphs) == 1
 
 
 def test_failed_capture_on_a_torch_that_cannot_recover_turns_graphs_off(tiny_dir, obs, monkeypatch):
@@ -159,8 +159,8 @@ def test_failed_capture_on_a_torch_that_cannot_recover_turns_graphs_off(tiny_dir
     assert len(messages) == 1 and "off for this process" in messages[0] and "stream is capturing" in messages[0]
     assert capture.attempts == 1 and other_capture.attempts == 0  # nothing is captured again, anywhere
     assert "stream is capturing" in graph_module.process_disabled_reason
-    assert policy._graphs.disabled_reason == other._graphs.disabled_reason == graph_module.process_disabled_reason
-    assert policy._graphs.failures == 1 and len(policy._graphs) == len(other._graphs) == 0
+    assert policy.graphs.disabled_reason == other.graphs.disabled_reason == graph_module.process_disabled_reason
+    assert policy.graphs.failures == 1 and len(policy.graphs) == len(other.graphs) == 0
 
 
 def test_graphs_already_captured_stop_replaying_once_graphs_are_off(tiny_dir, obs, monkeypatch):
@@ -168,11 +168,11 @@ def test_graphs_already_captured_stop_replaying_once_graphs_are_off(tiny_dir, ob
     capture = FakeCapture(fail={2})
     policy = _graphed(tiny_dir, capture)
     first = policy.infer(obs, seed=1)["actions"]
-    assert len(policy._graphs) == 1 and capture.replays == 1
+    assert len(policy.graphs) == 1 and capture.replays == 1
     with pytest.warns(RuntimeWarning, match="off for this process"):
         policy.infer(dict(obs, task_description=OTHER_TASK), seed=1)  # another key: its capture fails
     np.testing.assert_array_equal(policy.infer(obs, seed=1)["actions"], first)  # eager, the same numbers
-    assert capture.replays == 1 and capture.attempts == 2 and len(policy._graphs) == 0
+    assert capture.replays == 1 and capture.attempts == 2 and len(policy.graphs) == 0
 
 
 def test_capture_failure_recoverable_by_torch_version():
@@ -199,7 +199,7 @@ def test_inference_mode_query_with_inference_text_runs_the_graph(tiny_dir, obs, 
     with torch.inference_mode():
         for _ in range(2):
             np.testing.assert_allclose(policy.infer(obs, seed=1)["actions"], expected, rtol=1e-4, atol=1e-4)
-    assert (capture.attempts, capture.replays, len(policy._graphs)) == (1, 2, 1)
+    assert (capture.attempts, capture.replays, len(policy.graphs)) == (1, 2, 1)
 
 
 @pytest.mark.parametrize("inference_text", [False, True], ids=["normal-text", "inference-text"])
@@ -226,12 +226,12 @@ def test_capture_that_deferred_a_backend_check_is_redone(tiny_dir, obs):
     capture = FakeCapture(defer={1})
     policy = _graphed(tiny_dir, capture)
     policy.infer(obs, seed=0)
-    assert capture.attempts == 2 and len(policy._graphs) == 1 and policy._graphs.failures == 0
+    assert capture.attempts == 2 and len(policy.graphs) == 1 and policy.graphs.failures == 0
     always = FakeCapture(defer=set(range(1, 10)))
     policy = _graphed(tiny_dir, always)
     with pytest.warns(RuntimeWarning, match="deferred"):
         policy.infer(obs, seed=0)
-    assert always.attempts == 2 and len(policy._graphs) == 0 and _dispatch.deferred() == []
+    assert always.attempts == 2 and len(policy.graphs) == 0 and _dispatch.deferred() == []
 
 
 @pytest.fixture
@@ -265,7 +265,7 @@ def test_probe_skipped_during_capture_runs_after(fake_capturing, monkeypatch):
 def test_attention_first_called_inside_a_capture_is_provisional(fake_capturing, monkeypatch):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    picker = pytest.importorskip("cosmos_kernels.attention.picker")
+    picker = pytest.importorskip("cosmos_kernels.picker")
     monkeypatch.setattr(picker, "choice_key", lambda *args: "fake GPU | q(1, 40, 2, 64)")
     monkeypatch.setattr(picker, "_load_disk", lambda: None)
     with FakeTensorMode():
@@ -333,14 +333,14 @@ def test_cuda_graphs_follow_weight_loads(stand_in_dir, obs):
     for policy in (graphed, eager):
         policy.network.load_state_dict(state)  # frees the K/V and modulation the old graphs read
     after = _close_on_cuda(graphed, eager, obs, 1)
-    assert not np.allclose(before, after) and len(graphed._graphs) == 1
+    assert not np.allclose(before, after) and len(graphed.graphs) == 1
     graphed.network.clear_caches()
     unedited = _close_on_cuda(graphed, eager, obs, 2)
     with torch.inference_mode():  # an in-place edit of the text: a new capture, not a replay of stale K/V
         for policy in (graphed, eager):
             policy.text.get(LIBERO_SAMPLE_TASK)[:, :4].mul_(-1.0)
         edited = _close_on_cuda(graphed, eager, obs, 2)
-    assert not np.allclose(edited, unedited, rtol=2e-2, atol=2e-2) and graphed._graphs.last_error is None
+    assert not np.allclose(edited, unedited, rtol=2e-2, atol=2e-2) and graphed.graphs.last_error is None
 
 
 @pytest.mark.gpu
@@ -360,8 +360,8 @@ def test_cuda_graphs_survive_a_failed_capture(stand_in_dir, obs, monkeypatch):
     monkeypatch.setattr(graphed.network, "forward", syncs_while_capturing)
     with pytest.warns(RuntimeWarning, match="capture failed"):
         _close_on_cuda(graphed, eager, obs, 3)
-    assert graphed._graphs.failures == 1 and len(graphed._graphs) == 0
+    assert graphed.graphs.failures == 1 and len(graphed.graphs) == 0
     _close_on_cuda(graphed, eager, obs, 3)  # eager fused loop until the retry
     monkeypatch.setattr(graphed.network, "forward", real)
     _close_on_cuda(graphed, eager, obs, 3)
-    assert len(graphed._graphs) == 1 and graphed._graphs.last_error is None
+    assert len(graphed.graphs) == 1 and graphed.graphs.last_error is None

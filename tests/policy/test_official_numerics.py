@@ -12,8 +12,8 @@ import torch
 
 from cosmos_kernels.sampling import Sampler, arch_invariant_noise, sample
 from cosmos_policy import CosmosPolicy
-from cosmos_policy import layout as L
-from cosmos_policy.preprocess import to_pixels
+from cosmos_policy.model import layout as L
+from cosmos_policy.model.vae import to_pixels
 from cosmos_policy.testing import LIBERO_SAMPLE_TASK, write_tiny_checkpoint
 
 STEPS, SIGMA_MIN, SIGMA_MAX, RHO = 5, 4.0, 80.0, 7.0
@@ -97,7 +97,7 @@ def setup(tmp_path_factory):
     noise = arch_invariant_noise(195, shape) * SIGMA_MAX
     context = policy.text.get(LIBERO_SAMPLE_TASK)
     oracle_record: list = []
-    oracle = official_chain(policy.network, noise, gt, context, policy._cond_frames, oracle_record)
+    oracle = official_chain(policy.network, noise, gt, context, policy.cond_frames, oracle_record)
     return policy, fused, noise, gt, context, oracle, oracle_record
 
 
@@ -135,13 +135,13 @@ def _sampler_chain(policy, noise, gt, context, step_backend):
     sampler = Sampler(noise.shape, num_steps=STEPS, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, solver="2ab",
                       net_dtype=torch.bfloat16, backend=step_backend)
     record = []
-    mask5 = policy._cond_mask
+    mask5 = policy.cond_mask
 
     def net_fn(net_in, timesteps, k):
         record.append((net_in.clone(), timesteps.to(torch.bfloat16)))
         return policy.network(net_in, timesteps, context, mask5)
 
-    cond = policy._cond_frames.float()[None]
+    cond = policy.cond_frames.float()[None]
     return sampler.run(net_fn, noise, gt, cond), record
 
 

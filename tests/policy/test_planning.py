@@ -6,8 +6,8 @@ import torch
 
 from cosmos_kernels.sampling import arch_invariant_noise, sample
 from cosmos_policy import CosmosPolicy
-from cosmos_policy import layout as L
-from cosmos_policy.planning import (
+from cosmos_policy.model import layout as L
+from cosmos_policy.policy.planning import (
     PlanningConfig,
     PlanningModel,
     aggregate_values,
@@ -102,10 +102,10 @@ def test_planning_checkpoint_loads_as_shipped(models, tmp_path):
 def _oracle_predictions(policy, planning, obs, seed, config):
     """One candidate the official way: batch 1, one sampling call per ensemble member, in the official order."""
     layout = policy.layout
-    checked = policy._check_observation(obs, "obs")
-    prepared = policy._prepare([checked])
-    action, _ = policy._candidate_latents(prepared, [seed], {}, policy._clock())
-    context = policy._context(prepared.instructions)
+    checked = policy.check_observation(obs, "obs")
+    prepared = policy.prepare([checked])
+    action, _ = policy.sample_candidates(prepared, [seed], {}, policy.clock())
+    context = policy.context(prepared.instructions)
     clean_future = torch.zeros(layout.state_t, dtype=torch.bool)
     clean_future[:6] = True  # blank, proprio, 3 cameras, action
     clean_value = torch.zeros(layout.state_t, dtype=torch.bool)
@@ -163,7 +163,7 @@ def test_plan_takes_one_seed_of_the_rule(models, obs):
     result = policy.plan(obs, num_candidates=2, planning_model=planning, planning_config=SMALL)
     after = policy.next_seed
     policy.reset(100)
-    policy._seeds(None, 1)  # what one query takes from the seed rule
+    policy.take_seeds(None, 1)  # what one query takes from the seed rule
     assert result["candidate_seeds"] == [base, base + 1] and policy.next_seed == after
     with pytest.raises(ValueError, match="max_batch"):
         policy.plan(obs, num_candidates=2, batch_size=0, planning_model=planning)

@@ -7,7 +7,7 @@ import torch
 
 from cosmos_kernels.sampling import arch_invariant_noise
 from cosmos_policy import CosmosPolicy
-from cosmos_policy import layout as L
+from cosmos_policy.model import layout as L
 from cosmos_policy.testing import LIBERO_SAMPLE_TASK, tiny_policy, write_tiny_checkpoint
 
 # ../shared/data beside the repository root (COSMOS_POLICY_DATA overrides the directory)
@@ -47,7 +47,7 @@ def test_tiny_checkpoint_has_the_official_file_names(tiny_dir):
     assert (tiny_dir / "tokenizer" / "tokenizer.pth").is_file()
     state = torch.load(tiny_dir / "Cosmos-Policy-LIBERO-Predict2-2B.pt", weights_only=True)
     assert all(k.startswith("net.") for k in state)
-    from cosmos_policy.checkpoint import load_t5_embeddings
+    from cosmos_policy.model.checkpoint import load_t5_embeddings
     from cosmos_policy.testing import instruction_tokens
 
     for instruction, emb in load_t5_embeddings(tiny_dir / "libero_t5_embeddings.pkl").items():
@@ -221,13 +221,13 @@ def test_seed_step_counts_queries_from_the_loading_seed(tiny_dir, obs):
 def test_warmup_runs_every_size_without_moving_the_seed_rule(tiny_dir, obs):
     policy = CosmosPolicy.from_pretrained(tiny_dir, backend="fused", device="cpu", seed=195)
     calls = []
-    inner = policy._run
+    inner = policy.run_query
 
     def spy(prepared, seeds, *args):
         calls.append((len(seeds), tuple(prepared.instructions), tuple(im.shape for im in prepared.images)))
         return inner(prepared, seeds, *args)
 
-    policy._run = spy
+    policy.run_query = spy
     report = policy.warmup(batch_sizes=(1, 2), instructions=[OTHER_TASK])
     size = policy.image_size
     assert calls == [(1, (OTHER_TASK,), ((1, 3, size, size),) * 2), (2, (OTHER_TASK,) * 2, ((2, 3, size, size),) * 2)]
@@ -303,17 +303,17 @@ def test_fused_backend_matches_reference(tiny_dir, policy, obs):
 @pytest.mark.parametrize("backend", ["fused", "reference"])
 def test_graph_loop_matches_the_checked_sampler(tiny_dir, obs, backend):
     """The loop a CUDA graph captures (Sampler + host times for the fused network), run eagerly on the CPU."""
-    from cosmos_policy._graph import ChunkGraphs
+    from cosmos_policy.policy.graphs import ChunkGraphs
 
     policy = CosmosPolicy.from_pretrained(tiny_dir, backend=backend, device="cpu")
     expected = policy.infer(obs, seed=4)
-    policy._graphs = ChunkGraphs(policy, capture=False)
+    policy.graphs = ChunkGraphs(policy, capture=False)
     got = policy.infer(obs, seed=4)
     np.testing.assert_allclose(got["actions"], expected["actions"], rtol=1e-4, atol=1e-4)
-    assert len(policy._graphs._chunks) == 1 and policy._graphs.last_error is None
+    assert len(policy.graphs._chunks) == 1 and policy.graphs.last_error is None
     other = policy.infer_batch([obs, obs], seeds=[4, 5])  # a second (batch, instructions) entry
     np.testing.assert_allclose(other[0]["actions"], expected["actions"], rtol=1e-4, atol=1e-4)
-    assert len(policy._graphs._chunks) == 2 and len(policy._graphs) == 0  # nothing captured
+    assert len(policy.graphs._chunks) == 2 and len(policy.graphs) == 0  # nothing captured
 
 
 def test_in_place_text_edit_between_queries_under_inference_mode_is_seen(tiny_dir, obs, monkeypatch):
@@ -359,4 +359,4 @@ def test_cuda_graph_matches_eager(stand_in_dir, obs):
     for seed in (1, 2):
         a, b = graphed.infer(obs, seed=seed), eager.infer(obs, seed=seed)
         np.testing.assert_allclose(a["actions"], b["actions"], rtol=2e-2, atol=2e-2)
-    assert graphed.cache_info()["cuda_graphs"] == 1 and graphed._graphs.last_error is None
+    assert graphed.cache_info()["cuda_graphs"] == 1 and graphed.graphs.last_error is None

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cosmos_policy import preprocess as P
+from cosmos_policy.policy import preprocess as P
 
 
 @pytest.fixture

@@ -1,0 +1,167 @@
+"""`cosmos-policy roofline`: the counts of both backends on meta, the predictions and the subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from cosmos_policy.cli import roofline
+from cosmos_policy.errors import UsageError
+from cosmos_policy.model import CosmosDiT, with_text_tokens
+from cosmos_policy.model.config import DiTConfig
+
+KEYS = ("launches_per_pass", "flops_per_pass", "bytes_per_pass", "nonmatmul_bytes_per_pass",
+        "predicted_ms_per_pass", "predicted_ms_per_chunk")
+HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    roofline.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.fixture(scope="module")
+def libero_2b():
+    """The 2B network at LIBERO shapes with a typical instruction's padding (the VAE is counted elsewhere)."""
+    counted, setup = roofline.count("2b", "libero", vae=False)
+    return counted, setup, roofline.summarize(counted, setup["passes_per_chunk"], list(roofline.GPUS))
+
+
+def test_2b_libero_fused_halves_launches_and_nonmatmul_bytes(libero_2b):
+    _, setup, report = libero_2b
+    assert setup["tokens"] == 1764 and setup["passes_per_chunk"] == 5 and setup["text_tokens"] < 64
+    ref, fused = report["reference"], report["fused"]
+    assert fused["launches_per_pass"] <= 0.5 * ref["launches_per_pass"]
+    assert fused["nonmatmul_bytes_per_pass"] <= 0.5 * ref["nonmatmul_bytes_per_pass"]
+    # Both run the same network: the fused one skips only the cached cross-attention K/V projections.
+    assert 0.9 * ref["flops_per_pass"] < fused["flops_per_pass"] < ref["flops_per_pass"]
+    for gpu in roofline.GPUS:
+        assert fused["predicted_ms_per_chunk"][gpu] < ref["predicted_ms_per_chunk"][gpu]
+
+
+def test_2b_libero_fused_pass_is_near_matmul_bound(libero_2b):
+    """What the fused pass spends beyond its matrix work is at most a quarter of its matrix time on an H100."""
+    counted, _, report = libero_2b
+    ratio = report["fused"]["overhead_vs_matrix_per_pass"]["h100"]
+    gpu, totals = roofline.GPUS["h100"], roofline._totals(counted["fused"].per_pass)
+    matrix = totals.flops / (989.4e12 * 0.70)
+    beyond = totals.nonmatmul_bytes / (3.35e12 * 0.80) + totals.launches * 2e-6
+    assert ratio == pytest.approx(beyond / matrix) and gpu.launch_us == 2.0
+    assert ratio <= 0.25
+    assert report["reference"]["overhead_vs_matrix_per_pass"]["h100"] > 1.0
+
+
+def test_2b_flops_match_the_parameter_count(libero_2b):
+    counted, _, _ = libero_2b
+    config = DiTConfig.cosmos_predict2_2b()
+    d, hidden, blocks, tokens = config.model_channels, config.mlp_hidden, config.num_blocks, 1764
+    # Per block and token: q, k, v, out projections (4 d^2), cross q and out (2 d^2), the MLP (2 d hidden).
+    per_block = 2 * tokens * (6 * d * d + 2 * d * hidden)
+    self_attention = 4 * tokens * tokens * d
+    dit = sum(r.cost.flops for r in counted["fused"].dit_pass)
+    assert blocks * (per_block + self_attention) < dit < 1.05 * blocks * (per_block + self_attention)
+
+
+def test_padded_text_reaches_the_network_as_metadata():
+    from cosmos_policy.model.layout import get_layout
+
+    config, layout = DiTConfig.tiny(), get_layout("libero")
+    padded = roofline.count_network(config, layout, 13)["fused"][0]
+    dense = roofline.count_network(config, layout, 512)["fused"][0]
+    # Cross-attention over 13 instruction tokens plus one zero row that counts for the other 499, not over 512.
+    tokens, heads_dim = 1764, config.model_channels
+    saved = config.num_blocks * 4 * tokens * (512 - 14) * heads_dim
+    assert sum(r.cost.flops for r in dense) - sum(r.cost.flops for r in padded) == saved
+
+
+def test_no_prediction_beats_the_peak(libero_2b):
+    counted, setup, report = libero_2b
+    passes = setup["passes_per_chunk"]
+    for backend, c in counted.items():
+        for name, gpu in roofline.GPUS.items():
+            assert gpu.matmul_flops_per_s <= gpu.peak_tflops * 1e12 and gpu.bytes_per_s <= gpu.peak_tbps * 1e12
+            for records, key in ((c.per_pass, "predicted_ms_per_pass"), (c.chunk(passes), "predicted_ms_per_chunk")):
+                flops = sum(r.cost.flops for r in records)
+                moved = sum(r.cost.bytes_read + r.cost.bytes_written for r in records)
+                floor_ms = 1e3 * max(flops / (gpu.peak_tflops * 1e12), moved / (gpu.peak_tbps * 1e12))
+                assert report[backend][key][name] >= floor_ms > 0
+
+
+def test_a_card_faster_than_its_peak_is_rejected():
+    with pytest.raises(ValueError, match="efficiencies"):
+        roofline.GPU("x", 100.0, 1.0, 1.2, 0.8, 2.0, "peak", "measured")
+
+
+def test_prediction_per_op_is_the_documented_roofline():
+    gpu = roofline.GPU("x", 100.0, 2.0, 0.5, 0.5, 3.0, "peak", "assumed")
+    assert gpu.op_seconds(10**12, 0, 1) == pytest.approx(1 / 50 + 3e-6)  # matrix-bound
+    assert gpu.op_seconds(0, 10**12, 2) == pytest.approx(1.0 + 6e-6)  # bandwidth-bound
+    assert gpu.op_seconds(0, 0, 0) == 0
+
+
+def test_cli_json_has_the_keys_and_fused_wins(capsys):
+    assert roofline.run(_args("--config", "tiny", "--suite", "libero", "--gpu", "h100,rtx4090", "--json")) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)  # stdout holds the one JSON object only
+    assert set(report) == {"reference", "fused"}
+    for backend in report.values():
+        for key in KEYS:
+            assert key in backend
+        for key in ("predicted_ms_per_pass", "predicted_ms_per_chunk"):
+            assert set(backend[key]) == {"h100", "rtx4090"}
+            assert all(v > 0 for v in backend[key].values())
+        assert ("vae_encode" in backend["parts"]) == HAS_DIFFUSERS
+    ref, fused = report["reference"], report["fused"]
+    assert fused["launches_per_pass"] < ref["launches_per_pass"]
+    assert fused["nonmatmul_bytes_per_pass"] < ref["nonmatmul_bytes_per_pass"]
+    assert fused["predicted_ms_per_chunk"]["h100"] < ref["predicted_ms_per_chunk"]["h100"]
+    chunk_vs_passes = ref["predicted_ms_per_chunk"]["h100"] - 5 * ref["predicted_ms_per_pass"]["h100"]
+    assert chunk_vs_passes > 0 if HAS_DIFFUSERS else chunk_vs_passes == pytest.approx(0, abs=1e-9)
+    assert "roofline" in captured.err
+
+
+@pytest.mark.skipif(not HAS_DIFFUSERS, reason="the VAE is diffusers' AutoencoderKLWan")
+def test_vae_encode_is_counted_at_the_real_size():
+    from cosmos_policy.model.layout import get_layout
+
+    records = roofline.count_vae_encode(get_layout("libero"))
+    flops = sum(r.cost.flops for r in records)
+    assert 1e12 < flops < 4e12  # two 4-frame chunks at 224 x 224 through the Wan2.1 encoder (~2 TFLOP)
+    assert any(r.name == "aten.convolution" for r in records)
+
+
+def test_human_table(capsys):
+    assert roofline.run(_args("--config", "tiny", "--gpu", "h100", "--no-vae")) == 0
+    out = capsys.readouterr().out
+    assert "kernel launches" in out and "non-matmul GB moved" in out and "h100 (H100 SXM)" in out
+    assert "peak (datasheet)" in out and "VAE encode" in out
+
+
+@pytest.mark.parametrize("argv, flag", [(("--gpu", "a100"), "--gpu"), (("--config", "7b"), "--config"),
+                                        (("--suite", "bridge"), "--suite"), (("--text-tokens", "0"), "--text-tokens")])
+def test_bad_input_is_a_usage_error(argv, flag, capsys):
+    with pytest.raises(UsageError, match=flag):
+        roofline.run(_args("--config", "tiny", "--no-vae", *argv))
+    assert roofline.main(["--config", "tiny", "--no-vae", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("cosmos-policy: error: " + flag)
+
+
+def test_text_token_mark_is_exact_on_real_tensors():
+    torch.manual_seed(0)
+    net = CosmosDiT(DiTConfig.tiny(), backend="fused").eval()
+    x = torch.randn(1, 16, 3, 8, 8)
+    times = torch.tensor([[0.0, 0.3, 0.3]])
+    mask = torch.tensor([1.0, 0.0, 0.0]).view(1, 1, 3, 1, 1)
+    text = torch.zeros(1, 512, 64)
+    text[:, :7] = torch.randn(1, 7, 64)
+    marked = with_text_tokens(text.clone(), 7)
+    with torch.no_grad():
+        want = net(x, times, text, mask)
+        got = net(x, times, marked, mask)
+    assert torch.equal(got, want)
