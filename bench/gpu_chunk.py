@@ -52,8 +52,8 @@ def chunk_vae(layout, device: str, dtype: torch.dtype, smoke: bool, real_vae: bo
     if not real_vae:
         return (FixedPrefixEncoder(layout.num_conditional_frames, device),
                 "VAE encode not measured: diffusers is not installed, fixed prefix latents stand in for it")
-    from cosmos_policy.testing import tiny_autoencoder
     from cosmos_policy.model.vae import PolicyVAE
+    from cosmos_policy.testing import tiny_autoencoder
 
     # base_dim 96 is the Wan2.1 VAE's real width; random weights, no file needed
     vae = PolicyVAE(tiny_autoencoder(seed=0, base_dim=96 if not smoke else 16), device=device, dtype=dtype)
@@ -71,8 +71,8 @@ def step_chunk(rec, network, device: str, dtype: torch.dtype, smoke: bool, *, ca
     `real_vae`: see `chunk_vae`."""
     from cosmos_policy import CosmosPolicy
     from cosmos_policy.model import layout as L
-    from cosmos_policy.testing import LIBERO_SAMPLE_TASK, tiny_statistics
     from cosmos_policy.model.text import TextEmbeddings
+    from cosmos_policy.testing import LIBERO_SAMPLE_TASK, tiny_statistics
 
     vae, vae_note = chunk_vae(L.LIBERO, device, dtype, smoke, real_vae)
     rec.note(vae_note)

@@ -211,11 +211,11 @@ def tiny_policy(directory: str | os.PathLike, suite: str = "libero", *, device=N
                 backend: str = "fused", **policy_kwargs):
     """A `CosmosPolicy` on a directory of `write_tiny_checkpoint` (its VAE file, if any, unused) with `StandInVAE`:
     needs no diffusers. `policy_kwargs` go to `CosmosPolicy` (`cuda_graph`, `seed`, ...)."""
-    from .model.loading import load_network
     from .model.config import DiTConfig
     from .model.layout import DatasetStatistics
-    from .policy import CosmosPolicy, resolve_device
+    from .model.loading import load_network
     from .model.text import TextEmbeddings
+    from .policy import CosmosPolicy, resolve_device
 
     directory = Path(directory)
     layout = get_layout(suite)

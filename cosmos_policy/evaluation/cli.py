@@ -117,8 +117,8 @@ def _check_arguments(args):
     import torch
 
     from ..cli.entry import device_error, flag_error
-    from ..policy.files import is_hub_repo_id, resolve_directory
     from ..policy import resolve_device
+    from ..policy.files import is_hub_repo_id, resolve_directory
 
     try:
         resolve_device(args.device)

@@ -30,8 +30,8 @@ from cosmos_policy.model.blocks import (
 from cosmos_policy.model.cache import LRUCache
 from cosmos_policy.model.config import DiTConfig
 from cosmos_policy.model.text import text_tokens
-from cosmos_policy.profiling import nvtx_enumerate
 from cosmos_policy.model.text_versions import TextVersions, tensor_version
+from cosmos_policy.profiling import nvtx_enumerate
 
 BACKENDS = ("fused", "reference")
 MiB = 1 << 20

@@ -15,6 +15,7 @@ import weakref
 
 import torch
 
+
 def tensor_version(tensor: torch.Tensor) -> int:
     """The tensor's in-place version counter; 0 for an inference-mode tensor, which has none."""
     return 0 if tensor.is_inference() else tensor._version
