@@ -201,7 +201,7 @@ def step_attention(rec: Recorder, smoke: bool) -> None:
 
 def auto_choice(q: torch.Tensor, k: torch.Tensor, extra: dict) -> str | None:
     """The backend the automatic choice took for `ck.attention(q, k, v, **extra)`, None when none is known."""
-    from cosmos_kernels.attention import picker
+    from cosmos_kernels import picker
 
     key = picker.choice_key(q.device, q, k, extra.get("q_norm_weight"), extra.get("k_norm_weight"),
                             extra.get("rope_cos"), extra.get("last_key_repeats", 1))

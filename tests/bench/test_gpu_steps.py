@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench import gpu_chunk, gpu_steps
-from cosmos_kernels.attention import picker
+from cosmos_kernels import picker
 
 
 @pytest.mark.parametrize("step", ["ops", "attention"])

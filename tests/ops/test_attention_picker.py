@@ -5,7 +5,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from cosmos_kernels import _dispatch
-from cosmos_kernels.attention import picker
+from cosmos_kernels import picker
 
 
 @pytest.fixture
