@@ -22,7 +22,7 @@ LIBRARY_INTERNALS = {
     ("cosmos_policy.model.blocks", "_parameters"): "torch: a module's own parameter table",
     ("cosmos_policy.model.checkpoint", "_utils"): "torch: the module its tensor pickles name",
     ("cosmos_policy.model.checkpoint", "_rebuild_tensor_v2"): "torch: the function its tensor pickles name",
-    ("cosmos_policy.model.dit", "_version"): "torch: a tensor's in-place version counter",
+    ("cosmos_policy.model.text_versions", "_version"): "torch: a tensor's in-place version counter",
     ("cosmos_policy.model.vae", "_cached_conv_counts"): "diffusers: the causal convolutions of AutoencoderKLWan",
 }
 
