@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from cosmos_kernels import _dispatch
-from cosmos_kernels import picker
+from cosmos_kernels import _dispatch, picker
 
 
 @pytest.fixture
