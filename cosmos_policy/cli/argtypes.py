@@ -25,6 +25,16 @@ def whole_number(low: int, high: int | None = None, what: str | None = None) -> 
 positive = whole_number(1)
 port = whole_number(0, 65535, "a port number 0..65535")
 seed = whole_number(0, 2**32 - 1, "a whole number in [0, 2**32)")
+MAX_STEPS = 100
+STEPS_HELP = ("denoising passes per action chunk (default: the suite's official count, 5 for LIBERO and RoboCasa, "
+              "10 for ALOHA); 1 or 2 make one prediction at sigma_max, as the official sampler does. Fewer passes are "
+              "faster and approximate")
+steps = whole_number(1, MAX_STEPS)
+
+
+def add_steps_argument(parser: argparse.ArgumentParser) -> None:
+    """`--steps N`, shared by demo, serve, eval and roofline (None: the suite's official count)."""
+    parser.add_argument("--steps", type=steps, default=None, metavar="N", help=STEPS_HELP)
 
 
 def seconds(text: str) -> float:

@@ -73,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=195, help="noise seed of every chunk")
     parser.add_argument("--task", default=LIBERO_SAMPLE_TASK, help="instruction (task_description)")
     parser.add_argument("--future-images", action="store_true", help="also decode the predicted future images")
+    argtypes.add_steps_argument(parser)
 
 
 
@@ -152,13 +153,14 @@ def load_policies(args: argparse.Namespace, device: torch.device, dtype: torch.d
         try:
             first = CosmosPolicy.from_pretrained(
                 path, suite=args.suite, vae=args.vae, device=device, dtype=dtype, backend=backends[0],
-                network_config=config if args.config else None)
+                network_config=config if args.config else None, num_steps=getattr(args, "steps", None))
         except USER_ERRORS as err:
             vae_named = args.vae is not None and str(args.vae) in one_line(err)
             raise (flag_error("--vae", args.vae, err) if vae_named else flag_error(flag, path, err)) from err
         what = {"config": config_name if args.config else _config_name(first.network.config),
                 "checkpoint": "random weights" if args.checkpoint is None else str(args.checkpoint),
                 "image_size": first.image_size}
+    what["steps"] = first.num_steps
     policies = {backends[0]: first}
     for backend in backends[1:]:
         policies[backend] = first.with_backend(backend)
@@ -189,7 +191,8 @@ def _random_2b(args, config, device: torch.device, dtype: torch.dtype, backend: 
                           device=device, dtype=dtype, source="random embeddings")
     vae = PolicyVAE(tiny_autoencoder(args.seed, base_dim=96), device=device, dtype=dtype)  # 96: Wan2.1's width
     stats = L.DatasetStatistics.from_dict(tiny_statistics(suite, args.seed))
-    return CosmosPolicy(network, vae, text, stats, get_layout(suite), seed=args.seed)
+    return CosmosPolicy(network, vae, text, stats, get_layout(suite), seed=args.seed,
+                        num_steps=getattr(args, "steps", None))
 
 
 # -- measuring ------------------------------------------------------------------------------------------------------

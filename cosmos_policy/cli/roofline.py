@@ -28,6 +28,7 @@ import torch
 
 from cosmos_kernels.backends import meta_as_cuda
 from cosmos_kernels.tools.dispatch_counter import DispatchCounter, OpRecord, Totals
+from cosmos_policy.cli import argtypes
 from cosmos_policy.errors import UsageError
 
 BACKENDS = ("reference", "fused")
@@ -196,8 +197,17 @@ def count_vae_encode(layout, dtype: torch.dtype = torch.bfloat16) -> list[OpReco
     return counter.records
 
 
+def passes_per_chunk(layout, steps: int | None = None) -> int:
+    """Network passes of one action query at `steps` (None: the suite's official count), as the policy's "2ab"
+    sampler spends them: 1 or 2 steps are one prediction at sigma_max."""
+    from cosmos_kernels.sampling import multistep_plan
+
+    steps = layout.num_steps if steps is None else steps
+    return multistep_plan("2ab", steps, layout.sigma_min, layout.sigma_max).num_passes
+
+
 def count(config_name: str = "2b", suite: str = "libero", text_tokens: int | None = None,
-          vae: bool = True) -> tuple[dict[str, Counted], dict]:
+          vae: bool = True, steps: int | None = None) -> tuple[dict[str, Counted], dict]:
     """Count both backends; returns (per-backend records, the setup that was counted)."""
     from cosmos_policy.model.layout import IMAGE_SIZE, LAYOUTS, SPATIAL_COMPRESSION, get_layout
 
@@ -211,7 +221,8 @@ def count(config_name: str = "2b", suite: str = "libero", text_tokens: int | Non
     network = count_network(config, layout, tokens)
     vae_records = count_vae_encode(layout) if vae else None
     counted = {b: Counted(*network[b], vae_records) for b in BACKENDS}
-    setup = {"config": config_name, "suite": suite, "passes_per_chunk": layout.num_steps,
+    setup = {"config": config_name, "suite": suite, "steps": layout.num_steps if steps is None else steps,
+             "passes_per_chunk": passes_per_chunk(layout, steps),
              "tokens": layout.state_t * (IMAGE_SIZE // SPATIAL_COMPRESSION // config.patch_spatial) ** 2,
              "text_tokens": tokens, "text_positions": TEXT_LENGTH,
              "instruction": instruction if text_tokens is None else None, "dtype": "bfloat16",
@@ -257,6 +268,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="non-zero T5 tokens of the instruction (default: a typical instruction of the suite)")
     parser.add_argument("--no-vae", action="store_true", help="leave the VAE encode out of the chunk")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout (notes go to stderr)")
+    argtypes.add_steps_argument(parser)
 
 
 def _gpus(choice: str) -> list[str]:
@@ -278,7 +290,7 @@ def _table(rows: list[list[str]]) -> str:
 def format_report(report: dict, setup: dict, gpus: list[str]) -> str:
     ref, fused = report["reference"], report["fused"]
     head = (f"roofline: {setup['config']} DiT, {setup['suite']} ({setup['tokens']} tokens, "
-            f"{setup['passes_per_chunk']} passes per chunk), text {setup['text_tokens']} of "
+            f"{setup['steps']} steps: {setup['passes_per_chunk']} passes per chunk), text {setup['text_tokens']} of "
             f"{setup['text_positions']} T5 positions non-zero, {setup['dtype']}, counted on the meta device")
     counts = [["per pass (DiT pass + sampler step)", "reference", "fused", "fused / ref"]]
     for label, key, scale, fmt in (("kernel launches", "launches_per_pass", 1, "{:.0f}"),
@@ -319,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
     if args.config not in CONFIGS:
         raise UsageError(f"--config: expected one of {', '.join(CONFIGS)}, got {args.config!r}")
     print(f"roofline: counting {args.config} at {args.suite} shapes on the meta device ...", file=sys.stderr)
-    counted, setup = count(args.config, args.suite, args.text_tokens, vae=not args.no_vae)
+    counted, setup = count(args.config, args.suite, args.text_tokens, vae=not args.no_vae, steps=args.steps)
     if not setup["vae"] and not args.no_vae:
         print("roofline: note: diffusers is not installed; the VAE encode is left out of the chunk "
               '(pip install "cosmos-kernels[policy]")', file=sys.stderr)

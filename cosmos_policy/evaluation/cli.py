@@ -61,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reset-seed", type=argtypes.whole_number(0), default=0,
                         help="seed of the global generators before each reset (official deterministic reset)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    argtypes.add_steps_argument(parser)
 
 
 def parse_tasks(text: str | None, num_tasks: int, suite: str) -> list[int]:
@@ -109,7 +110,8 @@ def _loader(args, checkpoint: str, dtype):
     from ..policy import CosmosPolicy
 
     return functools.partial(CosmosPolicy.from_pretrained, checkpoint, suite="libero", vae=args.vae,
-                             device=args.device, dtype=dtype, backend=args.backend, seed=args.seed)
+                             device=args.device, dtype=dtype, backend=args.backend, seed=args.seed,
+                             num_steps=args.steps)
 
 
 def _check_arguments(args):
@@ -170,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint_name = str(args.checkpoint) if args.checkpoint is not None else RANDOM_WEIGHTS
     run_config = {"benchmark": args.benchmark, "suite": args.task_suite, "seed": args.seed, "max_steps": max_steps,
                   "reset_seed": args.reset_seed, "checkpoint": checkpoint_name, "vae": args.vae,
-                  "backend": args.backend, "dtype": args.dtype}
+                  "backend": args.backend, "dtype": args.dtype, "steps": args.steps}
     store = ResultStore(args.out, run_config)  # reads a previous run; the folder is claimed by the first episode
 
     episodes = []

@@ -165,3 +165,29 @@ def test_text_token_mark_is_exact_on_real_tensors():
         want = net(x, times, text, mask)
         got = net(x, times, marked, mask)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("steps, passes", [(1, 1), (2, 1), (3, 3), (None, 5), (10, 10)])
+def test_steps_set_the_passes_per_chunk(steps, passes):
+    """The official rule: 1 or 2 steps are one prediction at sigma_max; N >= 3 steps are N network passes."""
+    counted, setup = roofline.count("tiny", "libero", vae=False, steps=steps)
+    assert setup["passes_per_chunk"] == passes and setup["steps"] == (5 if steps is None else steps)
+    report = roofline.summarize(counted, setup["passes_per_chunk"], ["h100"])
+    fused = report["fused"]
+    assert fused["passes_per_chunk"] == passes
+    assert fused["launches_per_chunk"] == passes * fused["launches_per_pass"]
+
+
+def test_steps_flag_in_the_json_and_bad_values(capsys):
+    assert roofline.main(["--config", "tiny", "--no-vae", "--json", "--steps", "1"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert roofline.main(["--config", "tiny", "--no-vae", "--json"]) == 0
+    five = json.loads(capsys.readouterr().out)
+    assert one["fused"]["passes_per_chunk"] == 1 and five["fused"]["passes_per_chunk"] == 5
+    assert one["fused"]["predicted_ms_per_chunk"]["h100"] < five["fused"]["predicted_ms_per_chunk"]["h100"]
+    for bad in ("0", "101", "two"):
+        with pytest.raises(SystemExit) as exit_info:
+            roofline.main(["--config", "tiny", "--no-vae", "--steps", bad])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "argument --steps: expected a whole number 1..100" in err[-1]

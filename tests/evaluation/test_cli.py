@@ -128,10 +128,11 @@ def test_a_failed_start_leaves_nothing_and_the_corrected_rerun_runs(tiny_checkpo
     # a folder left by a start-up failure of an earlier version (run.json, no episode) is taken over too
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"checkpoint": str(tmp_path / "no_such_dir"), "seed": 195}))
-    assert main([*eval_args(tiny_checkpoint, out), *args]) == 0
+    assert main([*eval_args(tiny_checkpoint, out), *args, "--steps", "2"]) == 0
     records, lines = episodes(out)
     assert lines == 1 and set(records) == {(0, 0)}
-    assert json.loads((out / "run.json").read_text())["checkpoint"] == str(tiny_checkpoint)
+    run = json.loads((out / "run.json").read_text())
+    assert run["checkpoint"] == str(tiny_checkpoint) and run["steps"] == 2
 
 
 @needs_libero

@@ -142,3 +142,17 @@ def test_load_stops_by_itself(server):
     start = time.monotonic()
     summary = run_load(server.ws_url, clients=2, requests=1000, duration=1.0, timeout=60)
     assert time.monotonic() - start < 30 and summary["not_sent"] > 0 and summary["errors"] == 0
+
+
+def test_serve_steps_reach_the_policy(tmp_path):
+    """`serve --steps N` loads the policy with N denoising steps (the default: the suite's official count)."""
+    import argparse
+
+    from cosmos_policy.serve import command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    for argv, expected in (([], 5), (["--steps", "3"], 3)):
+        args = parser.parse_args(["--device", "cpu", *argv])
+        policy, _ = command.load_policy(args, str(tmp_path))
+        assert policy.num_steps == expected
