@@ -19,6 +19,7 @@ from cosmos_kernels.adaptive_norm import (  # noqa: E402
 from cosmos_kernels.attention import attention, qk_norm_rope, rope_3d_tables  # noqa: E402
 from cosmos_kernels.linear_gelu import linear_gelu  # noqa: E402
 from cosmos_kernels.sampling.step import sampler_step  # noqa: E402
+from cosmos_kernels.vae_norm import channel_rms_norm_silu, residual_channel_rms_norm_silu  # noqa: E402
 
 _alloc.set_nan_fill(_alloc.nan_fill_enabled())
 
@@ -27,12 +28,14 @@ __version__ = "0.1.0"
 __all__ = [
     "attention",
     "build_info",
+    "channel_rms_norm_silu",
     "cuda_kernels_note",
     "gated_residual_layer_norm_modulate",
     "layer_norm_modulate",
     "linear_gelu",
     "nan_filled_outputs",
     "qk_norm_rope",
+    "residual_channel_rms_norm_silu",
     "rms_norm",
     "rope_3d_tables",
     "sampler_step",

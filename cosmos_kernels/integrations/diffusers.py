@@ -1,7 +1,8 @@
 """Drop-in cosmos_kernels for diffusers' video transformers: `apply_cosmos_kernels(model)`.
 
-Supported: `CosmosTransformer3DModel` (Cosmos-Predict2 / 2.5, `diffusers_cosmos.py`) and `WanTransformer3DModel`
-(Wan 2.1 / 2.2, `diffusers_wan.py`). The patch swaps, in place, the classes of the transformer blocks (a subclass
+Supported: `CosmosTransformer3DModel` (Cosmos-Predict2 / 2.5, `diffusers_cosmos.py`), `WanTransformer3DModel`
+(Wan 2.1 / 2.2, `diffusers_wan.py`) and the Wan 2.1 VAE `AutoencoderKLWan` (`diffusers_wan_vae.py`: its causal convs
+and residual blocks' norms). The patch swaps, in place, the classes of the transformer blocks (a subclass
 whose `forward` calls the fused adaptive-norm ops) and the attention processors (ours call the attention ops);
 parameters, buffers and state-dict keys are never touched, so `remove_cosmos_kernels` restores the original
 modules bit-exactly. Everything is decided before the first swap: a refused model is left as it was.
@@ -34,11 +35,13 @@ _patches: weakref.WeakKeyDictionary[torch.nn.Module, tuple[list[Swap], PatchSumm
 
 def _planners() -> dict[type, Callable[[torch.nn.Module, KernelOptions], tuple[list[Swap], PatchSummary]]]:
     """Model class -> planner; diffusers is imported here, on first use only."""
+    from diffusers.models.autoencoders import AutoencoderKLWan
     from diffusers.models.transformers import CosmosTransformer3DModel, WanTransformer3DModel
 
-    from cosmos_kernels.integrations import diffusers_cosmos, diffusers_wan
+    from cosmos_kernels.integrations import diffusers_cosmos, diffusers_wan, diffusers_wan_vae
 
-    return {CosmosTransformer3DModel: diffusers_cosmos.plan, WanTransformer3DModel: diffusers_wan.plan}
+    return {CosmosTransformer3DModel: diffusers_cosmos.plan, WanTransformer3DModel: diffusers_wan.plan,
+            AutoencoderKLWan: diffusers_wan_vae.plan}
 
 
 def _check_options(options: KernelOptions) -> None:
@@ -60,9 +63,11 @@ def apply_cosmos_kernels(
     backend: str | None = None,
     attention_backend: str | None = None,
 ) -> PatchSummary:
-    """Patch a diffusers `CosmosTransformer3DModel` or `WanTransformer3DModel` in place to run on cosmos_kernels.
+    """Patch a diffusers `CosmosTransformer3DModel`, `WanTransformer3DModel` or `AutoencoderKLWan` in place to run on
+    cosmos_kernels.
 
-    `adaptive_norm`: the blocks' LayerNorm + modulation and gated residuals. `attention`: the attention processors
+    `adaptive_norm`: the blocks' LayerNorm + modulation and gated residuals (in the VAE: its RMS norm + SiLU pairs;
+    its causal convs are always patched). `attention`: the attention processors
     (QK RMSNorm + RoPE + attention core). `backend` / `attention_backend` pin the ops' backends. Returns the summary
     of what was patched and what was left alone (and why). Raises `TypeError` for a model class it does not know
     and `ValueError` for an option or model configuration it does not cover; the model is then left untouched.

@@ -1,0 +1,111 @@
+"""`AutoencoderKLWan` (the Wan 2.1 VAE) on cosmos_kernels.
+
+What diffusers computes, and what computes the same here:
+- `WanCausalConv3d`: the causal time padding (the feature cache's frames, then zeros) and `F.pad` of H and W, then
+  `nn.Conv3d`: `causal_conv3d`, which writes only the time padding, pads H and W inside the convolution and calls
+  oneDNN directly on the CPU (PyTorch's size test sends the VAE's short batch-1 chunks to its slow path; see
+  `cosmos_kernels/causal_conv/ops.py`).
+- `WanResidualBlock`: `norm1` + SiLU and `norm2` + SiLU (`WanRMS_norm`, channel-first): `channel_rms_norm_silu`;
+  the block's feature-cache bookkeeping is diffusers' own, line for line.
+The encoder's and decoder's `norm_out` + SiLU are written in their `forward`, the mid-block attention normalises
+(B*T, C, H, W) images without SiLU, and the residual sums cross module boundaries: those run as diffusers has them.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.autoencoders import autoencoder_kl_wan as wv
+
+from cosmos_kernels.causal_conv import causal_conv3d
+from cosmos_kernels.integrations import patching as integ
+from cosmos_kernels.vae_norm import channel_rms_norm_silu
+
+
+class FusedWanCausalConv3d(wv.WanCausalConv3d):
+    """`WanCausalConv3d` through `causal_conv3d` (same padding, cache and weights)."""
+
+    def forward(self, x, cache_x=None):
+        pad = self._padding  # (w, w, h, h, 2 * t, 0)
+        return causal_conv3d(x, self.weight, self.bias, self.stride, (pad[4] // 2, pad[2], pad[0]), cache_x)
+
+
+def _norm_silu(norm: wv.WanRMS_norm, x: torch.Tensor, backend: str | None) -> torch.Tensor:
+    bias = norm.bias.reshape(-1) if isinstance(norm.bias, torch.Tensor) else None
+    return channel_rms_norm_silu(x, norm.gamma.reshape(-1), bias, backend=backend)
+
+
+def _cache_frames(x: torch.Tensor, feat_cache: list, idx: int) -> torch.Tensor:
+    """What diffusers keeps for the next chunk: the last two frames (one earlier frame added when x has one)."""
+    cache_x = x[:, :, -wv.CACHE_T:, :, :].clone()
+    if cache_x.shape[2] < 2 and feat_cache[idx] is not None:
+        cache_x = torch.cat([feat_cache[idx][:, :, -1, :, :].unsqueeze(2).to(cache_x.device), cache_x], dim=2)
+    return cache_x
+
+
+class FusedWanResidualBlock(wv.WanResidualBlock):
+    """`WanResidualBlock` with each RMS norm + SiLU as one `channel_rms_norm_silu`."""
+
+    _ck_backend: str | None = None
+
+    def _conv(self, conv, x, feat_cache, feat_idx):
+        if feat_cache is None:
+            return conv(x)
+        idx = feat_idx[0]
+        cache_x = _cache_frames(x, feat_cache, idx)
+        x = conv(x, feat_cache[idx])
+        feat_cache[idx] = cache_x
+        feat_idx[0] += 1
+        return x
+
+    def forward(self, x, feat_cache=None, feat_idx=[0]):  # noqa: B006 (diffusers' signature)
+        if self.training and self.dropout.p > 0:
+            return super().forward(x, feat_cache, feat_idx)
+        h = self.conv_shortcut(x)
+        x = self._conv(self.conv1, _norm_silu(self.norm1, x, self._ck_backend), feat_cache, feat_idx)
+        x = self._conv(self.conv2, _norm_silu(self.norm2, x, self._ck_backend), feat_cache, feat_idx)
+        return x + h
+
+
+def _why_not_norm(norm: torch.nn.Module, channels: int) -> str | None:
+    if type(norm) is not wv.WanRMS_norm or not norm.channel_first:
+        return "a norm is not a channel-first WanRMS_norm"
+    if norm.gamma.numel() != channels or abs(norm.scale - channels**0.5) > 1e-9 * channels:
+        return "a norm's gamma or scale does not match its channels"
+    if isinstance(norm.bias, torch.Tensor) and norm.bias.numel() != channels:
+        return "a norm's bias does not match its channels"
+    if not isinstance(norm.bias, torch.Tensor) and norm.bias != 0.0:
+        return "a norm's constant bias is not 0"
+    return None
+
+
+def _why_not_block(block: torch.nn.Module) -> str | None:
+    if type(block) is not wv.WanResidualBlock:
+        return f"{type(block).__name__} is not diffusers' WanResidualBlock"
+    if type(block.nonlinearity) is not torch.nn.SiLU:
+        return f"its nonlinearity is {type(block.nonlinearity).__name__}, not SiLU"
+    return _why_not_norm(block.norm1, block.in_dim) or _why_not_norm(block.norm2, block.out_dim)
+
+
+def plan(model: torch.nn.Module, options: integ.KernelOptions) -> tuple[list[integ.Swap], integ.PatchSummary]:
+    summary = integ.PatchSummary(type(model).__name__)
+    swaps: list[integ.Swap] = []
+    block_cls = integ.with_backend(FusedWanResidualBlock, options.backend)
+    for name, module in model.named_modules():
+        if type(module) is wv.WanCausalConv3d:
+            if module.dilation != (1, 1, 1) or module.groups != 1 or module.padding_mode != "zeros":
+                summary.left_alone[name] = "dilated, grouped or not zero-padded"
+                continue
+            swaps.append(integ.Swap("class", module, FusedWanCausalConv3d))
+            summary.add("causal conv3d (spatial padding in the conv, oneDNN on the CPU)", name)
+        elif isinstance(module, wv.WanResidualBlock) and options.adaptive_norm:
+            why = _why_not_block(module)
+            if why:
+                summary.left_alone[name] = why
+            else:
+                swaps.append(integ.Swap("class", module, block_cls))
+                summary.add("residual block: RMS norm + SiLU (norm1, norm2)", name)
+    if not options.adaptive_norm:
+        summary.left_alone["norms"] = "adaptive_norm=False"
+    summary.left_alone["norm_out, attention, residual sums"] = ("written in the encoder's / decoder's forward, "
+                                                               "without SiLU, or across modules: diffusers' code")
+    return swaps, summary
