@@ -18,6 +18,7 @@ from torch import nn
 
 import cosmos_kernels
 from cosmos_policy.model import checkpoint
+from cosmos_policy.model import fp8 as fp8_blocks
 from cosmos_policy.model.blocks import (
     Block,
     FinalLayer,
@@ -62,14 +63,14 @@ class CosmosDiT(nn.Module):
 
     def __init__(self, config: DiTConfig | None = None, backend: str = "fused", *,
                  kv_cache_bytes: int = 1024 * MiB, modulation_cache_bytes: int = 128 * MiB,
-                 rope_cache_bytes: int = 64 * MiB) -> None:
+                 rope_cache_bytes: int = 64 * MiB, fp8: bool = False) -> None:
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"CosmosDiT: backend must be one of {BACKENDS}, got {backend!r}")
         self.config = config = config if config is not None else DiTConfig.cosmos_predict2_2b()
         if not isinstance(config, DiTConfig):
             raise TypeError(f"CosmosDiT: config must be a DiTConfig, got {type(config).__name__}")
-        self.backend = backend
+        self.backend, self.fp8 = backend, bool(fp8)  # fp8: the fused backend's token GEMMs in e4m3 (approximate)
         d = config.model_channels
         self.x_embedder = PatchEmbed(config)
         self.t_embedder = nn.Sequential(Timesteps(d), TimestepEmbedding(d))
@@ -82,6 +83,7 @@ class CosmosDiT(nn.Module):
         self._zeros: dict[tuple, torch.Tensor] = {}  # (dtype, device) -> the padding channel's zero
         self.text_versions = TextVersions()  # what the K/V cache (and CUDA graphs) key a text tensor's content by
         self.cache_epoch = 0  # bumped whenever cached tensors are freed: graphs that read them must go too
+        self.fp8_weights = fp8_blocks.WeightCache()  # e4m3 GEMM weights (fp8.py), one set of weights
 
     # -- weights --------------------------------------------------------------------------------------------
 
@@ -104,6 +106,7 @@ class CosmosDiT(nn.Module):
         for cache in (self.kv_cache, self.modulation_cache, self.rope_cache):
             cache.clear()
         self._zeros.clear()
+        self.fp8_weights.clear()
         self.text_versions.clear()
         self.cache_epoch += 1
 
@@ -361,6 +364,10 @@ class CosmosDiT(nn.Module):
         def mod(i: int, j: int) -> torch.Tensor:  # j-th D-vector of block i (block num_blocks = final layer)
             return mods[..., (9 * i + j) * d: (9 * i + j + 1) * d]
 
+        if self.fp8 and self._caching():
+            weights = self.fp8_weights.get(self.blocks, weights_key, store=not _capturing(self.device))
+            normed = fp8_blocks.forward_blocks(self.blocks, weights, x, mod, (cos, sin), kv, params, eps)
+            return self.final_layer.linear(normed)
         normed = cosmos_kernels.layer_norm_modulate(x, mod(0, 0), mod(0, 1), eps)
         for i, block in nvtx_enumerate(self.blocks, "dit.block"):
             sa, ca = block.self_attn, block.cross_attn

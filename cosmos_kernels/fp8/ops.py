@@ -1,0 +1,159 @@
+"""Public FP8 ops: `quantize_rowwise` (a Triton kernel and the reference), `quantize_weight` and `fp8_linear`.
+
+`quantize_rowwise` registers `cosmos_kernels::quantize_rowwise_triton` on (N0, N1, N2, D) row grids (strided rows are
+read in place). Backends: "triton" (automatic on CUDA, once its probe has passed; on the CPU through the interpreter)
+and "reference" (automatic on the CPU). `fp8_linear` is `torch._scaled_mm` with a scale per row of x and per output
+channel of the weight: cuBLASLt's row-wise FP8 GEMM on sm_89 and newer GPUs, PyTorch's own kernel on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cosmos_kernels import _checks, _dispatch
+from cosmos_kernels._layout import as_row_grid
+from cosmos_kernels.fp8 import reference
+from cosmos_kernels.fp8.reference import E4M3
+from cosmos_kernels.tools import dispatch_counter
+
+_NS = "cosmos_kernels"
+BACKENDS = ("reference", "triton")
+OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+@torch.library.custom_op(f"{_NS}::quantize_rowwise_triton", mutates_args=())
+def _quantize_rowwise_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from cosmos_kernels.fp8 import triton as kernels  # Triton is optional
+
+    return kernels.quantize_rowwise(x)
+
+
+@_quantize_rowwise_triton.register_fake
+def _fake_quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.new_empty(x.shape, dtype=E4M3), x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)
+
+
+dispatch_counter.register_cost(f"{_NS}::quantize_rowwise_triton", dispatch_counter.no_matrix_flops)
+
+
+def check_quantize_input(op: str, name: str, x: object) -> None:
+    """x a floating tensor of at least one dimension, rows of at most `MAX_HIDDEN` values."""
+    _checks.check_float_tensor(op, name, x)
+    _checks.check_hidden_size(op, name, x.shape[-1])
+
+
+def quantize_rowwise(x: torch.Tensor, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(values, scales)`: x's rows (its last dim) as e4m3 values and one fp32 scale each, `x ~= values * scales`.
+
+    `values` has x's shape (a new contiguous float8_e4m3fn tensor), `scales` has shape `(..., 1)`; the rule, with its
+    guard for all-zero rows, is `reference.quantize_rowwise`'s. Strided x is read in place.
+    """
+    op = "quantize_rowwise"
+    if not (isinstance(x, torch.Tensor) and x.dtype in _checks.FLOAT_DTYPES and x.dim() >= 1
+            and x.shape[-1] <= _checks.MAX_HIDDEN):
+        check_quantize_input(op, "x", x)
+    if _dispatch.needs_autograd(x):
+        _dispatch.warn_autograd(op)
+        return reference.quantize_rowwise(x)
+    name = _dispatch.resolve_backend(op, x.device, backend, supported=BACKENDS, cuda_order=("triton",),
+                                     dtype=x.dtype)
+    if name == "reference" or x.numel() == 0:
+        return reference.quantize_rowwise(x)
+    _checks.check_backend_dtype(op, name, x)
+    (grid,) = as_row_grid(x.shape, x)
+    values, scales = _quantize_rowwise_triton(grid)
+    return values.view(x.shape), scales.view(*x.shape[:-1], 1)
+
+
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(values, scales)` of an `nn.Linear` weight `(out_features, in_features)`: e4m3 values and a static fp32 scale
+    per output channel, shape `(out_features, 1)`. The reference only: it runs once, when the weights load."""
+    op = "quantize_weight"
+    check_quantize_input(op, "weight", weight)
+    if weight.dim() != 2:
+        raise ValueError(f"{op}: weight must be (out_features, in_features), got shape {tuple(weight.shape)}")
+    return reference.quantize_weight(weight)
+
+
+def _check_linear(x, x_scale, weight, weight_scale, bias, out_dtype) -> None:
+    op = "fp8_linear"
+    for name, t in (("x", x), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != E4M3:
+            raise TypeError(f"{op}: {name} must be float8_e4m3fn, got {t.dtype}")
+    for name, t in (("x_scale", x_scale), ("weight_scale", weight_scale)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != torch.float32:
+            raise TypeError(f"{op}: {name} must be float32, got {t.dtype}")
+    if out_dtype not in OUT_DTYPES:
+        raise TypeError(f"{op}: out_dtype must be bfloat16, float16 or float32, got {out_dtype}")
+    if weight.dim() != 2:
+        raise ValueError(f"{op}: weight must be (out_features, in_features), got shape {tuple(weight.shape)}")
+    n, k = weight.shape
+    if x.dim() < 1 or x.shape[-1] != k:
+        raise ValueError(f"{op}: x has shape {tuple(x.shape)}, its last dimension must be weight's in_features {k}")
+    if tuple(x_scale.shape) != (*x.shape[:-1], 1):
+        raise ValueError(f"{op}: x_scale must have shape {(*x.shape[:-1], 1)} (one scale per row of x), got "
+                         f"{tuple(x_scale.shape)}")
+    if weight_scale.numel() != n or weight_scale.dim() > 2:
+        raise ValueError(f"{op}: weight_scale must hold one scale per output channel, shape ({n},), ({n}, 1) or "
+                         f"(1, {n}), got {tuple(weight_scale.shape)}")
+    if bias is not None:
+        _checks.check_float_tensor(op, "bias", bias)
+        if tuple(bias.shape) != (n,):
+            raise ValueError(f"{op}: bias must have shape ({n},), got {tuple(bias.shape)}")
+    _checks.check_same_device(op, x=x, x_scale=x_scale, weight=weight, weight_scale=weight_scale, bias=bias)
+    if x.device.type == "cuda" and out_dtype != torch.bfloat16:
+        raise ValueError(f"{op}: out_dtype must be bfloat16 on CUDA (the row-wise scaled FP8 GEMM returns bf16), "
+                         f"got {out_dtype}")
+
+
+def fp8_linear(x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+               bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """`(x * x_scale) @ (weight * weight_scale).T + bias`, rounded once to `out_dtype`, in one FP8 GEMM.
+
+    `x (..., K)` e4m3 with `x_scale (..., 1)` fp32 (`quantize_rowwise` and the norms' FP8 variants produce them);
+    `weight (N, K)` e4m3 with one fp32 scale per output channel (`quantize_weight`). Returns a new `(..., N)` tensor.
+    On a GPU the GEMM needs sm_89 or newer, K and N multiples of 16 and `out_dtype=torch.bfloat16`; x's rows must
+    be contiguous (they are, from the quantizers).
+    """
+    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and x.dtype == E4M3
+            and weight.dtype == E4M3 and weight.dim() == 2 and x.dim() >= 1 and x.shape[-1] == weight.shape[1]
+            and isinstance(x_scale, torch.Tensor) and x_scale.dtype == torch.float32
+            and x_scale.shape == (*x.shape[:-1], 1) and isinstance(weight_scale, torch.Tensor)
+            and weight_scale.dtype == torch.float32 and weight_scale.numel() == weight.shape[0]
+            and weight_scale.dim() <= 2 and bias is None and out_dtype in OUT_DTYPES
+            and x.device == weight.device == x_scale.device == weight_scale.device
+            and (x.device.type != "cuda" or out_dtype == torch.bfloat16)):
+        _check_linear(x, x_scale, weight, weight_scale, bias, out_dtype)
+    lead = x.shape[:-1]
+    n, k = weight.shape
+    m = math.prod(lead)
+    rows = x.reshape(m, k)
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    fused_bias = bias is not None and out_dtype != torch.float32 and bias.dtype == out_dtype
+    out = torch._scaled_mm(rows, weight.t(), scale_a=x_scale.reshape(m, 1), scale_b=weight_scale.reshape(1, n),
+                           bias=bias if fused_bias else None, out_dtype=out_dtype)
+    if bias is not None and not fused_bias:
+        out = (out.float() + bias.float()).to(out_dtype)
+    return out.view(*lead, n)
+
+
+def _probe(device: torch.device) -> bool:
+    """Odd row width, a zero row and a row of tiny values: a broken kernel is off by whole e4m3 steps."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(5, 200, generator=gen) * 3
+    x[1] = 0
+    x[2] *= 1e-30
+    values, scales = quantize_rowwise(x.to(device), backend="triton")
+    want = reference.quantize_rowwise(x.double())
+    got = reference.dequantize(values.cpu(), scales.cpu(), torch.float64)
+    return torch.allclose(got, reference.dequantize(*want, torch.float64), rtol=0.07, atol=0.0)
+
+
+_dispatch.register_probe("quantize_rowwise", "triton", _probe)

@@ -1,0 +1,130 @@
+"""Opt-in FP8 (e4m3) token GEMMs of the fused DiT blocks (`CosmosDiT(..., fp8=True)`).
+
+Six GEMMs per block run in FP8 with a scale per token row and per output channel: the packed QKV projection, the
+self-attention output, the cross-attention query and output, and both MLP layers. Their weights are quantized once
+per set of weights (`WeightCache`, keyed like every other weight-dependent cache: the parameters' version counters,
+so `load_state_dict`, `.to()` and in-place updates re-quantize; the bf16 parameters stay the only bf16 copy). Their
+activations arrive quantized by the kernels that produce them: the adaptive norms' FP8 variants write the normed rows
+as e4m3 values and row scales, and `quantize_rowwise` quantizes the attention outputs and the MLP's GELU output.
+Cross-attention K/V, the modulation, the time embedding and the final layer stay in the network's dtype. Nothing
+reads a value back to the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import cosmos_kernels
+from cosmos_kernels.adaptive_norm import gated_residual_layer_norm_modulate_fp8, layer_norm_modulate_fp8
+from cosmos_kernels.fp8 import fp8_linear, quantize_rowwise, quantize_weight
+
+Quantized = tuple[torch.Tensor, torch.Tensor]  # e4m3 values, fp32 scales (one per row / output channel)
+
+
+class BlockWeights(NamedTuple):
+    """A block's six token-GEMM weights, each as (e4m3 values `(N, K)`, fp32 scales `(N, 1)`)."""
+
+    qkv: Quantized
+    self_out: Quantized
+    cross_q: Quantized
+    cross_out: Quantized
+    mlp_in: Quantized
+    mlp_out: Quantized
+
+
+def quantize_block(block: nn.Module) -> BlockWeights:
+    """Quantize a block's token-GEMM weights (the packed QKV weight is a view of q/k/v's: no bf16 copy is made)."""
+    sa, ca, mlp = block.self_attn, block.cross_attn, block.mlp
+    qkv = sa.packed_qkv_weight()
+    if qkv is None:  # not packed (inside a capture after .to()): the three weights, concatenated once here
+        qkv = torch.cat([sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight])
+    return BlockWeights(*(quantize_weight(w.detach()) for w in (
+        qkv, sa.output_proj.weight, ca.q_proj.weight, ca.output_proj.weight, mlp.layer1.weight, mlp.layer2.weight)))
+
+
+class WeightCache:
+    """The quantized weights of every block, for one set of weights (a key such as `CosmosDiT.weights_key()`)."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.blocks: list[BlockWeights] = []
+
+    def get(self, blocks: nn.ModuleList, key: tuple, store: bool = True) -> list[BlockWeights]:
+        """The blocks' quantized weights for `key`, quantized now if `key` is new (kept unless `store` is False:
+        inside a CUDA-graph capture, whose allocations belong to the graph)."""
+        if self.key == key and len(self.blocks) == len(blocks):
+            return self.blocks
+        with torch.no_grad():
+            weights = [quantize_block(block) for block in blocks]
+        if store:
+            self.key, self.blocks = key, weights
+        return weights
+
+    def clear(self) -> None:
+        self.key, self.blocks = None, []
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for w in self.blocks for pair in w for t in pair)
+
+
+def _linear(rows: Quantized, weight: Quantized, dtype: torch.dtype) -> torch.Tensor:
+    return fp8_linear(rows[0], rows[1], weight[0], weight[1], out_dtype=dtype)
+
+
+def _quantized_heads(out: torch.Tensor) -> Quantized:
+    """The attention output `(B, L, heads, head_dim)` as quantized `(B, L, D)` rows."""
+    return quantize_rowwise(out.flatten(2))
+
+
+def forward_blocks(
+    blocks: nn.ModuleList,
+    weights: list[BlockWeights],
+    x: torch.Tensor,
+    mod: Callable[[int, int], torch.Tensor],
+    rope: tuple[torch.Tensor, torch.Tensor],
+    kv: list[tuple[torch.Tensor, torch.Tensor, int]],
+    norm_weights: list[tuple[torch.Tensor, ...]],
+    eps: float,
+) -> torch.Tensor:
+    """The fused network's blocks with FP8 token GEMMs, on tokens `x (B, T, S, D)`; returns the final layer's input
+    (the last MLP's gated residual, normed and modulated by the final layer's shift and scale, in x's dtype).
+
+    `mod(i, j)` is the j-th modulation vector of block i (block `len(blocks)`: the final layer); `kv` holds each block's
+    cached cross-attention keys, values and last-key repeats; `norm_weights[i]` its (packed QKV weight, q norm, k norm,
+    cross q norm) as the fused network prepares them (the packed weight is not read here)."""
+    b, t, s, d = x.shape
+    dtype = x.dtype
+    cos, sin = rope
+    rows = layer_norm_modulate_fp8(x, mod(0, 0), mod(0, 1), eps)
+    normed = x
+    for i, block in enumerate(blocks):
+        sa, ca, w = block.self_attn, block.cross_attn, weights[i]
+        _, q_norm, k_norm, cross_q_norm = norm_weights[i]
+        flat = (rows[0].view(b, t * s, d), rows[1].view(b, t * s, 1))
+        q, k, v = _linear(flat, w.qkv, dtype).unflatten(-1, (3, sa.num_heads, sa.head_dim)).unbind(2)
+        out = cosmos_kernels.attention(q, k, v, q_norm_weight=q_norm, k_norm_weight=k_norm, rope_cos=cos,
+                                       rope_sin=sin, norm_eps=eps)
+        out = _linear(_quantized_heads(out), w.self_out, dtype).view(b, t, s, d)
+        x, *rows = gated_residual_layer_norm_modulate_fp8(x, out, mod(i, 2), mod(i, 3), mod(i, 4), eps)
+
+        ck, cv, repeats = kv[i]
+        flat = (rows[0].view(b, t * s, d), rows[1].view(b, t * s, 1))
+        q = ca.heads(_linear(flat, w.cross_q, dtype))
+        out = cosmos_kernels.attention(q, ck.expand(b, -1, -1, -1), cv.expand(b, -1, -1, -1),
+                                       q_norm_weight=cross_q_norm, norm_eps=eps, last_key_repeats=repeats)
+        out = _linear(_quantized_heads(out), w.cross_out, dtype).view(b, t, s, d)
+        x, *rows = gated_residual_layer_norm_modulate_fp8(x, out, mod(i, 5), mod(i, 6), mod(i, 7), eps)
+
+        hidden = F.gelu(_linear(rows, w.mlp_in, dtype))
+        out = _linear(quantize_rowwise(hidden), w.mlp_out, dtype)
+        if i + 1 < len(blocks):  # the next block's QKV input, quantized by the norm that produces it
+            x, *rows = gated_residual_layer_norm_modulate_fp8(x, out, mod(i, 8), mod(i + 1, 0), mod(i + 1, 1), eps)
+        else:  # the final layer's input stays in the network's dtype
+            x, normed = cosmos_kernels.gated_residual_layer_norm_modulate(x, out, mod(i, 8), mod(i + 1, 0),
+                                                                          mod(i + 1, 1), eps)
+    return normed
