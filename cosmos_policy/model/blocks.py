@@ -30,6 +30,13 @@ class RMSNorm(nn.Module):
         return norm_ref.rms_norm(x, self.weight, self.eps)
 
 
+def linear_in(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """`layer(x)` computed in x's dtype: the same op as `layer(x)` when the dtypes agree; weights up-cast when
+    x is fp32 and the network bf16 (the fp32 islands)."""
+    bias = layer.bias.to(x.dtype) if layer.bias is not None else None
+    return F.linear(x, layer.weight.to(x.dtype), bias)
+
+
 def timestep_sinusoid(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
     """`cat([cos, sin])` of `t * 10000^(-i/half)`, computed in fp32 and cast back to the timesteps' dtype."""
     half = dim // 2
@@ -58,7 +65,8 @@ class TimestepEmbedding(nn.Module):
         self.linear_2 = nn.Linear(dim, 3 * dim, bias=False)
 
     def forward(self, sinusoid: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.silu(self.linear_1(sinusoid)))
+        """In the sinusoid's dtype (fp32 under the fp32 strategy: the weights are up-cast, as autocast does)."""
+        return linear_in(F.silu(linear_in(sinusoid, self.linear_1)), self.linear_2)
 
 
 class Attention(nn.Module):
@@ -160,9 +168,16 @@ class FeedForward(nn.Module):
         return self.layer2(F.gelu(self.layer1(x)))
 
 
-def adaln_modulator(dim: int, lora_dim: int, chunks: int) -> nn.Sequential:
+class Modulator(nn.Sequential):
+    """SiLU -> Linear(D -> lora) -> Linear(lora -> chunks*D), in the input's dtype (see `linear_in`)."""
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return linear_in(linear_in(F.silu(emb), self[1]), self[2])
+
+
+def adaln_modulator(dim: int, lora_dim: int, chunks: int) -> Modulator:
     """SiLU -> Linear(D -> lora) -> Linear(lora -> chunks*D); the adaLN-LoRA term is added by the caller."""
-    return nn.Sequential(nn.SiLU(), nn.Linear(dim, lora_dim, bias=False), nn.Linear(lora_dim, chunks * dim, bias=False))
+    return Modulator(nn.SiLU(), nn.Linear(dim, lora_dim, bias=False), nn.Linear(lora_dim, chunks * dim, bias=False))
 
 
 def _per_frame(t: torch.Tensor) -> torch.Tensor:
@@ -195,7 +210,8 @@ class Block(nn.Module):
                 rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Reference forward on tokens `(B, T, S, D)` with per-frame `emb (B, T, D)`, `adaln_lora (B, T, 3D)`."""
         b, t, s, d = x.shape
-        mods = [_per_frame(m) for m in self.modulation(emb, adaln_lora).chunk(9, dim=-1)]
+        # fp32 under the fp32 strategy, then rounded to x's dtype (the official `.type_as(x)`)
+        mods = [_per_frame(m) for m in self.modulation(emb, adaln_lora).to(x.dtype).chunk(9, dim=-1)]
         shift_s, scale_s, gate_s, shift_c, scale_c, gate_c, shift_m, scale_m, gate_m = mods
 
         def flat(y: torch.Tensor) -> torch.Tensor:
@@ -217,6 +233,7 @@ class FinalLayer(nn.Module):
         super().__init__()
         d = config.model_channels
         self.eps = config.eps
+        self.fp32 = config.use_wan_fp32_strategy
         self.linear = nn.Linear(d, config.patch_volume * config.out_channels, bias=False)
         self.adaln_modulation = adaln_modulator(d, config.adaln_lora_dim, 2)
 
@@ -226,6 +243,13 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, adaln_lora: torch.Tensor) -> torch.Tensor:
         shift, scale = (_per_frame(m) for m in self.modulation(emb, adaln_lora).chunk(2, dim=-1))
+        return self.project(x, shift, scale)
+
+    def project(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """LayerNorm, modulation, linear; all in fp32 (fp32 output) under the fp32 strategy."""
+        if self.fp32:
+            x, shift, scale = x.float(), shift.float(), scale.float()
+            return linear_in(norm_ref.layer_norm_modulate(x, shift, scale, self.eps), self.linear)
         return self.linear(norm_ref.layer_norm_modulate(x, shift, scale, self.eps))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,12 @@ class DiTConfig:
     `concat_padding_mask`, the padding-mask channel itself. `rope_ranges_bf16` rounds the RoPE frequency
     exponents to bf16 before use, as the official inference runtime does (its loader casts the network,
     buffers included, to bf16 before loading the checkpoint); diffusers computes them in fp32 (`False`).
+
+    Cosmos-Predict2.5 flags (defaults: off, the Predict2 network): `timestep_scale` multiplies the timesteps, in
+    fp32, before the embedding (0.001: the network sees integer timesteps); `crossattn_proj_in_channels` set adds
+    `crossattn_proj` = Linear(in -> crossattn_emb_channels, bias) + GELU(erf) on the text embedding before
+    cross-attention (Reason1 embeddings: 100352); `use_wan_fp32_strategy` computes the t-embedder, the adaLN
+    modulations (rounded to the network dtype after) and the final layer in fp32 (the timesteps stay fp32).
     """
 
     model_channels: int = 2048
@@ -38,6 +45,9 @@ class DiTConfig:
     concat_padding_mask: bool = True
     rope_ranges_bf16: bool = True
     eps: float = 1e-6
+    timestep_scale: float = 1.0
+    crossattn_proj_in_channels: int | None = None
+    use_wan_fp32_strategy: bool = False
 
     def __post_init__(self) -> None:
         positive = ("model_channels", "num_blocks", "num_heads", "crossattn_emb_channels", "adaln_lora_dim",
@@ -57,6 +67,14 @@ class DiTConfig:
             raise ValueError(f"DiTConfig.mlp_ratio must be positive, got {self.mlp_ratio!r}")
         if not self.eps > 0:
             raise ValueError(f"DiTConfig.eps must be positive, got {self.eps!r}")
+        scale = self.timestep_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"DiTConfig.timestep_scale must be a finite number > 0, got {scale!r}")
+        proj = self.crossattn_proj_in_channels
+        if proj is not None and (not isinstance(proj, int) or isinstance(proj, bool) or proj <= 0):
+            raise ValueError(f"DiTConfig.crossattn_proj_in_channels must be None or a positive int, got {proj!r}")
+        if not isinstance(self.use_wan_fp32_strategy, bool):
+            raise ValueError(f"DiTConfig.use_wan_fp32_strategy must be a bool, got {self.use_wan_fp32_strategy!r}")
 
     # -- derived sizes -------------------------------------------------------------------------------------
 
@@ -67,6 +85,11 @@ class DiTConfig:
     @property
     def mlp_hidden(self) -> int:
         return int(self.model_channels * self.mlp_ratio)
+
+    @property
+    def text_channels(self) -> int:
+        """Channels of the text embedding the network takes (before its projection, if it has one)."""
+        return self.crossattn_proj_in_channels or self.crossattn_emb_channels
 
     @property
     def patch_in_channels(self) -> int:
@@ -89,6 +112,21 @@ class DiTConfig:
     def cosmos_predict2_2b(cls, **overrides: Any) -> DiTConfig:
         """The 2B network behind every Cosmos Policy checkpoint (Cosmos-Predict2-2B-Video2World)."""
         return cls(**overrides)
+
+    @classmethod
+    def cosmos_predict2_5_2b(cls, **overrides: Any) -> DiTConfig:
+        """The 2B network of Cosmos-Predict2.5 (and its policy): Reason1 text through `crossattn_proj`, timesteps
+        x0.001, fp32 islands."""
+        base: dict[str, Any] = dict(timestep_scale=0.001, crossattn_proj_in_channels=100352, use_wan_fp32_strategy=True)
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def tiny_predict2_5(cls, **overrides: Any) -> DiTConfig:
+        """`tiny` with the Predict2.5 flags (a 96-channel text embedding projected to 64)."""
+        base: dict[str, Any] = dict(timestep_scale=0.001, crossattn_proj_in_channels=96, use_wan_fp32_strategy=True)
+        base.update(overrides)
+        return cls.tiny(**base)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> DiTConfig:

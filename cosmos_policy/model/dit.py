@@ -30,7 +30,9 @@ from cosmos_policy.model.blocks import (
 )
 from cosmos_policy.model.cache import LRUCache
 from cosmos_policy.model.config import DiTConfig
+from cosmos_policy.model.inputs import check_dit_inputs
 from cosmos_policy.model.text import text_tokens
+from cosmos_policy.model.text_projection import make_crossattn_proj, project_text
 from cosmos_policy.model.text_versions import TextVersions, tensor_version
 from cosmos_policy.profiling import nvtx_enumerate
 
@@ -77,6 +79,7 @@ class CosmosDiT(nn.Module):
         self.t_embedding_norm = RMSNorm(d, config.eps)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_blocks))
         self.final_layer = FinalLayer(config)
+        self.crossattn_proj = make_crossattn_proj(config)  # Predict2.5 only (None: no module, no keys)
         self.kv_cache = LRUCache(kv_cache_bytes, "cross-attention K/V cache")
         self.modulation_cache = LRUCache(modulation_cache_bytes, "modulation cache")
         self.rope_cache = LRUCache(rope_cache_bytes, "RoPE cache")
@@ -138,14 +141,14 @@ class CosmosDiT(nn.Module):
     def forward(self, x_B_C_T_H_W: torch.Tensor, timesteps_B_T: torch.Tensor, crossattn_emb: torch.Tensor,
                 condition_video_input_mask_B_C_T_H_W: torch.Tensor,
                 padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Network output `(B, out_channels, T, H, W)` in the network's dtype.
+        """Network output `(B, out_channels, T, H, W)` in the network's dtype (fp32 under the fp32 strategy).
 
         `x_B_C_T_H_W` (B, in_channels, T, H, W) latents; `timesteps_B_T` (B, T // patch_temporal) per-frame
-        times; `crossattn_emb` (B or 1, N, crossattn_emb_channels); the condition mask broadcasts to
+        times; `crossattn_emb` (B or 1, N, `config.text_channels`); the condition mask broadcasts to
         (B, 1, T, H, W); `padding_mask` (B or 1, 1, H_img, W_img), zeros when None.
         """
-        x, timesteps, context, cond = self._check_inputs(x_B_C_T_H_W, timesteps_B_T, crossattn_emb,
-                                                         condition_video_input_mask_B_C_T_H_W)
+        x, timesteps, context, cond = check_dit_inputs(self.config, self.device, self.dtype, x_B_C_T_H_W, timesteps_B_T,
+                                                       crossattn_emb, condition_video_input_mask_B_C_T_H_W)
         b, _, t, h, w = x.shape
         parts = [x, cond]
         if self.config.concat_padding_mask:
@@ -158,44 +161,6 @@ class CosmosDiT(nn.Module):
         else:
             out = self._forward_fused(tokens, timesteps, context, (tp, hp, wp))
         return unpatchify(out.reshape(b, tp, hp, wp, -1), self.config)
-
-    def _check_inputs(self, x, timesteps, context, cond):
-        c = self.config
-        for name, tensor in (("x_B_C_T_H_W", x), ("timesteps_B_T", timesteps), ("crossattn_emb", context),
-                             ("condition_video_input_mask_B_C_T_H_W", cond)):
-            if not isinstance(tensor, torch.Tensor):
-                raise TypeError(f"CosmosDiT: {name} must be a tensor, got {type(tensor).__name__}")
-        for name, tensor in (("x_B_C_T_H_W", x), ("timesteps_B_T", timesteps), ("crossattn_emb", context)):
-            if not tensor.is_floating_point():
-                raise TypeError(f"CosmosDiT: {name} must be a floating-point tensor, got {tensor.dtype}")
-        if x.dim() != 5 or x.shape[1] != c.in_channels:
-            raise ValueError(f"CosmosDiT: x_B_C_T_H_W must be (B, {c.in_channels}, T, H, W), got {tuple(x.shape)}")
-        b, _, t, h, w = x.shape
-        ps, pt = c.patch_spatial, c.patch_temporal
-        if t % pt or h % ps or w % ps:
-            raise ValueError(f"CosmosDiT: x_B_C_T_H_W's T, H, W must be multiples of ({pt}, {ps}, {ps}), "
-                             f"got {(t, h, w)}")
-        if t > c.max_frames or h > c.max_img_h or w > c.max_img_w:
-            raise ValueError(f"CosmosDiT: x_B_C_T_H_W's T, H, W {(t, h, w)} exceed the RoPE range "
-                             f"{(c.max_frames, c.max_img_h, c.max_img_w)}")
-        if tuple(timesteps.shape) != (b, t // pt):
-            raise ValueError(f"CosmosDiT: timesteps_B_T must be ({b}, {t // pt}), got {tuple(timesteps.shape)}")
-        if context.dim() != 3 or context.shape[0] not in (1, b) or context.shape[2] != c.crossattn_emb_channels:
-            raise ValueError(f"CosmosDiT: crossattn_emb must be ({b} or 1, N, {c.crossattn_emb_channels}), "
-                             f"got {tuple(context.shape)}")
-        try:
-            torch.broadcast_shapes(cond.shape, (b, 1, t, h, w))
-        except RuntimeError:
-            raise ValueError(f"CosmosDiT: condition_video_input_mask_B_C_T_H_W must broadcast to {(b, 1, t, h, w)}, "
-                             f"got {tuple(cond.shape)}") from None
-        for name, tensor in (("x_B_C_T_H_W", x), ("crossattn_emb", context),
-                             ("condition_video_input_mask_B_C_T_H_W", cond)):
-            if tensor.device != self.device:
-                raise ValueError(f"CosmosDiT: {name} is on {tensor.device}, the network on {self.device}")
-        if not (timesteps.device == self.device or timesteps.device.type == "cpu"):
-            raise ValueError(f"CosmosDiT: timesteps_B_T is on {timesteps.device}, the network on {self.device}")
-        dtype = self.dtype
-        return x.to(dtype), timesteps.to(dtype), context, cond.to(dtype).expand(b, 1, t, h, w)
 
     def _padding_channel(self, padding_mask, b, t, h, w):
         if padding_mask is None:
@@ -223,7 +188,7 @@ class CosmosDiT(nn.Module):
     # -- reference backend ------------------------------------------------------------------------------------
 
     def _forward_reference(self, x, timesteps, context, grid):
-        context = context.to(self.dtype).expand(x.shape[0], -1, -1)
+        context = project_text(self.crossattn_proj, context, self.dtype).expand(x.shape[0], -1, -1)
         emb, adaln_lora = self._time_embedding(timesteps)  # (B, T, D), (B, T, 3D)
         rope = self._rope(grid)
         for _, block in nvtx_enumerate(self.blocks, "dit.block"):
@@ -233,14 +198,25 @@ class CosmosDiT(nn.Module):
     # -- fused backend ------------------------------------------------------------------------------------------
 
     def _modulation_table(self, emb: torch.Tensor, adaln_lora: torch.Tensor) -> torch.Tensor:
-        """Every block's 9 modulation vectors and the final layer's 2, concatenated: `(..., (9 * blocks + 2) D)`."""
+        """Every block's 9 modulation vectors and the final layer's 2, concatenated: `(..., (9 * blocks + 2) D)` in
+        the network dtype. Under the fp32 strategy (computed in fp32, rounded once) the final layer's fp32
+        (shift, scale) follow, their bits viewed as the network dtype (`_final_fp32_modulation` reads them)."""
         parts = [block.modulation(emb, adaln_lora) for block in self.blocks]
-        parts.append(self.final_layer.modulation(emb, adaln_lora))
-        return torch.cat(parts, dim=-1)
+        final = self.final_layer.modulation(emb, adaln_lora)
+        table = torch.cat(parts + [final], dim=-1).to(self.dtype)
+        if not self.config.use_wan_fp32_strategy:
+            return table
+        return torch.cat([table, final.float().contiguous().view(self.dtype)], dim=-1)
+
+    def _final_fp32_modulation(self, mods: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fp32 (shift, scale) of the final layer stored after the table (fp32 strategy), as views."""
+        width = (9 * self.config.num_blocks + 2) * self.config.model_channels
+        return mods[..., width:].view(torch.float32).chunk(2, dim=-1)
 
     def _modulation(self, timesteps: torch.Tensor, weights_key: tuple) -> torch.Tensor:
-        """`(B, T, 1, (9 * blocks + 2) D)`. CPU timesteps: one cached tensor per step, keyed by its values, read as it
-        is on a hit (no stack, no launch); equal batch rows are stored once, expanded. Device timesteps: computed."""
+        """`(B, T, 1, (9 * blocks + 2) D)` (+ the fp32 final pair, see `_modulation_table`). CPU timesteps: one
+        cached tensor per step, keyed by its values, read as it is on a hit (no stack, no launch); equal batch rows
+        are stored once, expanded. Device timesteps: computed."""
         b, t = timesteps.shape
         if timesteps.device.type != "cpu" or not self._caching():
             return self._modulation_table(*self._time_embedding(timesteps)).unsqueeze(2)
@@ -311,11 +287,13 @@ class CosmosDiT(nn.Module):
     def _compute_cross_kv(self, context: torch.Tensor, compact: bool) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
         """Per block (keys, values, last-key repeats). With `compact`, all-zero text rows (the zero padding of T5
         embeddings) become one zero row that stands for all of them (`attention(..., last_key_repeats=n)`,
-        exact: a zero row's key is RMSNorm(0) = 0 and its value 0); one host read finds them."""
-        emb = context.to(self.dtype)
+        exact: a zero row's key is RMSNorm(0) = 0 and its value 0); one host read finds them. A Predict2.5 network
+        projects the text first (`crossattn_proj`), here, once per cached instruction; zero rows are then those of
+        the projected context (a padding mark no longer applies)."""
+        emb = project_text(self.crossattn_proj, context, self.dtype)
         n = emb.shape[1]
         repeats = 1
-        tokens = text_tokens(context)
+        tokens = text_tokens(context) if self.crossattn_proj is None else None
         if compact and n > 1 and tokens is not None:
             # Told how many leading rows are non-zero (meta tensors have no values to read).
             keep = max(1, min(tokens, n)) + 1  # the instruction's rows and one zero row
@@ -397,4 +375,6 @@ class CosmosDiT(nn.Module):
             # (shift, scale), or the final layer's (shift, scale), which sit at the same offsets.
             x, normed = cosmos_kernels.gated_residual_layer_norm_modulate(x, out, mod(i, 8), mod(i + 1, 0),
                                                                           mod(i + 1, 1), eps)
+        if self.config.use_wan_fp32_strategy:  # the fp32 final layer normalises the residual stream itself
+            return self.final_layer.project(x, *self._final_fp32_modulation(mods))
         return self.final_layer.linear(normed)

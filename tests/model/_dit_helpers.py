@@ -27,7 +27,7 @@ def random_inputs(gen: torch.Generator, config: DiTConfig, b: int = 1, t: int = 
     return dict(
         x_B_C_T_H_W=torch.randn(b, config.in_channels, t, h, w, generator=gen),
         timesteps_B_T=times,
-        crossattn_emb=torch.randn(b, n_text, config.crossattn_emb_channels, generator=gen),
+        crossattn_emb=torch.randn(b, n_text, config.text_channels, generator=gen),
         condition_video_input_mask_B_C_T_H_W=cond,
     )
 
