@@ -157,3 +157,26 @@ def _probe(device: torch.device) -> bool:
 
 
 _dispatch.register_probe("quantize_rowwise", "triton", _probe)
+
+
+MIN_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (sm_89), Hopper (sm_90), Blackwell (sm_100, sm_110, sm_120)
+
+
+def fp8_unsupported_reason(device: torch.device | str, dtype: torch.dtype | None = None) -> str | None:
+    """Why the FP8 GEMMs cannot run on `device` with a network of `dtype`, or None when they can: on the CPU
+    (PyTorch's own `_scaled_mm`) with any output dtype, on a CUDA GPU of compute capability 8.9 or newer (Ada,
+    Hopper, Blackwell: FP8 tensor cores) with bfloat16. No other device type runs them."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return None
+    if device.type != "cuda":
+        return f"FP8 runs on a CUDA GPU with FP8 tensor cores or on the CPU, not on {device.type}"
+    if not torch.cuda.is_available():
+        return "FP8 needs a CUDA GPU with FP8 tensor cores (sm_89 or newer) or the CPU; no CUDA GPU is visible"
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < MIN_CAPABILITY:
+        return (f"FP8 needs a GPU with FP8 tensor cores (compute capability 8.9 or newer: Ada, Hopper, Blackwell) "
+                f"or the CPU; {torch.cuda.get_device_name(device)} is sm_{major}{minor}")
+    if dtype is not None and dtype != torch.bfloat16:
+        return f"FP8 on CUDA needs a bfloat16 network (the row-scaled FP8 GEMM returns bfloat16), got {dtype}"
+    return None

@@ -37,6 +37,29 @@ def add_steps_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=steps, default=None, metavar="N", help=STEPS_HELP)
 
 
+FP8_HELP = ("run the DiT blocks' token GEMMs in FP8 e4m3 (approximate; off by default). Needs the fused backend and "
+            "a GPU with FP8 tensor cores (compute capability 8.9 or newer: Ada, Hopper, Blackwell) in bfloat16, or "
+            "the CPU")
+
+
+def add_fp8_argument(parser: argparse.ArgumentParser) -> None:
+    """`--fp8`, shared by demo, serve, eval and roofline (False: the network's own dtype)."""
+    parser.add_argument("--fp8", action="store_true", help=FP8_HELP)
+
+
+def check_fp8(args: argparse.Namespace, device, dtype, backend: str = "fused") -> None:
+    """A `UsageError` naming `--fp8` when `args.fp8` is set and `backend` on `device` in `dtype` cannot run it."""
+    if not getattr(args, "fp8", False):
+        return
+    from ..errors import UsageError
+    from ..policy import check_fp8 as check
+
+    try:
+        check(backend, device, dtype)
+    except ValueError as err:
+        raise UsageError(f"--fp8: {str(err).removeprefix('fp8=True: ')}") from None
+
+
 def seconds(text: str) -> float:
     """A duration > 0 in seconds."""
     try:

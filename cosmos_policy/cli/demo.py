@@ -74,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default=LIBERO_SAMPLE_TASK, help="instruction (task_description)")
     parser.add_argument("--future-images", action="store_true", help="also decode the predicted future images")
     argtypes.add_steps_argument(parser)
+    argtypes.add_fp8_argument(parser)
 
 
 
@@ -138,6 +139,7 @@ def load_policies(args: argparse.Namespace, device: torch.device, dtype: torch.d
     from ..policy import CosmosPolicy
 
     backends = ["fused", "reference"] if args.backend == "both" else [args.backend]
+    argtypes.check_fp8(args, device, dtype, backends[0])
     config_name = args.config or ("2b" if device.type == "cuda" else "tiny")
     config = DiTConfig.cosmos_predict2_2b() if config_name == "2b" else DiTConfig.tiny()
     if args.checkpoint is None and config_name == "2b":
@@ -153,14 +155,15 @@ def load_policies(args: argparse.Namespace, device: torch.device, dtype: torch.d
         try:
             first = CosmosPolicy.from_pretrained(
                 path, suite=args.suite, vae=args.vae, device=device, dtype=dtype, backend=backends[0],
-                network_config=config if args.config else None, num_steps=getattr(args, "steps", None))
+                network_config=config if args.config else None, num_steps=getattr(args, "steps", None),
+                fp8=getattr(args, "fp8", False))
         except USER_ERRORS as err:
             vae_named = args.vae is not None and str(args.vae) in one_line(err)
             raise (flag_error("--vae", args.vae, err) if vae_named else flag_error(flag, path, err)) from err
         what = {"config": config_name if args.config else _config_name(first.network.config),
                 "checkpoint": "random weights" if args.checkpoint is None else str(args.checkpoint),
                 "image_size": first.image_size}
-    what["steps"] = first.num_steps
+    what["steps"], what["fp8"] = first.num_steps, first.network.fp8
     policies = {backends[0]: first}
     for backend in backends[1:]:
         policies[backend] = first.with_backend(backend)
@@ -186,6 +189,7 @@ def _random_2b(args, config, device: torch.device, dtype: torch.dtype, backend: 
     with torch.device(device):
         network = CosmosDiT(config, backend=backend)
     network = network.to(dtype=dtype)
+    network.fp8 = getattr(args, "fp8", False)
     gen = torch.Generator().manual_seed(args.seed)
     text = TextEmbeddings({args.task: torch.randn(1, 512, config.crossattn_emb_channels, generator=gen)},
                           device=device, dtype=dtype, source="random embeddings")

@@ -62,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed of the global generators before each reset (official deterministic reset)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     argtypes.add_steps_argument(parser)
+    argtypes.add_fp8_argument(parser)
 
 
 def parse_tasks(text: str | None, num_tasks: int, suite: str) -> list[int]:
@@ -111,7 +112,7 @@ def _loader(args, checkpoint: str, dtype):
 
     return functools.partial(CosmosPolicy.from_pretrained, checkpoint, suite="libero", vae=args.vae,
                              device=args.device, dtype=dtype, backend=args.backend, seed=args.seed,
-                             num_steps=args.steps)
+                             num_steps=args.steps, fp8=args.fp8)
 
 
 def _check_arguments(args):
@@ -123,9 +124,11 @@ def _check_arguments(args):
     from ..policy.files import is_hub_repo_id, resolve_directory
 
     try:
-        resolve_device(args.device)
+        device = resolve_device(args.device)
     except ValueError as err:
         raise device_error("--device", args.device, err) from None
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(args.dtype)
+    argtypes.check_fp8(args, device, dtype or (torch.bfloat16 if device.type == "cuda" else None), args.backend)
     if args.checkpoint is not None and not is_hub_repo_id(args.checkpoint):  # a local path: no download to wait for
         try:
             resolve_directory(args.checkpoint)
@@ -139,7 +142,7 @@ def _check_arguments(args):
             import imageio_ffmpeg  # noqa: F401
         except ImportError as err:
             raise missing_extra(err.name or "imageio", "libero") from None
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(args.dtype)
+    return dtype
 
 
 def _load_local(loader, args, instructions: list[str]):
@@ -172,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
     checkpoint_name = str(args.checkpoint) if args.checkpoint is not None else RANDOM_WEIGHTS
     run_config = {"benchmark": args.benchmark, "suite": args.task_suite, "seed": args.seed, "max_steps": max_steps,
                   "reset_seed": args.reset_seed, "checkpoint": checkpoint_name, "vae": args.vae,
-                  "backend": args.backend, "dtype": args.dtype, "steps": args.steps}
+                  "backend": args.backend, "dtype": args.dtype, "steps": args.steps,
+                  "fp8": args.fp8}
     store = ResultStore(args.out, run_config)  # reads a previous run; the folder is claimed by the first episode
 
     episodes = []

@@ -337,15 +337,23 @@ class CosmosDiT(nn.Module):
         cos, sin = self._cached_rope(grid)
         kv = self._cross_kv(context, weights_key)
         params = self._block_params(weights_key)
-        b, t, s, _ = x.shape
 
         def mod(i: int, j: int) -> torch.Tensor:  # j-th D-vector of block i (block num_blocks = final layer)
             return mods[..., (9 * i + j) * d: (9 * i + j + 1) * d]
 
         if self.fp8 and self._caching():
             weights = self.fp8_weights.get(self.blocks, weights_key, store=not _capturing(self.device))
-            normed = fp8_blocks.forward_blocks(self.blocks, weights, x, mod, (cos, sin), kv, params, eps)
-            return self.final_layer.linear(normed)
+            x, normed = fp8_blocks.forward_blocks(self.blocks, weights, x, mod, (cos, sin), kv, params, eps)
+        else:
+            x, normed = self._fused_blocks(x, mod, (cos, sin), kv, params)
+        if self.config.use_wan_fp32_strategy:  # the fp32 final layer normalises the residual stream itself
+            return self.final_layer.project(x, *self._final_fp32_modulation(mods))
+        return self.final_layer.linear(normed)
+
+    def _fused_blocks(self, x, mod, rope, kv, params):
+        eps, d = self.config.eps, self.config.model_channels
+        b, t, s, _ = x.shape
+        cos, sin = rope
         normed = cosmos_kernels.layer_norm_modulate(x, mod(0, 0), mod(0, 1), eps)
         for i, block in nvtx_enumerate(self.blocks, "dit.block"):
             sa, ca = block.self_attn, block.cross_attn
@@ -375,6 +383,4 @@ class CosmosDiT(nn.Module):
             # (shift, scale), or the final layer's (shift, scale), which sit at the same offsets.
             x, normed = cosmos_kernels.gated_residual_layer_norm_modulate(x, out, mod(i, 8), mod(i + 1, 0),
                                                                           mod(i + 1, 1), eps)
-        if self.config.use_wan_fp32_strategy:  # the fp32 final layer normalises the residual stream itself
-            return self.final_layer.project(x, *self._final_fp32_modulation(mods))
-        return self.final_layer.linear(normed)
+        return x, normed

@@ -90,9 +90,10 @@ def forward_blocks(
     kv: list[tuple[torch.Tensor, torch.Tensor, int]],
     norm_weights: list[tuple[torch.Tensor, ...]],
     eps: float,
-) -> torch.Tensor:
-    """The fused network's blocks with FP8 token GEMMs, on tokens `x (B, T, S, D)`; returns the final layer's input
-    (the last MLP's gated residual, normed and modulated by the final layer's shift and scale, in x's dtype).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused network's blocks with FP8 token GEMMs, on tokens `x (B, T, S, D)`; returns the residual stream after
+    the last block and the final layer's input (that stream normed and modulated by the final layer's shift and scale),
+    both in x's dtype.
 
     `mod(i, j)` is the j-th modulation vector of block i (block `len(blocks)`: the final layer); `kv` holds each block's
     cached cross-attention keys, values and last-key repeats; `norm_weights[i]` its (packed QKV weight, q norm, k norm,
@@ -127,4 +128,4 @@ def forward_blocks(
         else:  # the final layer's input stays in the network's dtype
             x, normed = cosmos_kernels.gated_residual_layer_norm_modulate(x, out, mod(i, 8), mod(i + 1, 0),
                                                                           mod(i + 1, 1), eps)
-    return normed
+    return x, normed

@@ -7,6 +7,6 @@ leaves, never the command line, the server or the evaluation.
 """
 
 from cosmos_policy.policy.planning import PlanningModel
-from cosmos_policy.policy.policy import SEED_LIMIT, CosmosPolicy, resolve_device
+from cosmos_policy.policy.policy import SEED_LIMIT, CosmosPolicy, check_fp8, resolve_device
 
-__all__ = ["SEED_LIMIT", "CosmosPolicy", "PlanningModel", "resolve_device"]
+__all__ = ["SEED_LIMIT", "CosmosPolicy", "PlanningModel", "check_fp8", "resolve_device"]

@@ -25,3 +25,14 @@ def resolve_device(device=None) -> torch.device:
         if available is not None and hasattr(available, "is_available") and not available.is_available():
             raise ValueError(f"device: {device} asked for, but it is not available")
     return device
+
+
+def check_fp8(backend: str, device: torch.device | str, dtype: torch.dtype | None) -> None:
+    """ValueError saying what FP8 GEMMs need when `backend` on `device` in `dtype` cannot run them."""
+    from cosmos_kernels.fp8 import fp8_unsupported_reason
+
+    if backend != "fused":
+        raise ValueError(f"fp8=True: the FP8 GEMMs run in the fused network only, not with backend {backend!r}")
+    reason = fp8_unsupported_reason(device, dtype)
+    if reason is not None:
+        raise ValueError(f"fp8=True: {reason}")

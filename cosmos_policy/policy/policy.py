@@ -23,7 +23,7 @@ from ..model import CosmosDiT
 from ..model import layout as L
 from ..model.text import TextEmbeddings
 from ..model.vae import PolicyVAE
-from .device import resolve_device
+from .device import check_fp8, resolve_device
 from .files import CheckpointFiles, find_checkpoint_files
 from .graphs import ChunkGraphs
 from .observation import Checked, check_observation, prepare, synthetic_observation
@@ -31,7 +31,7 @@ from .observation import Prepared as _Prepared
 from .planning import conditioned_x0_fn, plan_by_policy_value, plan_with_model
 from .seeds import SEED_LIMIT, SeedCounter, check_seed
 
-__all__ = ["CosmosPolicy", "SEED_LIMIT", "resolve_device"]
+__all__ = ["CosmosPolicy", "SEED_LIMIT", "check_fp8", "resolve_device"]
 
 
 class CosmosPolicy:
@@ -81,13 +81,15 @@ class CosmosPolicy:
     def from_pretrained(cls, path, *, suite: str | None = None, vae=None, device=None, dtype=None,
                         backend: str = "fused", cuda_graph: bool | None = None, seed: int = 0, seed_step: int = 0,
                         text_encoder=None, trained_with_image_aug: bool = True,
-                        num_steps: int | None = None, network_config=None) -> CosmosPolicy:
+                        num_steps: int | None = None, network_config=None, fp8: bool = False) -> CosmosPolicy:
         """Load an official checkpoint directory (or Hugging Face repo id), or one written by
         `cosmos_policy.testing.write_tiny_checkpoint`. `vae`: the Wan2.1 VAE weights (the official
         `tokenizer/tokenizer.pth` of nvidia/Cosmos-Predict2-2B-Video2World, or diffusers format), looked for in the
         checkpoint directory when not given. `device` defaults to CUDA when available, `dtype` to bf16 on CUDA and
         fp32 on the CPU. `cuda_graph=None` captures the action chunk in a CUDA graph on CUDA devices.
-        `network_config` (a `DiTConfig`) overrides the network size the directory implies.
+        `network_config` (a `DiTConfig`) overrides the network size the directory implies. `fp8=True` runs the
+        blocks' token GEMMs in FP8 e4m3 (approximate; the fused backend on the CPU, or on a GPU of compute capability
+        8.9 or newer in bf16: a `ValueError` says what is missing elsewhere).
 
         The checkpoint's keys and shapes are checked against the network built on the meta device before any
         weights are allocated: a checkpoint of another size is one short `ValueError`."""
@@ -97,8 +99,11 @@ class CosmosPolicy:
         files: CheckpointFiles = find_checkpoint_files(path, suite=suite, vae=vae)
         dtype = dtype if dtype is not None else (torch.bfloat16 if device.type == "cuda" else torch.float32)
         config = network_config if network_config is not None else files.network_config
+        if fp8:
+            check_fp8(backend, device, dtype)
         with profiling.nvtx_range("load.network"):
             network = load_network(files.network, config, backend=backend).to(device=device, dtype=dtype)
+        network.fp8 = bool(fp8)
         with profiling.nvtx_range("load.vae"):
             policy_vae = PolicyVAE.from_file(files.vae, device=device, dtype=dtype)
         return cls(
@@ -118,6 +123,7 @@ class CosmosPolicy:
         with torch.device("meta"):
             network = CosmosDiT(self.network.config, backend=backend)
         network.load_state_dict(self.network.state_dict(), assign=True)
+        network.fp8 = self.network.fp8 and backend == "fused"  # FP8 GEMMs exist in the fused network only
         return CosmosPolicy(network, self.vae, self.text, self.statistics, self.layout,
                             trained_with_image_aug=self.trained_with_image_aug, num_steps=self.num_steps,
                             image_size=self.image_size)
