@@ -41,6 +41,7 @@ TYPICAL_INSTRUCTIONS = {
     "aloha": ("put the candy in the ziploc bag", 9),
 }
 PEAK = "peak (datasheet)"
+FP8_OPS = {"aten._scaled_mm"}  # the FP8 GEMM of `cosmos_kernels.fp8.fp8_linear` (e4m3 operands, 1 byte each)
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,13 @@ class GPU:
     launch_us: float  # cost of one kernel launch inside a CUDA graph
     peak_source: str
     efficiency_source: str
+    peak_fp8_tflops: float = 0.0  # e4m3 dense tensor-core peak, FP32 accumulate (0: no FP8 tensor cores)
+    fp8_source: str = ""
+    fp8_efficiency: float = 0.70  # assumed: the fraction of the FP8 peak a large row-scaled FP8 GEMM reaches
 
     def __post_init__(self) -> None:
-        if not (0 < self.matmul_efficiency <= 1 and 0 < self.bandwidth_efficiency <= 1 and self.launch_us >= 0):
+        if not (0 < self.matmul_efficiency <= 1 and 0 < self.bandwidth_efficiency <= 1 and self.launch_us >= 0
+                and 0 < self.fp8_efficiency <= 1 and self.peak_fp8_tflops >= 0):
             raise ValueError(f"GPU {self.label}: efficiencies must lie in (0, 1] and the launch cost be >= 0")
 
     @property
@@ -65,35 +70,56 @@ class GPU:
         return self.peak_tflops * 1e12 * self.matmul_efficiency
 
     @property
+    def fp8_flops_per_s(self) -> float:
+        return self.peak_fp8_tflops * 1e12 * self.fp8_efficiency
+
+    def rate(self, record: OpRecord) -> float:
+        """The matrix rate of a recorded op: the FP8 rate for the FP8 GEMM, else the bf16 one."""
+        if record.name in FP8_OPS:
+            if not self.peak_fp8_tflops:
+                raise ValueError(f"GPU {self.label}: no FP8 tensor cores; {record.name} cannot run there")
+            return self.fp8_flops_per_s
+        return self.matmul_flops_per_s
+
+    @property
     def bytes_per_s(self) -> float:
         return self.peak_tbps * 1e12 * self.bandwidth_efficiency
 
-    def op_seconds(self, flops: int, moved: int, launches: int) -> float:
-        return max(flops / self.matmul_flops_per_s, moved / self.bytes_per_s) + launches * self.launch_us * 1e-6
+    def op_seconds(self, flops: int, moved: int, launches: int, rate: float | None = None) -> float:
+        rate = self.matmul_flops_per_s if rate is None else rate
+        return max(flops / rate, moved / self.bytes_per_s) + launches * self.launch_us * 1e-6
 
 
 _ASSUMED = "assumed: 70 % of peak matmul, 80 % of peak bandwidth, 2 us per launch in a CUDA graph"
 GPUS: dict[str, GPU] = {
     "h100": GPU("H100 SXM", 989.4, 3.35, 0.70, 0.80, 2.0, PEAK + ": NVIDIA H100 datasheet (1,979 TFLOP/s bf16 "
-                "with sparsity; HBM3 3.35 TB/s)", _ASSUMED),
+                "with sparsity; HBM3 3.35 TB/s)", _ASSUMED,
+                1978.9, "dense, the H100 datasheet's 3,958 TFLOP/s FP8 with sparsity halved"),
     "h200": GPU("H200 SXM", 989.4, 4.8, 790 / 989.4, 0.80, 2.0, PEAK + ": NVIDIA H200 datasheet (1,979 TFLOP/s "
                 "bf16 with sparsity; HBM3e 4.8 TB/s)", "measured: ~790 TFLOP/s for a large bf16 GEMM (DESIGN.md); "
-                "assumed: 80 % of peak bandwidth, 2 us per launch"),
+                "assumed: 80 % of peak bandwidth, 2 us per launch", 1978.9, "dense, the H200 datasheet's 3,958 TFLOP/s "
+                "FP8 with sparsity halved"),
     "b200": GPU("B200", 2250.0, 8.0, 0.70, 0.80, 2.0, PEAK + ": NVIDIA HGX B200 datasheet (4.5 PFLOP/s bf16 with "
-                "sparsity; HBM3e 8 TB/s)", _ASSUMED),
+                "sparsity; HBM3e 8 TB/s)", _ASSUMED,
+                4500.0, "dense, the HGX B200 datasheet's 72 PFLOP/s FP8 for 8 GPUs with sparsity / 16"),
     "l40s": GPU("L40S", 362.05, 0.864, 0.70, 0.80, 2.0, PEAK + ": NVIDIA L40S datasheet (362 TFLOP/s bf16 dense; "
-                "GDDR6 864 GB/s)", _ASSUMED),
+                "GDDR6 864 GB/s)", _ASSUMED,
+                733.0, "dense, the L40S datasheet (733 TFLOP/s FP8; 1,466 with sparsity)"),
     "rtx4090": GPU("RTX 4090", 165.2, 1.008, 0.70, 0.80, 2.0, PEAK + ": NVIDIA Ada whitepaper (165.2 TFLOP/s bf16 "
-                   "with FP32 accumulate; 1,008 GB/s)", _ASSUMED),
+                   "with FP32 accumulate; 1,008 GB/s)", _ASSUMED,
+                   330.3, "dense, the Ada whitepaper's FP8 rate with FP32 accumulate (660.6 with FP16 accumulate)"),
     "rtx5090": GPU("RTX 5090", 209.5, 1.792, 0.70, 0.80, 2.0, PEAK + ": NVIDIA Blackwell GeForce whitepaper "
-                   "(209.5 TFLOP/s with FP32 accumulate; 1,792 GB/s)", _ASSUMED),
+                   "(209.5 TFLOP/s with FP32 accumulate; 1,792 GB/s)", _ASSUMED,
+                   419.0, "dense, the Blackwell GeForce whitepaper's FP8 rate with FP32 accumulate (838 with FP16 "
+                   "accumulate)"),
     "thor": GPU("Jetson AGX Thor", 258.75, 0.273, 0.70, 0.80, 2.0, PEAK + ", derived: Jetson AGX Thor datasheet "
-                "(2,070 TFLOP/s FP4 with sparsity / 8; no bf16 figure published; LPDDR5X 273 GB/s)", _ASSUMED),
+                "(2,070 TFLOP/s FP4 with sparsity / 8; no bf16 figure published; LPDDR5X 273 GB/s)", _ASSUMED,
+                517.5, "dense, derived: the Jetson AGX Thor datasheet's 2,070 TFLOP/s FP4 with sparsity / 4"),
 }
 
 
 def predict_seconds(records: list[OpRecord], gpu: GPU) -> float:
-    return sum(gpu.op_seconds(r.cost.flops, r.cost.bytes_read + r.cost.bytes_written, r.cost.launches)
+    return sum(gpu.op_seconds(r.cost.flops, r.cost.bytes_read + r.cost.bytes_written, r.cost.launches, gpu.rate(r))
                for r in records)
 
 
@@ -101,7 +127,7 @@ def overhead_ratio(records: list[OpRecord], gpu: GPU) -> float:
     """What the records spend beyond their matrix work (non-matmul bytes at the card's bandwidth plus every
     launch's cost) over their matrix time (FLOPs at its matmul rate): how far from matmul-bound they are."""
     totals = _totals(records)
-    matrix = totals.flops / gpu.matmul_flops_per_s
+    matrix = sum(r.cost.flops / gpu.rate(r) for r in records if r.cost.flops)
     beyond = totals.nonmatmul_bytes / gpu.bytes_per_s + totals.launches * gpu.launch_us * 1e-6
     return beyond / matrix if matrix else float("inf")
 
@@ -139,8 +165,10 @@ def dit_config(name: str):
     return DiTConfig.cosmos_predict2_2b() if name == "2b" else DiTConfig.tiny()
 
 
-def count_network(config, layout, text_tokens: int, dtype: torch.dtype = torch.bfloat16) -> dict[str, tuple]:
-    """Per backend: (DiT pass records, sampler step records), counted on meta tensors in steady state."""
+def count_network(config, layout, text_tokens: int, dtype: torch.dtype = torch.bfloat16,
+                  fp8: bool = False) -> dict[str, tuple]:
+    """Per backend: (DiT pass records, sampler step records), counted on meta tensors in steady state (`fp8`: the
+    fused network's token GEMMs in FP8, its weights quantized by the first, uncounted pass)."""
     from cosmos_kernels.sampling import Sampler, sampler_step
     from cosmos_policy.model import CosmosDiT, with_text_tokens
     from cosmos_policy.model.layout import IMAGE_SIZE, LATENT_CHANNELS, SPATIAL_COMPRESSION
@@ -161,7 +189,7 @@ def count_network(config, layout, text_tokens: int, dtype: torch.dtype = torch.b
         sampler = Sampler(shape, num_steps=layout.num_steps, sigma_min=layout.sigma_min, sigma_max=layout.sigma_max,
                           net_dtype=dtype, device=meta)
         for backend in BACKENDS:
-            net.backend = backend  # one set of parameters, two implementations
+            net.backend, net.fp8 = backend, fp8 and backend == "fused"  # one set of parameters, two implementations
             times = host_times if backend == "fused" else host_times.to(meta)
             if backend == "fused":
                 net(x, times, context, mask5)  # fills the caches (the reference has none)
@@ -207,7 +235,7 @@ def passes_per_chunk(layout, steps: int | None = None) -> int:
 
 
 def count(config_name: str = "2b", suite: str = "libero", text_tokens: int | None = None,
-          vae: bool = True, steps: int | None = None) -> tuple[dict[str, Counted], dict]:
+          vae: bool = True, steps: int | None = None, fp8: bool = False) -> tuple[dict[str, Counted], dict]:
     """Count both backends; returns (per-backend records, the setup that was counted)."""
     from cosmos_policy.model.layout import IMAGE_SIZE, LAYOUTS, SPATIAL_COMPRESSION, get_layout
 
@@ -218,7 +246,7 @@ def count(config_name: str = "2b", suite: str = "libero", text_tokens: int | Non
     tokens = typical if text_tokens is None else text_tokens
     if not 1 <= tokens <= TEXT_LENGTH:
         raise UsageError(f"--text-tokens: expected 1 .. {TEXT_LENGTH}, got {tokens}")
-    network = count_network(config, layout, tokens)
+    network = count_network(config, layout, tokens, fp8=fp8)
     vae_records = count_vae_encode(layout) if vae else None
     counted = {b: Counted(*network[b], vae_records) for b in BACKENDS}
     setup = {"config": config_name, "suite": suite, "steps": layout.num_steps if steps is None else steps,
@@ -226,7 +254,7 @@ def count(config_name: str = "2b", suite: str = "libero", text_tokens: int | Non
              "tokens": layout.state_t * (IMAGE_SIZE // SPATIAL_COMPRESSION // config.patch_spatial) ** 2,
              "text_tokens": tokens, "text_positions": TEXT_LENGTH,
              "instruction": instruction if text_tokens is None else None, "dtype": "bfloat16",
-             "vae": vae_records is not None, "vae_requested": vae}
+             "fp8": fp8, "vae": vae_records is not None, "vae_requested": vae}
     return counted, setup
 
 
@@ -269,6 +297,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-vae", action="store_true", help="leave the VAE encode out of the chunk")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout (notes go to stderr)")
     argtypes.add_steps_argument(parser)
+    argtypes.add_fp8_argument(parser)
 
 
 def _gpus(choice: str) -> list[str]:
@@ -291,7 +320,8 @@ def format_report(report: dict, setup: dict, gpus: list[str]) -> str:
     ref, fused = report["reference"], report["fused"]
     head = (f"roofline: {setup['config']} DiT, {setup['suite']} ({setup['tokens']} tokens, "
             f"{setup['steps']} steps: {setup['passes_per_chunk']} passes per chunk), text {setup['text_tokens']} of "
-            f"{setup['text_positions']} T5 positions non-zero, {setup['dtype']}, counted on the meta device")
+            f"{setup['text_positions']} T5 positions non-zero, {setup['dtype']}"
+            f"{' (fused: token GEMMs in FP8 e4m3)' if setup.get('fp8') else ''}, counted on the meta device")
     counts = [["per pass (DiT pass + sampler step)", "reference", "fused", "fused / ref"]]
     for label, key, scale, fmt in (("kernel launches", "launches_per_pass", 1, "{:.0f}"),
                                    ("matrix GFLOP", "flops_per_pass", 1e9, "{:.1f}"),
@@ -312,12 +342,14 @@ def format_report(report: dict, setup: dict, gpus: list[str]) -> str:
     ops = [["fused pass, top ops", "launches", "GB moved"]]
     for name, row in list(fused["ops_per_pass"].items())[:8]:
         ops.append([name, str(row["launches"]), f"{row['bytes'] / 1e9:.2f}"])
-    cards = [["card", "bf16 TFLOP/s used / peak", "TB/s used / peak", "us/launch"]]
+    cards = [["card", "bf16 TFLOP/s used / peak", "FP8 TFLOP/s used / peak", "TB/s used / peak", "us/launch"]]
     for g in gpus:
         c = GPUS[g]
         cards.append([g, f"{c.matmul_flops_per_s / 1e12:.0f} / {c.peak_tflops:.0f}",
+                      f"{c.fp8_flops_per_s / 1e12:.0f} / {c.peak_fp8_tflops:.0f}",
                       f"{c.bytes_per_s / 1e12:.2f} / {c.peak_tbps:.2f}", f"{c.launch_us:.1f}"])
-    sources = "\n".join(f"  {g}: {GPUS[g].peak_source}; {GPUS[g].efficiency_source}" for g in gpus)
+    sources = "\n".join(f"  {g}: {GPUS[g].peak_source}; {GPUS[g].efficiency_source}; FP8: {GPUS[g].fp8_source}"
+                         for g in gpus)
     model = ("per op: max(FLOPs / matmul rate, bytes / bandwidth) + launches x launch cost; "
              "chunk = passes x (DiT pass + sampler step) + VAE encode;\n"
              "beyond matrix: (non-matmul bytes / bandwidth + launches x launch cost) / (FLOPs / matmul rate), "
@@ -331,7 +363,8 @@ def run(args: argparse.Namespace) -> int:
     if args.config not in CONFIGS:
         raise UsageError(f"--config: expected one of {', '.join(CONFIGS)}, got {args.config!r}")
     print(f"roofline: counting {args.config} at {args.suite} shapes on the meta device ...", file=sys.stderr)
-    counted, setup = count(args.config, args.suite, args.text_tokens, vae=not args.no_vae, steps=args.steps)
+    counted, setup = count(args.config, args.suite, args.text_tokens, vae=not args.no_vae, steps=args.steps,
+                           fp8=args.fp8)
     if not setup["vae"] and not args.no_vae:
         print("roofline: note: diffusers is not installed; the VAE encode is left out of the chunk "
               '(pip install "cosmos-kernels[policy]")', file=sys.stderr)

@@ -191,3 +191,72 @@ def test_steps_flag_in_the_json_and_bad_values(capsys):
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert "argument --steps: expected a whole number 1..100" in err[-1]
+
+
+# -- --fp8 ------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def libero_2b_fp8():
+    counted, setup = roofline.count("2b", "libero", vae=False, fp8=True)
+    return counted, setup, roofline.summarize(counted, setup["passes_per_chunk"], list(roofline.GPUS))
+
+
+def test_counter_sees_the_fp8_gemm_and_its_quantizers():
+    """`aten._scaled_mm`: 2*M*N*K FLOPs, e4m3 operands at 1 byte per element (and fp32 scales); the quantizers are
+    one launch each, reading the bf16 rows and writing e4m3 values and fp32 row scales."""
+    from cosmos_kernels.backends import meta_as_cuda
+    from cosmos_kernels.fp8 import fp8_linear, quantize_rowwise
+    from cosmos_kernels.tools.dispatch_counter import DispatchCounter
+
+    m, n, k = 100, 48, 80
+    meta = torch.device("meta")
+    x = torch.empty(m, k, dtype=torch.bfloat16, device=meta)
+    w = torch.empty(n, k, dtype=torch.float8_e4m3fn, device=meta)
+    with torch.no_grad(), meta_as_cuda(), DispatchCounter() as counter:
+        values, scales = quantize_rowwise(x)
+        fp8_linear(values, scales, w, torch.empty(n, 1, device=meta))
+    launched = {r.name: r.cost for r in counter.records if r.cost.launches}
+    assert set(launched) == {"cosmos_kernels::quantize_rowwise_triton", "aten._scaled_mm"}
+    q, mm = launched["cosmos_kernels::quantize_rowwise_triton"], launched["aten._scaled_mm"]
+    assert (q.launches, q.flops, q.bytes_read, q.bytes_written) == (1, 0, 2 * m * k, m * k + 4 * m)
+    assert (mm.launches, mm.flops) == (1, 2 * m * n * k)
+    assert mm.bytes_read == m * k + n * k + 4 * (m + n) and mm.bytes_written == 2 * m * n
+
+
+def test_fp8_pass_moves_its_gemms_to_fp8(libero_2b, libero_2b_fp8):
+    """Six FP8 GEMMs per block carry the same matrix work as the bf16 token GEMMs; the reference is untouched."""
+    _, _, bf16 = libero_2b
+    counted, setup, fp8 = libero_2b_fp8
+    blocks = DiTConfig.cosmos_predict2_2b().num_blocks
+    ops = fp8["fused"]["ops_per_pass"]
+    assert setup["fp8"] and ops["aten._scaled_mm"]["calls"] == 6 * blocks
+    assert ops["cosmos_kernels::quantize_rowwise_triton"]["calls"] == 3 * blocks
+    assert fp8["fused"]["flops_per_pass"] == bf16["fused"]["flops_per_pass"]
+    assert fp8["reference"] == bf16["reference"]
+    assert not any(r.name in roofline.FP8_OPS for r in counted["reference"].per_pass)
+    for gpu in ("h100", "h200", "b200", "l40s"):  # compute-bound cards: the FP8 pass is faster
+        assert fp8["fused"]["predicted_ms_per_pass"][gpu] < bf16["fused"]["predicted_ms_per_pass"][gpu]
+
+
+def test_no_fp8_prediction_beats_the_peak(libero_2b_fp8):
+    counted, setup, report = libero_2b_fp8
+    passes = setup["passes_per_chunk"]
+    for backend, c in counted.items():
+        for name, gpu in roofline.GPUS.items():
+            assert 0 < gpu.fp8_flops_per_s <= gpu.peak_fp8_tflops * 1e12 and gpu.fp8_source
+            for records, key in ((c.per_pass, "predicted_ms_per_pass"), (c.chunk(passes), "predicted_ms_per_chunk")):
+                matrix = sum(r.cost.flops / ((gpu.peak_fp8_tflops if r.name in roofline.FP8_OPS else gpu.peak_tflops)
+                                             * 1e12) for r in records)
+                moved = sum(r.cost.bytes_read + r.cost.bytes_written for r in records)
+                floor_ms = 1e3 * max(matrix, moved / (gpu.peak_tbps * 1e12))
+                assert report[backend][key][name] >= floor_ms > 0
+
+
+def test_fp8_flag_in_the_json(capsys):
+    assert roofline.main(["--config", "tiny", "--no-vae", "--json", "--fp8", "--gpu", "h100"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "aten._scaled_mm" in report["fused"]["ops_per_pass"]
+    assert "aten._scaled_mm" not in report["reference"]["ops_per_pass"]
+    assert roofline.main(["--config", "tiny", "--no-vae", "--fp8", "--gpu", "thor"]) == 0
+    out = capsys.readouterr().out
+    assert "token GEMMs in FP8 e4m3" in out and "FP8 TFLOP/s used / peak" in out and "FP8: dense" in out
