@@ -1,5 +1,6 @@
 """The `chunk` step of `bench.gpu_steps`: the 2B LIBERO action chunk through `CosmosPolicy.infer`, as a CUDA-graph
-replay and eagerly, p50 / p95 / p99 of the wall time of `CALLS` calls after warm-up (and of its stages).
+replay and eagerly, p50 / p95 / p99 of the wall time of `CALLS` calls after warm-up (and of its stages); then the
+graph replay with the FP8 token GEMMs (`fp8=True`, `FP8_CALLS` calls) where the card has FP8 tensor cores.
 
 The policy's VAE needs diffusers; where diffusers is absent (the GPU machine), `FixedPrefixEncoder` stands in for its
 encoder: the prefix latents of one fixed draw, so every stage but the VAE encode is measured, and the step says so.
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 CALLS = 200  # timed calls per mode, after warm-up
+FP8_CALLS = 50  # timed calls of the FP8 graph replay (it fits the step's limit beside the two bf16 modes)
 WARMUP_CALLS = 3  # after `policy.warmup()` (compilation, probes, timed choices, the capture)
 CHUNK_TARGET_MS = 60.0
 LATENT_CHANNELS = 16
@@ -88,7 +90,16 @@ def step_chunk(rec, network, device: str, dtype: torch.dtype, smoke: bool, *, ca
     modes = {"cuda_graph": True, "eager": False} if device == "cuda" else {"eager": False}
     if device != "cuda":
         rec.note("CUDA graph mode needs a CUDA device")
+    from cosmos_kernels.fp8 import fp8_unsupported_reason
+
+    fp8_reason = fp8_unsupported_reason(device, dtype)
+    if fp8_reason is None:
+        modes[f"{'cuda_graph' if device == 'cuda' else 'eager'}_fp8"] = device == "cuda"
+    else:
+        rec.note(f"FP8 mode not measured: {fp8_reason}")
     for mode, graph in modes.items():
+        network.fp8 = mode.endswith("_fp8")
+        calls = min(calls, FP8_CALLS) if network.fp8 else calls
         policy = CosmosPolicy(network, vae, text, stats, L.LIBERO, cuda_graph=graph)
         began = time.perf_counter()
         warm = policy.warmup(instructions=[LIBERO_SAMPLE_TASK])
@@ -104,7 +115,7 @@ def step_chunk(rec, network, device: str, dtype: torch.dtype, smoke: bool, *, ca
             stages.append(policy.infer(obs, seed=seed)["timing"])  # actions come back on the host: synced
             walls.append((time.perf_counter() - t0) * 1e3)
         wall = percentiles(walls)
-        rec.add(mode=mode, calls=calls, **wall, target_ms=CHUNK_TARGET_MS, warmup_s=round(warmup_s, 2),
+        rec.add(mode=mode, fp8=network.fp8, calls=calls, **wall, target_ms=CHUNK_TARGET_MS, warmup_s=round(warmup_s, 2),
                 cuda_graphs=policy.cache_info().get("cuda_graphs", 0), vae_encode_measured=with_vae,
                 stages_ms={s: percentiles([t[s] for t in stages]) for s in stages[0]})
         verdict = "pass" if wall["p50_ms"] <= CHUNK_TARGET_MS else "fail"
@@ -115,5 +126,6 @@ def step_chunk(rec, network, device: str, dtype: torch.dtype, smoke: bool, *, ca
                      + f"; target {CHUNK_TARGET_MS:.0f} ms p50: {verdict}"
                      + ("" if with_vae else ", without the VAE encode"))
         del policy
+    network.fp8 = False
     if device == "cuda":
         rec.data["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30

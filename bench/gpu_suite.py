@@ -82,7 +82,8 @@ def plan(out: Path, *, capability=None, wheels: Path | None = None, build: bool 
         Step("build", f"CUDA extension for the card's architecture alone{f' ({arch})' if arch else ''}, ninja, "
                       f"{build_env['MAX_JOBS']} jobs",
              [py, "setup.py", "build_ext", "--inplace"], LIMITS_S["build"], env=build_env, skip=build_skip),
-        measuring("chunk", "2B LIBERO action chunk: CUDA-graph replay and eager, p50 / p95 / p99 of 200 calls"),
+        measuring("chunk", "2B LIBERO action chunk: CUDA-graph replay and eager, p50 / p95 / p99 of 200 calls; "
+                  "FP8 graph replay, 50 calls"),
         measuring("dit", "one 2B DiT pass, bf16, 1,764 tokens"),
         measuring("attention", "TFLOP/s per attention backend"),
         measuring("ops", "norms + qk_norm_rope (GB/s vs copy bandwidth), linear_gelu (TFLOP/s)"),

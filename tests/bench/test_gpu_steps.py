@@ -32,8 +32,10 @@ def test_chunk_times_every_call_with_the_stand_in_for_the_vae(tmp_path):
     out = tmp_path / "chunk.json"
     assert gpu_steps.main(["chunk", "--out", str(out), "--smoke"]) == 0
     data = json.loads(out.read_text())
-    (row,) = data["results"]
+    row, fp8 = data["results"]  # the CPU runs the FP8 GEMMs too: its mode follows the bf16 one
     assert data["done"] and row["mode"] == "eager" and row["calls"] == 2 and row["vae_encode_measured"] is False
+    assert (row["fp8"], fp8["mode"], fp8["fp8"], fp8["calls"]) == (False, "eager_fp8", True, 2)
+    assert 0 < fp8["p50_ms"] <= fp8["p95_ms"] <= fp8["p99_ms"]
     assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
     assert row["stages_ms"]["denoise"]["p50_ms"] > 0
     assert "without the VAE encode" in data["headline"][0]
