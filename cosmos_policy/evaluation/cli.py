@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..cli import argtypes
+from ..cli import argtypes, variant
 from ..errors import UsageError, missing_extra
 
 DEFAULT_OUT = "cosmos_policy_eval"
@@ -62,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed of the global generators before each reset (official deterministic reset)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     argtypes.add_steps_argument(parser)
+    variant.add_variant_argument(parser)
+    variant.add_shift_argument(parser)
 
 
 def parse_tasks(text: str | None, num_tasks: int, suite: str) -> list[int]:
@@ -103,7 +105,7 @@ def _checkpoint(args, tasks, tmp: str) -> str:
     from ..testing import write_tiny_checkpoint
 
     return str(write_tiny_checkpoint(tmp, suite="libero", instructions=tuple(t.language for t in tasks),
-                                     image_size=TINY_IMAGE_SIZE))
+                                     image_size=TINY_IMAGE_SIZE, variant=args.variant or "predict2"))
 
 
 def _loader(args, checkpoint: str, dtype):
@@ -111,7 +113,7 @@ def _loader(args, checkpoint: str, dtype):
 
     return functools.partial(CosmosPolicy.from_pretrained, checkpoint, suite="libero", vae=args.vae,
                              device=args.device, dtype=dtype, backend=args.backend, seed=args.seed,
-                             num_steps=args.steps)
+                             num_steps=args.steps, **variant.policy_kwargs(args))
 
 
 def _check_arguments(args):
@@ -126,6 +128,7 @@ def _check_arguments(args):
         resolve_device(args.device)
     except ValueError as err:
         raise device_error("--device", args.device, err) from None
+    variant.check_shift(args)
     if args.checkpoint is not None and not is_hub_repo_id(args.checkpoint):  # a local path: no download to wait for
         try:
             resolve_directory(args.checkpoint)
@@ -148,6 +151,8 @@ def _load_local(loader, args, instructions: list[str]):
     try:
         policy = loader()
     except USER_ERRORS as err:
+        if variant.load_error(args, err) is not None:
+            raise variant.load_error(args, err) from None
         vae_named = args.vae is not None and str(args.vae) in one_line(err)
         raise (flag_error("--vae", args.vae, err) if vae_named else
                flag_error("--checkpoint", args.checkpoint or RANDOM_WEIGHTS, err)) from None
@@ -173,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
     run_config = {"benchmark": args.benchmark, "suite": args.task_suite, "seed": args.seed, "max_steps": max_steps,
                   "reset_seed": args.reset_seed, "checkpoint": checkpoint_name, "vae": args.vae,
                   "backend": args.backend, "dtype": args.dtype, "steps": args.steps}
+    run_config.update({k: v for k, v in variant.policy_kwargs(args).items() if v is not None})
     store = ResultStore(args.out, run_config)  # reads a previous run; the folder is claimed by the first episode
 
     episodes = []

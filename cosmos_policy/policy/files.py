@@ -62,7 +62,7 @@ def resolve_directory(path: str | os.PathLike) -> Path:
         return local / "model" if (local / "model").is_dir() else local
     text = os.fspath(path)
     parts = text.split("/")
-    if len(parts) > 2 and is_hub_repo_id("/".join(parts[:2])):  # org/repo/sub/dir, as the official loader takes it
+    if len(parts) > 2 and all(parts) and is_hub_repo_id("/".join(parts[:2])):  # org/repo/sub/dir (official form)
         sub = "/".join(parts[2:]).strip("/")
         return _hub_call(text, lambda hub: Path(hub.snapshot_download(
             repo_id="/".join(parts[:2]), allow_patterns=[f"{sub}/*", f"{sub}/**/*"]))) / sub
