@@ -5,6 +5,11 @@ with `net.` keys, `<suite>_t5_embeddings.pkl`, `<suite>_dataset_statistics.json`
 `tokenizer/tokenizer.pth` (Wan2.1 key names), and `network_config.json`, the one extra file our loader needs for a
 network of a non-official size. The T5 embeddings are like real ones: non-zero only for the instruction's tokens.
 
+`variant="predict2.5"` writes a Cosmos-Predict2.5 policy as published: `model.pt` (the network with `crossattn_proj`,
+as in the `robot/policy/<suite>` folder of nvidia/Cosmos-Predict2.5-2B) and `reason1_embeddings.pkl` (bf16 Reason1-like
+text, non-zero at every position, padding included, 96 wide in the tiny config instead of 100352) instead of the T5
+pickle; the statistics, VAE and `network_config.json` as for Predict2.
+
 Without diffusers (the Wan2.1 VAE is its `AutoencoderKLWan`), `write_tiny_checkpoint(..., vae=False)` and
 `tiny_policy` give a policy on `StandInVAE`: the network, the sampler and CUDA graphs run as they do for real.
 """
@@ -33,6 +38,7 @@ CHECKPOINT_NAMES = {
     "robocasa": "Cosmos-Policy-RoboCasa-Predict2-2B.pt",
     "aloha": "Cosmos-Policy-ALOHA-Predict2-2B.pt",
 }
+PREDICT2_5_NAMES = ("model.pt", "reason1_embeddings.pkl")  # the network, the text pickle of a Predict2.5 policy
 PLANNING_CHECKPOINT_NAME = "Cosmos-Policy-ALOHA-Planning-Model-Predict2-2B.pt"
 
 _RESIDUAL_NAMES = (
@@ -112,6 +118,15 @@ def t5_like_embedding(instruction: str, dim: int, generator: torch.Generator | N
     return embedding
 
 
+def reason1_like_embedding(dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(1, 512, dim) bf16 random text embedding shaped like a Reason1 one: every position non-zero (the padding
+    tokens' hidden states are not zeroed), each row normalised to mean 0, standard deviation 1 as the official
+    per-layer normalisation leaves it."""
+    rows = torch.randn(1, TEXT_TOKENS, dim, generator=generator)
+    rows = (rows - rows.mean(-1, keepdim=True)) / (rows.std(-1, keepdim=True) + 1e-8)
+    return rows.to(torch.bfloat16)
+
+
 def tiny_statistics(suite: str, seed: int = 0) -> dict:
     layout = get_layout(suite)
     rng = np.random.default_rng(seed)
@@ -133,27 +148,34 @@ def write_tiny_checkpoint(
     network_config=None,
     image_size: int = IMAGE_SIZE,
     vae: bool = True,
+    variant: str = "predict2",
 ) -> Path:
     """Write a random tiny checkpoint for `suite` into `directory` (created if needed); returns the directory.
 
     `image_size` other than 224 (a multiple of 16) makes a smaller latent video, for quick CPU tests. `vae=False`
-    leaves the VAE out (it needs diffusers): load the directory with `tiny_policy`."""
+    leaves the VAE out (it needs diffusers): load the directory with `tiny_policy`. `variant="predict2.5"`: a
+    Predict2.5 policy (default network `DiTConfig.tiny_predict2_5()`)."""
     from .model.checkpoint import save_network_checkpoint
     from .model.config import DiTConfig
 
     get_layout(suite)  # validates the suite name
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = network_config if network_config is not None else DiTConfig.tiny()
+    if variant not in ("predict2", "predict2.5"):
+        raise ValueError(f"variant: expected 'predict2' or 'predict2.5', got {variant!r}")
+    flow = variant == "predict2.5"
+    default = DiTConfig.tiny_predict2_5() if flow else DiTConfig.tiny()
+    config = network_config if network_config is not None else default
 
     with torch.random.fork_rng(devices=[]):
         network = _tiny_network(config, seed)
-        embeddings = {instruction: t5_like_embedding(instruction, config.crossattn_emb_channels)
-                      for instruction in instructions}
-    save_network_checkpoint(network.state_dict(), directory / CHECKPOINT_NAMES[suite])
+        embeddings = {instruction: reason1_like_embedding(config.text_channels) if flow else
+                      t5_like_embedding(instruction, config.crossattn_emb_channels) for instruction in instructions}
+    network_name, text_name = PREDICT2_5_NAMES if flow else (CHECKPOINT_NAMES[suite], f"{suite}_t5_embeddings.pkl")
+    save_network_checkpoint(network.state_dict(), directory / network_name)
     extra = {"suite": suite, "image_size": image_size, "network": config.to_dict()}
     (directory / NETWORK_CONFIG_FILE).write_text(json.dumps(extra, indent=2))
-    with open(directory / f"{suite}_t5_embeddings.pkl", "wb") as f:
+    with open(directory / text_name, "wb") as f:
         pickle.dump(embeddings, f)
     (directory / f"{suite}_dataset_statistics.json").write_text(json.dumps(tiny_statistics(suite, seed), indent=2))
 
@@ -222,9 +244,11 @@ def tiny_policy(directory: str | os.PathLike, suite: str = "libero", *, device=N
     device = resolve_device(device)
     dtype = dtype if dtype is not None else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     extra = json.loads((directory / NETWORK_CONFIG_FILE).read_text(encoding="utf-8"))
-    network = load_network(directory / CHECKPOINT_NAMES[suite], DiTConfig.from_dict(extra["network"]),
-                           backend=backend).to(device=device, dtype=dtype)
-    text = TextEmbeddings.from_file(directory / f"{suite}_t5_embeddings.pkl", device=device, dtype=dtype)
+    config = DiTConfig.from_dict(extra["network"])
+    names = PREDICT2_5_NAMES if config.crossattn_proj_in_channels else (CHECKPOINT_NAMES[suite],
+                                                                        f"{suite}_t5_embeddings.pkl")
+    network = load_network(directory / names[0], config, backend=backend).to(device=device, dtype=dtype)
+    text = TextEmbeddings.from_file(directory / names[1], device=device, dtype=dtype)
     statistics = DatasetStatistics.from_json(directory / f"{suite}_dataset_statistics.json")
     return CosmosPolicy(network, StandInVAE(device=device, dtype=dtype), text, statistics, layout,
                         image_size=int(extra.get("image_size", IMAGE_SIZE)), **policy_kwargs)

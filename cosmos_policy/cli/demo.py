@@ -39,7 +39,7 @@ import torch
 
 from ..errors import UsageError, missing_extra
 from ..model.layout import LAYOUTS, get_layout
-from . import argtypes
+from . import argtypes, variant
 from . import demo_report as R
 from .entry import SAMPLE_NAME, USER_ERRORS, default_data_dir, device_error, flag_error, one_line
 
@@ -75,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--future-images", action="store_true", help="also decode the predicted future images")
     argtypes.add_steps_argument(parser)
     argtypes.add_fp8_argument(parser)
+    variant.add_variant_argument(parser)
 
 
 
@@ -135,13 +136,12 @@ def load_observation(suite: str, task: str, data_dir: Path | None, seed: int = 0
 
 def load_policies(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, tmp: str) -> tuple[dict, dict]:
     """{backend: CosmosPolicy} (sharing one set of weights) and a description of what was loaded."""
-    from ..model.config import DiTConfig
     from ..policy import CosmosPolicy
 
     backends = ["fused", "reference"] if args.backend == "both" else [args.backend]
     argtypes.check_fp8(args, device, dtype, backends[0])
     config_name = args.config or ("2b" if device.type == "cuda" else "tiny")
-    config = DiTConfig.cosmos_predict2_2b() if config_name == "2b" else DiTConfig.tiny()
+    config = variant.network_config(config_name, variant.variant_of(args))
     if args.checkpoint is None and config_name == "2b":
         first = _random_2b(args, config, device, dtype, backends[0])
         what = {"config": "2b", "checkpoint": "random weights", "image_size": first.image_size}
@@ -151,19 +151,22 @@ def load_policies(args: argparse.Namespace, device: torch.device, dtype: torch.d
             from ..testing import write_tiny_checkpoint
 
             path = write_tiny_checkpoint(tmp, suite=args.suite or "libero", instructions=(args.task,),
-                                         seed=args.seed % 2**31, image_size=TINY_IMAGE_SIZE)
+                                         seed=args.seed % 2**31, image_size=TINY_IMAGE_SIZE,
+                                         variant=variant.variant_of(args) or "predict2")
         try:
             first = CosmosPolicy.from_pretrained(
                 path, suite=args.suite, vae=args.vae, device=device, dtype=dtype, backend=backends[0],
                 network_config=config if args.config else None, num_steps=getattr(args, "steps", None),
-                fp8=getattr(args, "fp8", False))
+                fp8=getattr(args, "fp8", False), **variant.policy_kwargs(args))
         except USER_ERRORS as err:
+            if variant.load_error(args, err) is not None:
+                raise variant.load_error(args, err) from err
             vae_named = args.vae is not None and str(args.vae) in one_line(err)
             raise (flag_error("--vae", args.vae, err) if vae_named else flag_error(flag, path, err)) from err
         what = {"config": config_name if args.config else _config_name(first.network.config),
                 "checkpoint": "random weights" if args.checkpoint is None else str(args.checkpoint),
                 "image_size": first.image_size}
-    what["steps"], what["fp8"] = first.num_steps, first.network.fp8
+    what["steps"], what["fp8"], what["variant"] = first.num_steps, first.network.fp8, first.variant
     policies = {backends[0]: first}
     for backend in backends[1:]:
         policies[backend] = first.with_backend(backend)
@@ -173,7 +176,8 @@ def load_policies(args: argparse.Namespace, device: torch.device, dtype: torch.d
 def _config_name(config) -> str:
     from ..model.config import DiTConfig
 
-    return {DiTConfig.tiny(): "tiny", DiTConfig.cosmos_predict2_2b(): "2b"}.get(config, "custom")
+    return {DiTConfig.tiny(): "tiny", DiTConfig.cosmos_predict2_2b(): "2b", DiTConfig.tiny_predict2_5(): "tiny",
+            DiTConfig.cosmos_predict2_5_2b(): "2b"}.get(config, "custom")
 
 
 def _random_2b(args, config, device: torch.device, dtype: torch.dtype, backend: str):
@@ -191,7 +195,7 @@ def _random_2b(args, config, device: torch.device, dtype: torch.dtype, backend: 
     network = network.to(dtype=dtype)
     network.fp8 = getattr(args, "fp8", False)
     gen = torch.Generator().manual_seed(args.seed)
-    text = TextEmbeddings({args.task: torch.randn(1, 512, config.crossattn_emb_channels, generator=gen)},
+    text = TextEmbeddings({args.task: torch.randn(1, 512, config.text_channels, generator=gen)},
                           device=device, dtype=dtype, source="random embeddings")
     vae = PolicyVAE(tiny_autoencoder(args.seed, base_dim=96), device=device, dtype=dtype)  # 96: Wan2.1's width
     stats = L.DatasetStatistics.from_dict(tiny_statistics(suite, args.seed))

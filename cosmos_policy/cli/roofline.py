@@ -29,6 +29,8 @@ import torch
 from cosmos_kernels.backends import meta_as_cuda
 from cosmos_kernels.tools.dispatch_counter import DispatchCounter, OpRecord, Totals
 from cosmos_policy.cli import argtypes
+from cosmos_policy.cli import roofline_flow as flow_roofline
+from cosmos_policy.cli.variant import add_variant_argument
 from cosmos_policy.errors import UsageError
 
 BACKENDS = ("reference", "fused")
@@ -157,12 +159,12 @@ def _totals(records: list[OpRecord]) -> Totals:
     return totals
 
 
-def dit_config(name: str):
-    from cosmos_policy.model.config import DiTConfig
+def dit_config(name: str, variant: str | None = None):
+    from .variant import network_config
 
     if name not in CONFIGS:
         raise UsageError(f"--config: expected one of {', '.join(CONFIGS)}, got {name!r}")
-    return DiTConfig.cosmos_predict2_2b() if name == "2b" else DiTConfig.tiny()
+    return network_config(name, variant)
 
 
 def count_network(config, layout, text_tokens: int, dtype: torch.dtype = torch.bfloat16,
@@ -181,9 +183,13 @@ def count_network(config, layout, text_tokens: int, dtype: torch.dtype = torch.b
     x = torch.empty(shape, dtype=dtype, device=meta)
     context = with_text_tokens(torch.empty(1, TEXT_LENGTH, config.crossattn_emb_channels, dtype=dtype, device=meta),
                                text_tokens)
+    flow = config.crossattn_proj_in_channels is not None
+    if flow:  # Reason1 text: projected once per instruction (cached), no zero padding to skip
+        context = flow_roofline.projected_context(config, TEXT_LENGTH, dtype)
     cond_frames = torch.arange(layout.state_t) < layout.num_conditional_frames
     mask5 = cond_frames.to(dtype).view(1, 1, -1, 1, 1).to(meta)
-    host_times = torch.where(cond_frames, 0.0, 0.5).view(1, -1)  # the fused chunk hands host times (its cache key)
+    # the fused chunk hands host times (its cache key)
+    host_times = torch.where(cond_frames, 0.0, 999.0 if flow else 0.5).view(1, -1)
     out: dict[str, tuple] = {}
     with torch.no_grad(), meta_as_cuda():
         sampler = Sampler(shape, num_steps=layout.num_steps, sigma_min=layout.sigma_min, sigma_max=layout.sigma_max,
@@ -198,8 +204,11 @@ def count_network(config, layout, text_tokens: int, dtype: torch.dtype = torch.b
                     v = net(x, times, context, mask5)
                 with counter.section("step"):
                     state = sampler.state
-                    sampler_step(v, state, state, state, sampler.cond_latent, sampler.cond_mask, sampler.coeffs,
-                                 sampler.step_index[1:2], backend="reference" if backend == "reference" else None)
+                    if flow:
+                        flow_roofline.flow_step(v, shape)
+                    else:
+                        sampler_step(v, state, state, state, sampler.cond_latent, sampler.cond_mask, sampler.coeffs,
+                                     sampler.step_index[1:2], backend="reference" if backend == "reference" else None)
             out[backend] = (counter.sections["dit"], counter.sections["step"])
     return out
 
@@ -225,23 +234,26 @@ def count_vae_encode(layout, dtype: torch.dtype = torch.bfloat16) -> list[OpReco
     return counter.records
 
 
-def passes_per_chunk(layout, steps: int | None = None) -> int:
+def passes_per_chunk(layout, steps: int | None = None, variant: str | None = None) -> int:
     """Network passes of one action query at `steps` (None: the suite's official count), as the policy's "2ab"
     sampler spends them: 1 or 2 steps are one prediction at sigma_max."""
     from cosmos_kernels.sampling import multistep_plan
 
     steps = layout.num_steps if steps is None else steps
+    if variant == "predict2.5":  # the UniPC spends one pass per step
+        return steps
     return multistep_plan("2ab", steps, layout.sigma_min, layout.sigma_max).num_passes
 
 
 def count(config_name: str = "2b", suite: str = "libero", text_tokens: int | None = None,
-          vae: bool = True, steps: int | None = None, fp8: bool = False) -> tuple[dict[str, Counted], dict]:
+          vae: bool = True, steps: int | None = None, fp8: bool = False,
+          variant: str | None = None) -> tuple[dict[str, Counted], dict]:
     """Count both backends; returns (per-backend records, the setup that was counted)."""
     from cosmos_policy.model.layout import IMAGE_SIZE, LAYOUTS, SPATIAL_COMPRESSION, get_layout
 
     if suite not in LAYOUTS:
         raise UsageError(f"--suite: expected one of {', '.join(sorted(LAYOUTS))}, got {suite!r}")
-    config, layout = dit_config(config_name), get_layout(suite)
+    config, layout = dit_config(config_name, variant), get_layout(suite)
     instruction, typical = TYPICAL_INSTRUCTIONS[suite]
     tokens = typical if text_tokens is None else text_tokens
     if not 1 <= tokens <= TEXT_LENGTH:
@@ -250,7 +262,7 @@ def count(config_name: str = "2b", suite: str = "libero", text_tokens: int | Non
     vae_records = count_vae_encode(layout) if vae else None
     counted = {b: Counted(*network[b], vae_records) for b in BACKENDS}
     setup = {"config": config_name, "suite": suite, "steps": layout.num_steps if steps is None else steps,
-             "passes_per_chunk": passes_per_chunk(layout, steps),
+             "passes_per_chunk": passes_per_chunk(layout, steps, variant), "variant": variant or "predict2",
              "tokens": layout.state_t * (IMAGE_SIZE // SPATIAL_COMPRESSION // config.patch_spatial) ** 2,
              "text_tokens": tokens, "text_positions": TEXT_LENGTH,
              "instruction": instruction if text_tokens is None else None, "dtype": "bfloat16",
@@ -298,6 +310,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout (notes go to stderr)")
     argtypes.add_steps_argument(parser)
     argtypes.add_fp8_argument(parser)
+    add_variant_argument(parser, "predict2 (default) or predict2.5: the Predict2.5 chunk (cached text projection, "
+                                 "UniPC), shown beside the Predict2 one")
 
 
 def _gpus(choice: str) -> list[str]:
@@ -318,10 +332,13 @@ def _table(rows: list[list[str]]) -> str:
 
 def format_report(report: dict, setup: dict, gpus: list[str]) -> str:
     ref, fused = report["reference"], report["fused"]
-    head = (f"roofline: {setup['config']} DiT, {setup['suite']} ({setup['tokens']} tokens, "
+    head = (f"roofline: {setup['config']} {setup['variant']} DiT, {setup['suite']} ({setup['tokens']} tokens, "
             f"{setup['steps']} steps: {setup['passes_per_chunk']} passes per chunk), text {setup['text_tokens']} of "
             f"{setup['text_positions']} T5 positions non-zero, {setup['dtype']}"
             f"{' (fused: token GEMMs in FP8 e4m3)' if setup.get('fp8') else ''}, counted on the meta device")
+    if setup.get("variant") == "predict2.5":
+        head = head.replace(f"text {setup['text_tokens']} of {setup['text_positions']} T5 positions non-zero",
+                            f"Reason1 text, all {setup['text_positions']} positions (projection cached)")
     counts = [["per pass (DiT pass + sampler step)", "reference", "fused", "fused / ref"]]
     for label, key, scale, fmt in (("kernel launches", "launches_per_pass", 1, "{:.0f}"),
                                    ("matrix GFLOP", "flops_per_pass", 1e9, "{:.1f}"),
@@ -364,15 +381,19 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--config: expected one of {', '.join(CONFIGS)}, got {args.config!r}")
     print(f"roofline: counting {args.config} at {args.suite} shapes on the meta device ...", file=sys.stderr)
     counted, setup = count(args.config, args.suite, args.text_tokens, vae=not args.no_vae, steps=args.steps,
-                           fp8=args.fp8)
+                           fp8=args.fp8, variant=args.variant)
     if not setup["vae"] and not args.no_vae:
         print("roofline: note: diffusers is not installed; the VAE encode is left out of the chunk "
               '(pip install "cosmos-kernels[policy]")', file=sys.stderr)
     report = summarize(counted, setup["passes_per_chunk"], gpus)
+    if args.variant == "predict2.5":
+        report["predict2"] = flow_roofline.predict2_chunk(count, summarize, args, gpus)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(format_report(report, setup, gpus))
+        print(format_report({b: report[b] for b in BACKENDS}, setup, gpus))
+        if "predict2" in report:
+            print(flow_roofline.comparison(report, gpus))
     return 0
 
 

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..cli import argtypes
+from ..cli import argtypes, variant
 from ..errors import UsageError, missing_extra
 
 DEFAULT_OUT = "cosmos_policy_eval"
@@ -63,6 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     argtypes.add_steps_argument(parser)
     argtypes.add_fp8_argument(parser)
+    variant.add_variant_argument(parser)
+    variant.add_shift_argument(parser)
 
 
 def parse_tasks(text: str | None, num_tasks: int, suite: str) -> list[int]:
@@ -104,7 +106,7 @@ def _checkpoint(args, tasks, tmp: str) -> str:
     from ..testing import write_tiny_checkpoint
 
     return str(write_tiny_checkpoint(tmp, suite="libero", instructions=tuple(t.language for t in tasks),
-                                     image_size=TINY_IMAGE_SIZE))
+                                     image_size=TINY_IMAGE_SIZE, variant=args.variant or "predict2"))
 
 
 def _loader(args, checkpoint: str, dtype):
@@ -112,7 +114,7 @@ def _loader(args, checkpoint: str, dtype):
 
     return functools.partial(CosmosPolicy.from_pretrained, checkpoint, suite="libero", vae=args.vae,
                              device=args.device, dtype=dtype, backend=args.backend, seed=args.seed,
-                             num_steps=args.steps, fp8=args.fp8)
+                             num_steps=args.steps, fp8=args.fp8, **variant.policy_kwargs(args))
 
 
 def _check_arguments(args):
@@ -129,6 +131,7 @@ def _check_arguments(args):
         raise device_error("--device", args.device, err) from None
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(args.dtype)
     argtypes.check_fp8(args, device, dtype or (torch.bfloat16 if device.type == "cuda" else None), args.backend)
+    variant.check_shift(args)
     if args.checkpoint is not None and not is_hub_repo_id(args.checkpoint):  # a local path: no download to wait for
         try:
             resolve_directory(args.checkpoint)
@@ -151,6 +154,8 @@ def _load_local(loader, args, instructions: list[str]):
     try:
         policy = loader()
     except USER_ERRORS as err:
+        if variant.load_error(args, err) is not None:
+            raise variant.load_error(args, err) from None
         vae_named = args.vae is not None and str(args.vae) in one_line(err)
         raise (flag_error("--vae", args.vae, err) if vae_named else
                flag_error("--checkpoint", args.checkpoint or RANDOM_WEIGHTS, err)) from None
@@ -177,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
                   "reset_seed": args.reset_seed, "checkpoint": checkpoint_name, "vae": args.vae,
                   "backend": args.backend, "dtype": args.dtype, "steps": args.steps,
                   "fp8": args.fp8}
+    run_config.update({k: v for k, v in variant.policy_kwargs(args).items() if v is not None})
     store = ResultStore(args.out, run_config)  # reads a previous run; the folder is claimed by the first episode
 
     episodes = []

@@ -32,7 +32,7 @@ from cosmos_policy.model.cache import LRUCache
 from cosmos_policy.model.config import DiTConfig
 from cosmos_policy.model.inputs import check_dit_inputs
 from cosmos_policy.model.text import text_tokens
-from cosmos_policy.model.text_projection import make_crossattn_proj, project_text
+from cosmos_policy.model.text_projection import make_crossattn_proj, project_context, project_text
 from cosmos_policy.model.text_versions import TextVersions, tensor_version
 from cosmos_policy.profiling import nvtx_enumerate
 
@@ -131,6 +131,11 @@ class CosmosDiT(nn.Module):
     def weights_key(self) -> tuple:
         # In-place updates bump a parameter's version counter; the sum only grows, so it identifies the weights.
         return (self.dtype, self.device, sum(tensor_version(p) for p in self.parameters()))
+
+    def project_context(self, context: torch.Tensor) -> torch.Tensor:
+        """The text context through `crossattn_proj` (Predict2.5; Predict2: cast only), marked so `forward` takes
+        it as projected: project once per instruction, and the wide embedding need not be kept."""
+        return project_context(self.crossattn_proj, context.to(self.device), self.dtype)
 
     def _caching(self) -> bool:
         """Caches hold plain tensors: while autograd records (training, fine-tuning) everything is recomputed."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from cosmos_policy.model.config import DiTConfig
+from cosmos_policy.model.text_projection import is_projected
 
 
 def network_timesteps(config: DiTConfig, timesteps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -41,8 +42,9 @@ def check_dit_inputs(config: DiTConfig, device: torch.device, dtype: torch.dtype
                          f"{(c.max_frames, c.max_img_h, c.max_img_w)}")
     if tuple(timesteps.shape) != (b, t // pt):
         raise ValueError(f"CosmosDiT: timesteps_B_T must be ({b}, {t // pt}), got {tuple(timesteps.shape)}")
-    if context.dim() != 3 or context.shape[0] not in (1, b) or context.shape[2] != c.text_channels:
-        raise ValueError(f"CosmosDiT: crossattn_emb must be ({b} or 1, N, {c.text_channels}), "
+    width = c.crossattn_emb_channels if is_projected(context) else c.text_channels
+    if context.dim() != 3 or context.shape[0] not in (1, b) or context.shape[2] != width:
+        raise ValueError(f"CosmosDiT: crossattn_emb must be ({b} or 1, N, {width}), "
                          f"got {tuple(context.shape)}")
     try:
         torch.broadcast_shapes(cond.shape, (b, 1, t, h, w))

@@ -1,5 +1,9 @@
 """Instruction -> T5 embedding, from the precomputed pickle the official checkpoints ship ({instruction: (1, 512, D)}).
 
+Cosmos-Predict2.5 policies read Reason1 embeddings the same way ({instruction: (1, 512, 100352)} bf16, padding rows
+non-zero); with `projection` (the network's `project_context`) an instruction's wide embedding stays on the host
+and only its projected (1, 512, 1024) context is kept on the device.
+
 An instruction that is not in the file is an error naming it, unless the user passes a local T5 encoder: then it is
 encoded once and cached. Embeddings are moved to the policy's device and dtype once, at first use.
 """
@@ -11,6 +15,8 @@ import os
 from collections.abc import Callable, Iterable
 
 import torch
+
+from .text_projection import is_projected, mark_projected
 
 TEXT_TOKENS = 512
 
@@ -41,6 +47,7 @@ class TextEmbeddings:
         device=None,
         dtype: torch.dtype = torch.float32,
         source: str = "the T5 embeddings",
+        projection: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         self._host: dict[str, torch.Tensor] = {}
         for instruction, embedding in embeddings.items():
@@ -50,6 +57,7 @@ class TextEmbeddings:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype
         self.source = source
+        self.projection = projection
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **kwargs) -> TextEmbeddings:
@@ -100,7 +108,7 @@ class TextEmbeddings:
                 )
 
     def get(self, instruction: str) -> torch.Tensor:
-        """(1, 512, D) on the policy's device and dtype."""
+        """(1, 512, D) on the policy's device and dtype (with `projection`: its output, computed once)."""
         cached = self._device_cache.get(instruction)
         if cached is not None:
             return cached
@@ -110,13 +118,20 @@ class TextEmbeddings:
             if self.dim is not None and encoded.shape[-1] != self.dim:
                 raise ValueError(f"text_encoder: returned dim {encoded.shape[-1]}, the checkpoint uses {self.dim}")
             self._host[instruction] = encoded
-        embedding = self._host[instruction].to(self.device, self.dtype)
+        if self.projection is not None:  # the wide host embedding in, only the projected context kept
+            embedding = self.projection(self._host[instruction])
+        else:
+            embedding = self._host[instruction].to(self.device, self.dtype)
         self._device_cache[instruction] = embedding
         return embedding
 
     def batch(self, instructions: list[str]) -> torch.Tensor:
         self.check_known(instructions)
-        return torch.cat([self.get(instruction) for instruction in instructions], dim=0)
+        parts = [self.get(instruction) for instruction in instructions]
+        out = torch.cat(parts, dim=0)
+        if all(is_projected(part) for part in parts):
+            mark_projected(out)
+        return out
 
     def cache_info(self) -> dict:
         return {"text_instructions": len(self._host), "text_on_device": len(self._device_cache)}

@@ -17,6 +17,7 @@ process, every `ChunkGraphs` included, with one warning (`process_disabled_reaso
 keeps answering. A capture during which a backend probe or a timed backend choice had to wait is checked afterwards
 and captured again when it baked in an unchecked or provisional backend. With `capture=False` the same loop runs
 eagerly (how it is tested without a GPU); `capturer` replaces the CUDA capture itself (tests pass a fake one).
+A Cosmos-Predict2.5 policy's chunk is the same loop over `FlowUniPCSampler` (rectified flow, `flow.py`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from torch.torch_version import TorchVersion
 
 from cosmos_kernels.backends import run_deferred
-from cosmos_kernels.sampling import Sampler
+from cosmos_kernels.sampling import FlowUniPCSampler, Sampler
 
 from ..model.text_versions import tensor_version
 
@@ -70,19 +71,23 @@ class _Chunk:
     def __init__(self, policy, batch: int, gt: torch.Tensor, context: torch.Tensor):
         layout, network = policy.layout, policy.network
         self.device = policy.device
-        self.sampler = Sampler(gt.shape, num_steps=policy.num_steps, sigma_min=layout.sigma_min,
-                               sigma_max=layout.sigma_max, solver="2ab", net_dtype=policy.dtype,
-                               device=policy.device)
+        if policy.shift is None:
+            self.sampler = Sampler(gt.shape, num_steps=policy.num_steps, sigma_min=layout.sigma_min,
+                                   sigma_max=layout.sigma_max, solver="2ab", net_dtype=policy.dtype,
+                                   device=policy.device)
         self.noise, self.gt = torch.zeros_like(gt), torch.zeros_like(gt)
         self.cond_mask = policy.cond_frames.to(torch.float32).expand(batch, -1).contiguous()
         frames = policy.cond_frames.cpu()
         # host times for the fused network (its modulation cache is keyed by value); device ones otherwise
         self.host_times = [torch.where(frames, 0.0, t).to(torch.float32).expand(batch, -1)
-                           for t in self.sampler.timesteps.to(torch.float32).tolist()]
+                           for t in self.timesteps().to(torch.float32).tolist()]
         self.use_host_times = getattr(network, "backend", None) == "fused"
         self.network, self.context, self.mask5 = network, context, policy.cond_mask  # held: the graph reads them
         self.graph, self.out = None, None
         self.failures, self.retry_in = 0, 0
+
+    def timesteps(self) -> torch.Tensor:
+        return self.sampler.timesteps
 
     def net_fn(self, net_in: torch.Tensor, timesteps: torch.Tensor, k: int) -> torch.Tensor:
         times = self.host_times[k] if self.use_host_times else timesteps
@@ -98,6 +103,29 @@ class _Chunk:
             return self.run_eager().clone()
         self.graph.replay()
         return self.out.clone()
+
+
+class _FlowChunk(_Chunk):
+    """The chunk of a Predict2.5 policy: `FlowUniPCSampler` from the unscaled noise, the conditional frames clean
+    (`gt`, time 0) with velocity `noise - gt`."""
+
+    def __init__(self, policy, batch: int, gt: torch.Tensor, context: torch.Tensor):
+        self.flow = FlowUniPCSampler(gt.shape, num_steps=policy.num_steps, shift=policy.shift, device=policy.device)
+        super().__init__(policy, batch, gt, context)
+        self.cond = policy.cond_frames.view(1, 1, -1, 1, 1)
+        self.cond_frames = policy.cond_frames
+
+    def timesteps(self) -> torch.Tensor:
+        return self.flow.timesteps
+
+    def net_fn(self, x: torch.Tensor, timesteps: torch.Tensor, k: int) -> torch.Tensor:
+        times = self.host_times[k] if self.use_host_times else torch.where(self.cond_frames, 0.0, timesteps[:, None])
+        velocity = self.network(torch.where(self.cond, self.gt, x), times, self.context, self.mask5).float()
+        return torch.where(self.cond, self.clean_velocity, velocity)
+
+    def run_eager(self) -> torch.Tensor:
+        self.clean_velocity = self.noise - self.gt
+        return self.flow.run(self.net_fn, self.noise)
 
 
 class ChunkGraphs:
@@ -137,7 +165,8 @@ class ChunkGraphs:
         version = versions.version(context) if versions is not None else tensor_version(context)
         text = (id(context), version, tuple(context.shape), context.dtype, context.device)
         return (tuple(gt.shape), tuple(instructions), text, p.num_steps, p.layout.name, p.layout.sigma_min,
-                p.layout.sigma_max, p.dtype, str(p.device), getattr(network, "backend", None), weights)
+                p.layout.sigma_max, p.dtype, str(p.device), getattr(network, "backend", None), weights,
+                getattr(p, "shift", None))
 
     def run(self, noise: torch.Tensor, gt: torch.Tensor, context: torch.Tensor, instructions: list[str]):
         epoch = getattr(self.policy.network, "cache_epoch", 0)
@@ -147,7 +176,8 @@ class ChunkGraphs:
         key = self.key(gt, context, instructions)
         chunk = self._chunks.get(key)
         if chunk is None:
-            chunk = self._chunks[key] = _Chunk(self.policy, noise.shape[0], gt, context)
+            kind = _Chunk if getattr(self.policy, "shift", None) is None else _FlowChunk
+            chunk = self._chunks[key] = kind(self.policy, noise.shape[0], gt, context)
             while len(self._chunks) > self.max_graphs:
                 self._chunks.popitem(last=False)
         self._chunks.move_to_end(key)

@@ -134,6 +134,11 @@ class PlanningModel:
         return cls(load_network(weights, config, backend=backend).to(device=device, dtype=dtype))
 
 
+def check_candidates(num_candidates) -> None:
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
+        raise ValueError(f"num_candidates: expected an int >= 1, got {num_candidates!r}")
+
+
 def conditioned_x0_fn(network, gt: torch.Tensor, context: torch.Tensor, cond_frames: torch.Tensor,
                       cond_mask: torch.Tensor | None = None) -> Callable:
     """The denoiser of spec 4.2 for `sample()`: frames where `cond_frames` (T,) is set are clean (`gt`, time 0).

@@ -4,7 +4,7 @@ One action query (spec 3-4): preprocess the camera images as the official server
 latent video with the VAE, write the normalised proprio into its latent frame, then denoise the whole latent video
 from `arch_invariant_noise(seed) * sigma_max` with the official 2ab sampler (5 steps, 10 for ALOHA, sigma 80 -> 4),
 keeping the conditional frames clean. The action chunk, the value and (on request) the future images are read from
-the sample.
+the sample. A Cosmos-Predict2.5 network (Reason1 text projection) is sampled as a rectified flow instead (`flow.py`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from ..model.text import TextEmbeddings
 from ..model.vae import PolicyVAE
 from .device import check_fp8, resolve_device
 from .files import CheckpointFiles, find_checkpoint_files
+from .flow import attach_projection, check_shift, check_variant, network_variant, sample_flow
 from .graphs import ChunkGraphs
 from .observation import Checked, check_observation, prepare, synthetic_observation
 from .observation import Prepared as _Prepared
-from .planning import conditioned_x0_fn, plan_by_policy_value, plan_with_model
+from .planning import check_candidates, conditioned_x0_fn, plan_by_policy_value, plan_with_model
 from .seeds import SEED_LIMIT, SeedCounter, check_seed
 
 __all__ = ["CosmosPolicy", "SEED_LIMIT", "check_fp8", "resolve_device"]
@@ -47,13 +48,19 @@ class CosmosPolicy:
 
     `graphs` holds the captured CUDA graphs of the chunk (`ChunkGraphs`, None when the chunk runs eagerly);
     `cond_frames` (T,) marks the clean latent frames of an action query, `cond_mask` is the same as the network's
-    (1, 1, T, 1, 1) float mask.
+    (1, 1, T, 1, 1) float mask. `variant` is "predict2" or "predict2.5" (from the network); `shift` is the
+    Predict2.5 sampler's shift (None for Predict2).
     """
 
     def __init__(self, network, vae: PolicyVAE, text: TextEmbeddings, statistics: L.DatasetStatistics,
                  layout: L.SuiteLayout, *, seed: int = 0, seed_step: int = 0, cuda_graph: bool | None = None,
-                 trained_with_image_aug: bool = True, num_steps: int | None = None, image_size: int = L.IMAGE_SIZE):
+                 trained_with_image_aug: bool = True, num_steps: int | None = None, image_size: int = L.IMAGE_SIZE,
+                 shift: float | None = None):
         self.network = network.eval().requires_grad_(False)
+        self.variant = network_variant(network)
+        self.shift = check_shift(shift, self.variant)
+        if self.shift is not None:
+            attach_projection(text, self.network)
         self.vae, self.text, self.statistics, self.layout = vae, text, statistics, layout
         self.device, self.dtype = network.device, network.dtype
         self.trained_with_image_aug = trained_with_image_aug
@@ -81,7 +88,9 @@ class CosmosPolicy:
     def from_pretrained(cls, path, *, suite: str | None = None, vae=None, device=None, dtype=None,
                         backend: str = "fused", cuda_graph: bool | None = None, seed: int = 0, seed_step: int = 0,
                         text_encoder=None, trained_with_image_aug: bool = True,
-                        num_steps: int | None = None, network_config=None, fp8: bool = False) -> CosmosPolicy:
+                        num_steps: int | None = None, network_config=None, fp8: bool = False,
+                        variant: str | None = None, shift: float | None = None, text_embeddings=None,
+                        statistics=None) -> CosmosPolicy:
         """Load an official checkpoint directory (or Hugging Face repo id), or one written by
         `cosmos_policy.testing.write_tiny_checkpoint`. `vae`: the Wan2.1 VAE weights (the official
         `tokenizer/tokenizer.pth` of nvidia/Cosmos-Predict2-2B-Video2World, or diffusers format), looked for in the
@@ -89,14 +98,19 @@ class CosmosPolicy:
         fp32 on the CPU. `cuda_graph=None` captures the action chunk in a CUDA graph on CUDA devices.
         `network_config` (a `DiTConfig`) overrides the network size the directory implies. `fp8=True` runs the
         blocks' token GEMMs in FP8 e4m3 (approximate; the fused backend on the CPU, or on a GPU of compute capability
-        8.9 or newer in bf16: a `ValueError` says what is missing elsewhere).
+        8.9 or newer in bf16: a `ValueError` says what is missing elsewhere). `variant` ("predict2", "predict2.5") is
+        read from the checkpoint's keys when None; given, it must match them. Cosmos-Predict2.5
+        (a `robot/policy/<suite>` folder of nvidia/Cosmos-Predict2.5-2B) samples with the official UniPC at `shift`
+        (default 5) and reads Reason1 embeddings (`reason1_embeddings.pkl`). `text_embeddings` / `statistics`: the
+        embeddings pickle / dataset statistics JSON when not in the directory (local, or `org/repo/file` on the Hub).
 
         The checkpoint's keys and shapes are checked against the network built on the meta device before any
         weights are allocated: a checkpoint of another size is one short `ValueError`."""
         from ..model.loading import load_network
 
         device = resolve_device(device)
-        files: CheckpointFiles = find_checkpoint_files(path, suite=suite, vae=vae)
+        files: CheckpointFiles = find_checkpoint_files(path, suite=suite, vae=vae, variant=variant,
+                                                       text_embeddings=text_embeddings, statistics=statistics)
         dtype = dtype if dtype is not None else (torch.bfloat16 if device.type == "cuda" else torch.float32)
         config = network_config if network_config is not None else files.network_config
         if fp8:
@@ -104,6 +118,7 @@ class CosmosPolicy:
         with profiling.nvtx_range("load.network"):
             network = load_network(files.network, config, backend=backend).to(device=device, dtype=dtype)
         network.fp8 = bool(fp8)
+        check_variant(network, variant, files.network)
         with profiling.nvtx_range("load.vae"):
             policy_vae = PolicyVAE.from_file(files.vae, device=device, dtype=dtype)
         return cls(
@@ -114,7 +129,7 @@ class CosmosPolicy:
             L.get_layout(files.suite),
             seed=seed, seed_step=seed_step, cuda_graph=cuda_graph, trained_with_image_aug=trained_with_image_aug,
             num_steps=num_steps,
-            image_size=files.image_size,
+            image_size=files.image_size, shift=shift,
         )
 
     def with_backend(self, backend: str) -> CosmosPolicy:
@@ -126,7 +141,7 @@ class CosmosPolicy:
         network.fp8 = self.network.fp8 and backend == "fused"  # FP8 GEMMs exist in the fused network only
         return CosmosPolicy(network, self.vae, self.text, self.statistics, self.layout,
                             trained_with_image_aug=self.trained_with_image_aug, num_steps=self.num_steps,
-                            image_size=self.image_size)
+                            image_size=self.image_size, shift=self.shift)
 
     # -- public API -----------------------------------------------------------------------------------------------
 
@@ -170,10 +185,9 @@ class CosmosPolicy:
         `planning_config` (a `PlanningConfig`, default the official majority_mean 3 x 5 ensembles) says; the base
         seed is kept unless another value is strictly higher. Without it, candidates are ranked by the value each
         action query predicts alongside its actions; ties keep the lowest seed."""
+        check_candidates(num_candidates)
         if planning_model is not None:
-            _check_candidates(num_candidates)
             return plan_with_model(self, obs, num_candidates, seed, planning_model, planning_config, batch_size)
-        _check_candidates(num_candidates)
         return plan_by_policy_value(self, obs, num_candidates, seed, batch_size)
 
     def reset(self, seed: int | None = None) -> None:
@@ -306,9 +320,13 @@ class CosmosPolicy:
 
         with profiling.nvtx_range("denoise"):
             noise = torch.cat([arch_invariant_noise(s, (1, *gt.shape[1:])) for s in seeds]).to(self.device)
-            noise = noise * layout.sigma_max
+            if self.shift is None:  # rectified flow starts from the unscaled noise
+                noise = noise * layout.sigma_max
             if self.graphs is not None:
                 latents = self.graphs.run(noise, gt, context, prepared.instructions)
+            elif self.shift is not None:
+                latents = sample_flow(self.network, gt, context, noise, self.cond_frames, self.cond_mask,
+                                      self.num_steps, self.shift)
             else:
                 latents = sample(self._x0_fn(gt, context), noise, num_steps=self.num_steps,
                                  sigma_min=layout.sigma_min, sigma_max=layout.sigma_max, solver="2ab")
@@ -380,7 +398,3 @@ class CosmosPolicy:
         timing[stage] = timing.get(stage, 0.0) + (now - since) * 1e3
         return now
 
-
-def _check_candidates(num_candidates) -> None:
-    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
-        raise ValueError(f"num_candidates: expected an int >= 1, got {num_candidates!r}")

@@ -14,7 +14,7 @@ import signal
 import sys
 import tempfile
 
-from ..cli import argtypes
+from ..cli import argtypes, variant
 from ..errors import UsageError, missing_extra
 from ..model.layout import LAYOUTS
 
@@ -64,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-message-mb", type=argtypes.positive, default=32, help="largest accepted message, MiB")
     argtypes.add_steps_argument(parser)
     argtypes.add_fp8_argument(parser)
+    variant.add_variant_argument(parser)
 
 
 def require_extras() -> None:

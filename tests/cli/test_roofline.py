@@ -260,3 +260,26 @@ def test_fp8_flag_in_the_json(capsys):
     assert roofline.main(["--config", "tiny", "--no-vae", "--fp8", "--gpu", "thor"]) == 0
     out = capsys.readouterr().out
     assert "token GEMMs in FP8 e4m3" in out and "FP8 TFLOP/s used / peak" in out and "FP8: dense" in out
+def test_predict2_5_chunk_is_near_predict2_and_leaves_the_projection_out():
+    from cosmos_policy.cli.roofline import GPUS, count, predict_seconds
+
+    new, new_setup = count("2b", "libero", vae=False, variant="predict2.5")
+    old, old_setup = count("2b", "libero", vae=False)
+    assert (new_setup["passes_per_chunk"], old_setup["passes_per_chunk"], new_setup["variant"]) == (5, 5, "predict2.5")
+    new_flops = sum(r.cost.flops for r in new["fused"].per_pass)
+    old_flops = sum(r.cost.flops for r in old["fused"].per_pass)
+    projection = 2 * 512 * 100352 * 1024
+    # cross-attention over all 512 Reason1 positions costs more than over the T5 instruction's rows, the cached
+    # projection nothing per pass
+    assert old_flops < new_flops and projection not in {r.cost.flops for r in new["fused"].per_pass}
+    ratio = predict_seconds(new["fused"].chunk(5), GPUS["h100"]) / predict_seconds(old["fused"].chunk(5), GPUS["h100"])
+    assert 1.0 < ratio < 1.03  # about +2 % without the VAE encode (which both chunks share)
+
+
+def test_predict2_5_report_shows_both_chunks(capsys):
+    from cosmos_policy.cli import main
+
+    assert main(["roofline", "--variant", "predict2.5", "--gpu", "h100", "--no-vae", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["predict2"]) == {"fused", "reference"}
+    assert report["fused"]["passes_per_chunk"] == 5 and report["predict2"]["fused"]["passes_per_chunk"] == 5
