@@ -29,6 +29,7 @@ import torch
 from cosmos_kernels.backends import meta_as_cuda
 from cosmos_kernels.tools.dispatch_counter import DispatchCounter, OpRecord, Totals
 from cosmos_policy.cli import argtypes
+from cosmos_policy.cli.roofline_ops import breakdown, format_breakdown, table
 from cosmos_policy.errors import UsageError
 
 BACKENDS = ("reference", "fused")
@@ -278,6 +279,8 @@ def summarize(counted: dict[str, Counted], passes: int, gpus: list[str]) -> dict
             "passes_per_chunk": passes,
             "parts": {name: {"launches": t.launches, "flops": t.flops, "bytes": t.bytes,
                              "nonmatmul_bytes": t.nonmatmul_bytes} for name, t in parts.items()},
+            # Per card, the pass's ops grouped by name, most predicted time first: where the time goes.
+            "breakdown_per_pass": {g: breakdown(c.per_pass, GPUS[g]) for g in gpus},
             # What launches in one pass, most launches first: where the hot path can still save.
             "ops_per_pass": {name: {"calls": n, "launches": launches, "flops": flops, "bytes": moved}
                              for name, (n, launches, flops, moved) in sorted(
@@ -298,6 +301,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout (notes go to stderr)")
     argtypes.add_steps_argument(parser)
     argtypes.add_fp8_argument(parser)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also print, per card, the fused pass's top ops by predicted time and by non-matmul bytes")
 
 
 def _gpus(choice: str) -> list[str]:
@@ -308,12 +313,6 @@ def _gpus(choice: str) -> list[str]:
     if unknown:
         raise UsageError(f"--gpu: unknown GPU {unknown[0]!r}; expected one of {', '.join(GPUS)} or all")
     return names
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                     for r in rows)
 
 
 def format_report(report: dict, setup: dict, gpus: list[str]) -> str:
@@ -354,7 +353,7 @@ def format_report(report: dict, setup: dict, gpus: list[str]) -> str:
              "chunk = passes x (DiT pass + sampler step) + VAE encode;\n"
              "beyond matrix: (non-matmul bytes / bandwidth + launches x launch cost) / (FLOPs / matmul rate), "
              "per pass")
-    return "\n\n".join([head, _table(counts), _table(ops), vae_line, _table(times), model, _table(cards),
+    return "\n\n".join([head, table(counts), table(ops), vae_line, table(times), model, table(cards),
                         "sources:\n" + sources])
 
 
@@ -373,6 +372,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(format_report(report, setup, gpus))
+        if getattr(args, "breakdown", False):
+            print("\n" + format_breakdown({g: report["fused"]["breakdown_per_pass"][g] for g in gpus},
+                                          {g: GPUS[g].label for g in gpus}))
     return 0
 
 

@@ -260,3 +260,20 @@ def test_fp8_flag_in_the_json(capsys):
     assert roofline.main(["--config", "tiny", "--no-vae", "--fp8", "--gpu", "thor"]) == 0
     out = capsys.readouterr().out
     assert "token GEMMs in FP8 e4m3" in out and "FP8 TFLOP/s used / peak" in out and "FP8: dense" in out
+
+
+def test_breakdown_sums_to_the_pass_and_is_printed(libero_2b_fp8, capsys):
+    """The per-op groups add up to the predicted pass on every card; --breakdown prints both rankings."""
+    counted, _, report = libero_2b_fp8
+    fused = report["fused"]
+    for gpu in roofline.GPUS:
+        groups = fused["breakdown_per_pass"][gpu]
+        assert sum(g["ms"] for g in groups) == pytest.approx(fused["predicted_ms_per_pass"][gpu])
+        assert sum(g["launches"] for g in groups) == fused["launches_per_pass"]
+        assert sum(g["nonmatmul_bytes"] for g in groups) == fused["nonmatmul_bytes_per_pass"]
+        assert [g["ms"] for g in groups] == sorted((g["ms"] for g in groups), reverse=True)
+    assert fused["breakdown_per_pass"]["h100"][0]["op"] == "aten._scaled_mm"
+    assert roofline.main(["--config", "tiny", "--no-vae", "--fp8", "--gpu", "h100,thor", "--breakdown"]) == 0
+    out = capsys.readouterr().out
+    assert "thor (Jetson AGX Thor), fused pass: top ops by predicted time" in out
+    assert "h100: top ops by non-matmul bytes" in out
