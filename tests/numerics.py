@@ -36,10 +36,14 @@ def cpu_backends() -> list[str]:
     return [b for b in ("reference", "cpu", "triton") if _dispatch.backend_available(b, dev)]
 
 
-def assert_e4m3_rows(values: torch.Tensor, scales: torch.Tensor, x64: torch.Tensor) -> None:
+def assert_e4m3_rows(values: torch.Tensor, scales: torch.Tensor, x64: torch.Tensor,
+                     x_err: torch.Tensor | None = None) -> None:
     """`(values, scales)` quantize the rows of `x64` (float64) as `cosmos_kernels.fp8.reference` specifies: each
     scale within one fp32 ulp of `max(amax / 448, 2^-126)`, and each value the e4m3 number nearest to `x / scale`
-    (either neighbour where `x / scale` lies within 2^-20 of a rounding tie, relatively)."""
+    (either neighbour where `x / scale` lies within 2^-20 of a rounding tie, relatively).
+
+    `x_err` (float64, x's shape): where the kernel computes x itself (a GELU in fp32), a bound on its error in each
+    element; the scale may then also be off by the row's largest bound / 448, a value by its bound / scale."""
     assert values.dtype == torch.float8_e4m3fn and scales.dtype == torch.float32
     assert values.shape == x64.shape and scales.shape == (*x64.shape[:-1], 1), (values.shape, scales.shape)
     v = values.double()
@@ -49,12 +53,13 @@ def assert_e4m3_rows(values: torch.Tensor, scales: torch.Tensor, x64: torch.Tens
         return
     want_s = (x64.abs().amax(-1, keepdim=True) / 448.0).clamp_min(2.0 ** -126)
     ulp32 = torch.exp2(torch.floor(torch.log2(want_s)) - 23)
-    scale_err = ((s - want_s).abs() / ulp32).max().item()
+    err = torch.zeros_like(x64) if x_err is None else x_err
+    scale_err = (((s - want_s).abs() - err.amax(-1, keepdim=True) / 448.0) / ulp32).max().item()
     assert scale_err <= 1.0, f"scale off by {scale_err:.2f} fp32 ulp"
     exact = x64 / s
     a = exact.abs()
     ulp8 = torch.where(a >= 2.0 ** -6, torch.exp2(torch.floor(torch.log2(a.clamp_min(2.0 ** -6))) - 3),
                        torch.full_like(a, 2.0 ** -9))
-    excess = (v - exact).abs() - (0.5 * ulp8 + a * 2.0 ** -20 + 2.0 ** -40)
+    excess = (v - exact).abs() - (0.5 * ulp8 + a * 2.0 ** -20 + 2.0 ** -40 + err / s)
     worst = excess.max().item()
     assert worst <= 0, f"a value is not the e4m3 number nearest to x / scale (off by {worst:.3e} beyond half an ulp)"

@@ -1,6 +1,13 @@
-"""FP8 (e4m3) for the DiT's token GEMMs: row-wise quantization, static per-channel weight quantization, and the
-row- and column-scaled FP8 GEMM. The adaptive-norm family's FP8 variants write the quantized rows themselves."""
+"""FP8 (e4m3) for the DiT's token GEMMs: row-wise quantization (of x, or of GELU(x) in the same pass), static
+per-channel weight quantization, and the row- and column-scaled FP8 GEMM. The adaptive-norm family's FP8 variants write
+the quantized rows themselves."""
 
-from cosmos_kernels.fp8.ops import fp8_linear, fp8_unsupported_reason, quantize_rowwise, quantize_weight
+from cosmos_kernels.fp8.ops import (
+    fp8_linear,
+    fp8_unsupported_reason,
+    gelu_quantize_rowwise,
+    quantize_rowwise,
+    quantize_weight,
+)
 
-__all__ = ["fp8_linear", "fp8_unsupported_reason", "quantize_rowwise", "quantize_weight"]
+__all__ = ["fp8_linear", "fp8_unsupported_reason", "gelu_quantize_rowwise", "quantize_rowwise", "quantize_weight"]

@@ -1,6 +1,8 @@
-"""Public FP8 ops: `quantize_rowwise` (a Triton kernel and the reference), `quantize_weight` and `fp8_linear`.
+"""Public FP8 ops: `quantize_rowwise` and `gelu_quantize_rowwise` (Triton kernels and the reference),
+`quantize_weight` and `fp8_linear`.
 
-`quantize_rowwise` registers `cosmos_kernels::quantize_rowwise_triton` on (N0, N1, N2, D) row grids (strided rows are
+`quantize_rowwise` registers `cosmos_kernels::quantize_rowwise_triton` (`gelu_quantize_rowwise`:
+`cosmos_kernels::gelu_quantize_rowwise_triton`) on (N0, N1, N2, D) row grids (strided rows are
 read in place). Backends: "triton" (automatic on CUDA, once its probe has passed; on the CPU through the interpreter)
 and "reference" (automatic on the CPU). `fp8_linear` is `torch._scaled_mm` with a scale per row of x and per output
 channel of the weight: cuBLASLt's row-wise FP8 GEMM on sm_89 and newer GPUs, PyTorch's own kernel on the CPU.
@@ -38,6 +40,21 @@ def _fake_quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 dispatch_counter.register_cost(f"{_NS}::quantize_rowwise_triton", dispatch_counter.no_matrix_flops)
 
 
+@torch.library.custom_op(f"{_NS}::gelu_quantize_rowwise_triton", mutates_args=())
+def _gelu_quantize_rowwise_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from cosmos_kernels.fp8 import triton as kernels  # Triton is optional
+
+    return kernels.gelu_quantize_rowwise(x)
+
+
+@_gelu_quantize_rowwise_triton.register_fake
+def _fake_gelu_quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _fake_quantize_rowwise(x)
+
+
+dispatch_counter.register_cost(f"{_NS}::gelu_quantize_rowwise_triton", dispatch_counter.no_matrix_flops)
+
+
 def check_quantize_input(op: str, name: str, x: object) -> None:
     """x a floating tensor of at least one dimension, rows of at most `MAX_HIDDEN` values."""
     _checks.check_float_tensor(op, name, x)
@@ -64,6 +81,29 @@ def quantize_rowwise(x: torch.Tensor, *, backend: str | None = None) -> tuple[to
     _checks.check_backend_dtype(op, name, x)
     (grid,) = as_row_grid(x.shape, x)
     values, scales = _quantize_rowwise_triton(grid)
+    return values.view(x.shape), scales.view(*x.shape[:-1], 1)
+
+
+def gelu_quantize_rowwise(x: torch.Tensor, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`quantize_rowwise(F.gelu(x))` in one pass: the exact (erf) GELU of each row, rounded to x's dtype as
+    `F.gelu` stores it, then quantized as `quantize_rowwise` does; the GELU output never reaches memory.
+
+    Same outputs, backends and layouts as `quantize_rowwise` (reference: `reference.gelu_quantize_rowwise`).
+    """
+    op = "gelu_quantize_rowwise"
+    if not (isinstance(x, torch.Tensor) and x.dtype in _checks.FLOAT_DTYPES and x.dim() >= 1
+            and x.shape[-1] <= _checks.MAX_HIDDEN):
+        check_quantize_input(op, "x", x)
+    if _dispatch.needs_autograd(x):
+        _dispatch.warn_autograd(op)
+        return reference.gelu_quantize_rowwise(x)
+    name = _dispatch.resolve_backend(op, x.device, backend, supported=BACKENDS, cuda_order=("triton",),
+                                     dtype=x.dtype)
+    if name == "reference" or x.numel() == 0:
+        return reference.gelu_quantize_rowwise(x)
+    _checks.check_backend_dtype(op, name, x)
+    (grid,) = as_row_grid(x.shape, x)
+    values, scales = _gelu_quantize_rowwise_triton(grid)
     return values.view(x.shape), scales.view(*x.shape[:-1], 1)
 
 
@@ -157,6 +197,20 @@ def _probe(device: torch.device) -> bool:
 
 
 _dispatch.register_probe("quantize_rowwise", "triton", _probe)
+
+
+def _probe_gelu(device: torch.device) -> bool:
+    """Odd row width, negative and positive values across GELU's bend, a zero row."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(4, 200, generator=gen) * 3
+    x[1] = 0
+    values, scales = gelu_quantize_rowwise(x.to(device), backend="triton")
+    want = reference.dequantize(*reference.gelu_quantize_rowwise(x.double()), torch.float64)
+    got = reference.dequantize(values.cpu(), scales.cpu(), torch.float64)
+    return torch.allclose(got, want, rtol=0.07, atol=1e-30)
+
+
+_dispatch.register_probe("gelu_quantize_rowwise", "triton", _probe_gelu)
 
 
 MIN_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (sm_89), Hopper (sm_90), Blackwell (sm_100, sm_110, sm_120)

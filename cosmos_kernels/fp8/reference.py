@@ -11,6 +11,7 @@ Non-finite inputs give a non-finite scale: the row is NaN after dequantization, 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0
@@ -25,6 +26,12 @@ def quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scales = (amax / E4M3_MAX).clamp_min(SCALE_FLOOR)
     values = (xf / scales).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3).contiguous()  # row-major, as the GEMM takes it
     return values, scales.to(torch.float32) if compute == torch.float32 else scales
+
+
+def gelu_quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`quantize_rowwise(F.gelu(x))`: the exact (erf) GELU, stored in x's dtype as `F.gelu` stores it, quantized
+    row-wise (the MLP's hidden activation on its way to the second FP8 GEMM)."""
+    return quantize_rowwise(F.gelu(x))
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

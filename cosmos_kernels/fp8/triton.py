@@ -1,4 +1,5 @@
-"""Triton kernels of the FP8 family: row-wise e4m3 quantization, one program per row of a (N0, N1, N2, D) grid.
+"""Triton kernels of the FP8 family: row-wise e4m3 quantization, of x or of GELU(x) (one pass: the GELU output
+never reaches memory), one program per row of a (N0, N1, N2, D) grid.
 
 The jit helpers `row_scale` and `to_e4m3_grid` are shared with the kernels that quantize the rows they produce
 (the adaptive-norm family's FP8 outputs). `to_e4m3_grid` rounds an fp32 value to the nearest e4m3 value (ties to
@@ -79,6 +80,57 @@ def _quantize_rowwise_kernel(
     tl.store(s_ptr + row, scale)
 
 
+@triton.jit
+def gelu_in_dtype(x, ROUND: tl.constexpr):
+    """Exact (erf) GELU of an fp32 tile, `x * 0.5 * (1 + erf(x / sqrt(2)))` as PyTorch evaluates it, rounded to
+    the input's dtype (ROUND 1: bfloat16, 2: float16, 0: float32 stays) and returned in fp32: the value that
+    `F.gelu(x)` stores. The bfloat16 rounding (to nearest, ties to even) is done on the bits, so that every
+    backend rounds alike (Triton's interpreter truncates a bfloat16 cast)."""
+    y = x * 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    if ROUND == 1:
+        bits = y.to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+        y = bits.to(tl.float32, bitcast=True)
+    elif ROUND == 2:
+        y = y.to(tl.float16).to(tl.float32)
+    return y
+
+
+@triton.jit
+def _gelu_quantize_rowwise_kernel(
+    x_ptr, q_ptr, s_ptr, N1, N2, D, xs0, xs1, xs2,
+    BLOCK_D: tl.constexpr, SINGLE_TILE: tl.constexpr, ROUND: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    i2 = row % N2
+    i1 = (row // N2) % N1
+    i0 = row // (N2 * N1)
+    x_row = x_ptr + i0 * xs0 + i1 * xs1 + i2 * xs2
+    q_row = q_ptr + row * D
+    if SINGLE_TILE:
+        cols = tl.arange(0, BLOCK_D)
+        mask = cols < D
+        g = gelu_in_dtype(tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32), ROUND)  # GELU(0) = 0
+        scale = row_scale(tl.max(tl.abs(g), axis=0))
+        tl.store(q_row + cols, quantize_tile(g, scale), mask=mask)
+    else:  # wide rows: GELU twice (cheap) rather than a round trip through memory
+        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for start in range(0, D, BLOCK_D):
+            cols = start + tl.arange(0, BLOCK_D)
+            g = gelu_in_dtype(tl.load(x_row + cols, mask=cols < D, other=0.0).to(tl.float32), ROUND)
+            acc = tl.maximum(acc, tl.abs(g))
+        scale = row_scale(tl.max(acc, axis=0))
+        for start in range(0, D, BLOCK_D):
+            cols = start + tl.arange(0, BLOCK_D)
+            mask = cols < D
+            g = gelu_in_dtype(tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32), ROUND)
+            tl.store(q_row + cols, quantize_tile(g, scale), mask=mask)
+    tl.store(s_ptr + row, scale)
+
+
+ROUNDING = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
 def row_config(d: int) -> tuple[int, bool, int]:
     """(BLOCK_D, SINGLE_TILE, num_warps) for rows of width d."""
     block = triton.next_power_of_2(max(d, 1))
@@ -102,6 +154,22 @@ def quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values, scales
 
 
+@_dispatch.on_tensor_device  # launch on the tensors' GPU
+def gelu_quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`quantize_rowwise(F.gelu(x))` in one pass over a (N0, N1, N2, D) row grid (any strides, last dim
+    contiguous; float32, bfloat16 or float16): new contiguous e4m3 values and (N0, N1, N2, 1) fp32 scales."""
+    n0, n1, n2, d = x.shape
+    values = _alloc.empty(x.shape, dtype=E4M3, device=x.device)
+    scales = _alloc.empty((n0, n1, n2, 1), dtype=torch.float32, device=x.device)
+    rows = n0 * n1 * n2
+    if rows:
+        block, single, warps = row_config(d)
+        _gelu_quantize_rowwise_kernel[(rows,)](x, values, scales, n1, n2, d, x.stride(0), x.stride(1), x.stride(2),
+                                               BLOCK_D=block, SINGLE_TILE=single, ROUND=ROUNDING[x.dtype],
+                                               num_warps=warps)
+    return values, scales
+
+
 def _register_for_compile_report() -> None:
     sig = {"x_ptr": "*{dt}", "q_ptr": "*fp8e4nv", "s_ptr": "*fp32"}
     sig.update({n: "i64" for n in ("N1", "N2", "D", "xs0", "xs1", "xs2")})
@@ -114,6 +182,10 @@ def _register_for_compile_report() -> None:
                                         {"BLOCK_D": block, "SINGLE_TILE": single}, num_warps=warps,
                                         divisible=("x_ptr", "q_ptr", "s_ptr", "D", "xs0", "xs1", "xs2")))
     register_triton_kernel("fp8.quantize_rowwise", _quantize_rowwise_kernel, configs)
+    gelu_configs = [TritonConfig(c.label, {**c.signature, "ROUND": "constexpr"},
+                                 {**c.constexprs, "ROUND": 1 if c.label.startswith("bf16") else 0},
+                                 num_warps=c.num_warps, divisible=c.divisible) for c in configs]
+    register_triton_kernel("fp8.gelu_quantize_rowwise", _gelu_quantize_rowwise_kernel, gelu_configs)
 
 
 _register_for_compile_report()

@@ -5,7 +5,8 @@ self-attention output, the cross-attention query and output, and both MLP layers
 per set of weights (`WeightCache`, keyed like every other weight-dependent cache: the parameters' version counters,
 so `load_state_dict`, `.to()` and in-place updates re-quantize; the bf16 parameters stay the only bf16 copy). Their
 activations arrive quantized by the kernels that produce them: the adaptive norms' FP8 variants write the normed rows
-as e4m3 values and row scales, and `quantize_rowwise` quantizes the attention outputs and the MLP's GELU output.
+as e4m3 values and row scales, `quantize_rowwise` quantizes the attention outputs, and `gelu_quantize_rowwise`
+applies the MLP's GELU and quantizes its output in one pass (the GELU output never reaches memory).
 Cross-attention K/V, the modulation, the time embedding and the final layer stay in the network's dtype. Nothing
 reads a value back to the host.
 """
@@ -16,12 +17,11 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import cosmos_kernels
 from cosmos_kernels.adaptive_norm import gated_residual_layer_norm_modulate_fp8, layer_norm_modulate_fp8
-from cosmos_kernels.fp8 import fp8_linear, quantize_rowwise, quantize_weight
+from cosmos_kernels.fp8 import fp8_linear, gelu_quantize_rowwise, quantize_rowwise, quantize_weight
 
 Quantized = tuple[torch.Tensor, torch.Tensor]  # e4m3 values, fp32 scales (one per row / output channel)
 
@@ -121,8 +121,8 @@ def forward_blocks(
         out = _linear(_quantized_heads(out), w.cross_out, dtype).view(b, t, s, d)
         x, *rows = gated_residual_layer_norm_modulate_fp8(x, out, mod(i, 5), mod(i, 6), mod(i, 7), eps)
 
-        hidden = F.gelu(_linear(rows, w.mlp_in, dtype))
-        out = _linear(quantize_rowwise(hidden), w.mlp_out, dtype)
+        hidden = gelu_quantize_rowwise(_linear(rows, w.mlp_in, dtype))  # GELU and quantization in one pass
+        out = _linear(hidden, w.mlp_out, dtype)
         if i + 1 < len(blocks):  # the next block's QKV input, quantized by the norm that produces it
             x, *rows = gated_residual_layer_norm_modulate_fp8(x, out, mod(i, 8), mod(i + 1, 0), mod(i + 1, 1), eps)
         else:  # the final layer's input stays in the network's dtype

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from cosmos_policy.cli import roofline
+from cosmos_policy.cli import roofline, roofline_cards
 from cosmos_policy.errors import UsageError
 from cosmos_policy.model import CosmosDiT, with_text_tokens
 from cosmos_policy.model.config import DiTConfig
@@ -94,11 +94,11 @@ def test_no_prediction_beats_the_peak(libero_2b):
 
 def test_a_card_faster_than_its_peak_is_rejected():
     with pytest.raises(ValueError, match="efficiencies"):
-        roofline.GPU("x", 100.0, 1.0, 1.2, 0.8, 2.0, "peak", "measured")
+        roofline_cards.GPU("x", 100.0, 1.0, 1.2, 0.8, 2.0, "peak", "measured")
 
 
 def test_prediction_per_op_is_the_documented_roofline():
-    gpu = roofline.GPU("x", 100.0, 2.0, 0.5, 0.5, 3.0, "peak", "assumed")
+    gpu = roofline_cards.GPU("x", 100.0, 2.0, 0.5, 0.5, 3.0, "peak", "assumed")
     assert gpu.op_seconds(10**12, 0, 1) == pytest.approx(1 / 50 + 3e-6)  # matrix-bound
     assert gpu.op_seconds(0, 10**12, 2) == pytest.approx(1.0 + 6e-6)  # bandwidth-bound
     assert gpu.op_seconds(0, 0, 0) == 0
@@ -230,10 +230,11 @@ def test_fp8_pass_moves_its_gemms_to_fp8(libero_2b, libero_2b_fp8):
     blocks = DiTConfig.cosmos_predict2_2b().num_blocks
     ops = fp8["fused"]["ops_per_pass"]
     assert setup["fp8"] and ops["aten._scaled_mm"]["calls"] == 6 * blocks
-    assert ops["cosmos_kernels::quantize_rowwise_triton"]["calls"] == 3 * blocks
+    assert ops["cosmos_kernels::quantize_rowwise_triton"]["calls"] == 2 * blocks  # the attention outputs
+    assert ops["cosmos_kernels::gelu_quantize_rowwise_triton"]["calls"] == blocks and "aten.gelu" not in ops
     assert fp8["fused"]["flops_per_pass"] == bf16["fused"]["flops_per_pass"]
     assert fp8["reference"] == bf16["reference"]
-    assert not any(r.name in roofline.FP8_OPS for r in counted["reference"].per_pass)
+    assert not any(r.name in roofline_cards.FP8_OPS for r in counted["reference"].per_pass)
     for gpu in ("h100", "h200", "b200", "l40s"):  # compute-bound cards: the FP8 pass is faster
         assert fp8["fused"]["predicted_ms_per_pass"][gpu] < bf16["fused"]["predicted_ms_per_pass"][gpu]
 
@@ -245,8 +246,9 @@ def test_no_fp8_prediction_beats_the_peak(libero_2b_fp8):
         for name, gpu in roofline.GPUS.items():
             assert 0 < gpu.fp8_flops_per_s <= gpu.peak_fp8_tflops * 1e12 and gpu.fp8_source
             for records, key in ((c.per_pass, "predicted_ms_per_pass"), (c.chunk(passes), "predicted_ms_per_chunk")):
-                matrix = sum(r.cost.flops / ((gpu.peak_fp8_tflops if r.name in roofline.FP8_OPS else gpu.peak_tflops)
-                                             * 1e12) for r in records)
+                fp8_ops = roofline_cards.FP8_OPS
+                matrix = sum(r.cost.flops / ((gpu.peak_fp8_tflops if r.name in fp8_ops else gpu.peak_tflops) * 1e12)
+                             for r in records)
                 moved = sum(r.cost.bytes_read + r.cost.bytes_written for r in records)
                 floor_ms = 1e3 * max(matrix, moved / (gpu.peak_tbps * 1e12))
                 assert report[backend][key][name] >= floor_ms > 0
@@ -283,3 +285,20 @@ def test_predict2_5_report_shows_both_chunks(capsys):
     report = json.loads(capsys.readouterr().out)
     assert set(report["predict2"]) == {"fused", "reference"}
     assert report["fused"]["passes_per_chunk"] == 5 and report["predict2"]["fused"]["passes_per_chunk"] == 5
+
+
+def test_breakdown_sums_to_the_pass_and_is_printed(libero_2b_fp8, capsys):
+    """The per-op groups add up to the predicted pass on every card; --breakdown prints both rankings."""
+    counted, _, report = libero_2b_fp8
+    fused = report["fused"]
+    for gpu in roofline.GPUS:
+        groups = fused["breakdown_per_pass"][gpu]
+        assert sum(g["ms"] for g in groups) == pytest.approx(fused["predicted_ms_per_pass"][gpu])
+        assert sum(g["launches"] for g in groups) == fused["launches_per_pass"]
+        assert sum(g["nonmatmul_bytes"] for g in groups) == fused["nonmatmul_bytes_per_pass"]
+        assert [g["ms"] for g in groups] == sorted((g["ms"] for g in groups), reverse=True)
+    assert fused["breakdown_per_pass"]["h100"][0]["op"] == "aten._scaled_mm"
+    assert roofline.main(["--config", "tiny", "--no-vae", "--fp8", "--gpu", "h100,thor", "--breakdown"]) == 0
+    out = capsys.readouterr().out
+    assert "thor (Jetson AGX Thor), fused pass: top ops by predicted time" in out
+    assert "h100: top ops by non-matmul bytes" in out

@@ -44,6 +44,22 @@ def test_six_fp8_gemms_per_block_and_no_host_read(gen):
     assert "_scaled_mm" not in count.counts
 
 
+def test_gelu_and_its_quantization_are_one_launch():
+    """Counted as on CUDA (meta device): each block's MLP runs its first FP8 GEMM, then one fused GELU +
+    quantization kernel, then its second FP8 GEMM; no separate GELU, no quantization launch after it."""
+    from cosmos_policy.cli import roofline
+
+    counted, _ = roofline.count("tiny", "libero", vae=False, fp8=True)
+    names = [r.name for r in counted["fused"].dit_pass if r.cost.launches]
+    blocks = roofline.dit_config("tiny").num_blocks
+    assert "aten.gelu" not in names
+    assert names.count("cosmos_kernels::gelu_quantize_rowwise_triton") == blocks
+    assert names.count("cosmos_kernels::quantize_rowwise_triton") == 2 * blocks  # the two attention outputs
+    for i, name in enumerate(names):
+        if name == "cosmos_kernels::gelu_quantize_rowwise_triton":
+            assert names[i - 1] == names[i + 1] == "aten._scaled_mm"
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_close_to_the_bf16_network(seed):
