@@ -49,38 +49,6 @@ def quantize_tile(y, scale):
 
 
 @triton.jit
-def _quantize_rowwise_kernel(
-    x_ptr, q_ptr, s_ptr, N1, N2, D, xs0, xs1, xs2,
-    BLOCK_D: tl.constexpr, SINGLE_TILE: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    i2 = row % N2
-    i1 = (row // N2) % N1
-    i0 = row // (N2 * N1)
-    x_row = x_ptr + i0 * xs0 + i1 * xs1 + i2 * xs2
-    q_row = q_ptr + row * D
-    if SINGLE_TILE:
-        cols = tl.arange(0, BLOCK_D)
-        mask = cols < D
-        x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
-        scale = row_scale(tl.max(tl.abs(x), axis=0))
-        tl.store(q_row + cols, quantize_tile(x, scale), mask=mask)
-    else:
-        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        for start in range(0, D, BLOCK_D):
-            cols = start + tl.arange(0, BLOCK_D)
-            x = tl.load(x_row + cols, mask=cols < D, other=0.0).to(tl.float32)
-            acc = tl.maximum(acc, tl.abs(x))
-        scale = row_scale(tl.max(acc, axis=0))
-        for start in range(0, D, BLOCK_D):
-            cols = start + tl.arange(0, BLOCK_D)
-            mask = cols < D
-            x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
-            tl.store(q_row + cols, quantize_tile(x, scale), mask=mask)
-    tl.store(s_ptr + row, scale)
-
-
-@triton.jit
 def gelu_in_dtype(x, ROUND: tl.constexpr):
     """Exact (erf) GELU of an fp32 tile, `x * 0.5 * (1 + erf(x / sqrt(2)))` as PyTorch evaluates it, rounded to
     the input's dtype (ROUND 1: bfloat16, 2: float16, 0: float32 stays) and returned in fp32: the value that
@@ -97,9 +65,18 @@ def gelu_in_dtype(x, ROUND: tl.constexpr):
 
 
 @triton.jit
-def _gelu_quantize_rowwise_kernel(
+def load_row_tile(x_row, cols, mask, GELU: tl.constexpr, ROUND: tl.constexpr):
+    """A tile of the row in fp32, or of its GELU (rounded as `gelu_in_dtype` says; GELU(0) = 0 past the row)."""
+    x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
+    if GELU:
+        x = gelu_in_dtype(x, ROUND)
+    return x
+
+
+@triton.jit
+def _quantize_rows_kernel(
     x_ptr, q_ptr, s_ptr, N1, N2, D, xs0, xs1, xs2,
-    BLOCK_D: tl.constexpr, SINGLE_TILE: tl.constexpr, ROUND: tl.constexpr,
+    BLOCK_D: tl.constexpr, SINGLE_TILE: tl.constexpr, GELU: tl.constexpr, ROUND: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     i2 = row % N2
@@ -110,21 +87,19 @@ def _gelu_quantize_rowwise_kernel(
     if SINGLE_TILE:
         cols = tl.arange(0, BLOCK_D)
         mask = cols < D
-        g = gelu_in_dtype(tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32), ROUND)  # GELU(0) = 0
-        scale = row_scale(tl.max(tl.abs(g), axis=0))
-        tl.store(q_row + cols, quantize_tile(g, scale), mask=mask)
-    else:  # wide rows: GELU twice (cheap) rather than a round trip through memory
+        y = load_row_tile(x_row, cols, mask, GELU, ROUND)
+        scale = row_scale(tl.max(tl.abs(y), axis=0))
+        tl.store(q_row + cols, quantize_tile(y, scale), mask=mask)
+    else:  # wide rows: read twice (and GELU twice, which is cheap) rather than a round trip through memory
         acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         for start in range(0, D, BLOCK_D):
             cols = start + tl.arange(0, BLOCK_D)
-            g = gelu_in_dtype(tl.load(x_row + cols, mask=cols < D, other=0.0).to(tl.float32), ROUND)
-            acc = tl.maximum(acc, tl.abs(g))
+            acc = tl.maximum(acc, tl.abs(load_row_tile(x_row, cols, cols < D, GELU, ROUND)))
         scale = row_scale(tl.max(acc, axis=0))
         for start in range(0, D, BLOCK_D):
             cols = start + tl.arange(0, BLOCK_D)
             mask = cols < D
-            g = gelu_in_dtype(tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32), ROUND)
-            tl.store(q_row + cols, quantize_tile(g, scale), mask=mask)
+            tl.store(q_row + cols, quantize_tile(load_row_tile(x_row, cols, mask, GELU, ROUND), scale), mask=mask)
     tl.store(s_ptr + row, scale)
 
 
@@ -139,53 +114,50 @@ def row_config(d: int) -> tuple[int, bool, int]:
     return LOOP_TILE, False, 16
 
 
-@_dispatch.on_tensor_device  # launch on the tensors' GPU
-def quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`x` a (N0, N1, N2, D) row grid (any strides, last dim contiguous): new contiguous values and (N0, N1, N2, 1)
-    fp32 scales."""
+def _quantize_rows(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
     n0, n1, n2, d = x.shape
     values = _alloc.empty(x.shape, dtype=E4M3, device=x.device)
     scales = _alloc.empty((n0, n1, n2, 1), dtype=torch.float32, device=x.device)
     rows = n0 * n1 * n2
     if rows:
         block, single, warps = row_config(d)
-        _quantize_rowwise_kernel[(rows,)](x, values, scales, n1, n2, d, x.stride(0), x.stride(1), x.stride(2),
-                                          BLOCK_D=block, SINGLE_TILE=single, num_warps=warps)
+        _quantize_rows_kernel[(rows,)](x, values, scales, n1, n2, d, x.stride(0), x.stride(1), x.stride(2),
+                                       BLOCK_D=block, SINGLE_TILE=single, GELU=gelu,
+                                       ROUND=ROUNDING[x.dtype] if gelu else 0, num_warps=warps)
     return values, scales
+
+
+@_dispatch.on_tensor_device  # launch on the tensors' GPU
+def quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x` a (N0, N1, N2, D) row grid (any strides, last dim contiguous): new contiguous values and (N0, N1, N2, 1)
+    fp32 scales."""
+    return _quantize_rows(x, gelu=False)
 
 
 @_dispatch.on_tensor_device  # launch on the tensors' GPU
 def gelu_quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`quantize_rowwise(F.gelu(x))` in one pass over a (N0, N1, N2, D) row grid (any strides, last dim
     contiguous; float32, bfloat16 or float16): new contiguous e4m3 values and (N0, N1, N2, 1) fp32 scales."""
-    n0, n1, n2, d = x.shape
-    values = _alloc.empty(x.shape, dtype=E4M3, device=x.device)
-    scales = _alloc.empty((n0, n1, n2, 1), dtype=torch.float32, device=x.device)
-    rows = n0 * n1 * n2
-    if rows:
-        block, single, warps = row_config(d)
-        _gelu_quantize_rowwise_kernel[(rows,)](x, values, scales, n1, n2, d, x.stride(0), x.stride(1), x.stride(2),
-                                               BLOCK_D=block, SINGLE_TILE=single, ROUND=ROUNDING[x.dtype],
-                                               num_warps=warps)
-    return values, scales
+    return _quantize_rows(x, gelu=True)
 
 
 def _register_for_compile_report() -> None:
     sig = {"x_ptr": "*{dt}", "q_ptr": "*fp8e4nv", "s_ptr": "*fp32"}
     sig.update({n: "i64" for n in ("N1", "N2", "D", "xs0", "xs1", "xs2")})
-    sig.update(BLOCK_D="constexpr", SINGLE_TILE="constexpr")
+    sig.update(BLOCK_D="constexpr", SINGLE_TILE="constexpr", GELU="constexpr", ROUND="constexpr")
     configs = []
     for dt in ("bf16", "fp32"):
         for d in (2048, 8192, 16384):
             block, single, warps = row_config(d)
             configs.append(TritonConfig(f"{dt} D={d}", {k: v.format(dt=dt) for k, v in sig.items()},
-                                        {"BLOCK_D": block, "SINGLE_TILE": single}, num_warps=warps,
+                                        {"BLOCK_D": block, "SINGLE_TILE": single, "GELU": False, "ROUND": 0},
+                                        num_warps=warps,
                                         divisible=("x_ptr", "q_ptr", "s_ptr", "D", "xs0", "xs1", "xs2")))
-    register_triton_kernel("fp8.quantize_rowwise", _quantize_rowwise_kernel, configs)
-    gelu_configs = [TritonConfig(c.label, {**c.signature, "ROUND": "constexpr"},
-                                 {**c.constexprs, "ROUND": 1 if c.label.startswith("bf16") else 0},
+    register_triton_kernel("fp8.quantize_rowwise", _quantize_rows_kernel, configs)
+    gelu_configs = [TritonConfig(c.label, c.signature,
+                                 {**c.constexprs, "GELU": True, "ROUND": 1 if c.label.startswith("bf16") else 0},
                                  num_warps=c.num_warps, divisible=c.divisible) for c in configs]
-    register_triton_kernel("fp8.gelu_quantize_rowwise", _gelu_quantize_rowwise_kernel, gelu_configs)
+    register_triton_kernel("fp8.gelu_quantize_rowwise", _quantize_rows_kernel, gelu_configs)
 
 
 _register_for_compile_report()
