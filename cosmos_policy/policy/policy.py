@@ -54,6 +54,7 @@ class CosmosPolicy:
                  layout: L.SuiteLayout, *, seed: int = 0, seed_step: int = 0, cuda_graph: bool | None = None,
                  trained_with_image_aug: bool = True, num_steps: int | None = None, image_size: int = L.IMAGE_SIZE):
         self.network = network.eval().requires_grad_(False)
+        vae = vae.for_backend(network.backend)  # the fused network gets the fused VAE
         self.vae, self.text, self.statistics, self.layout = vae, text, statistics, layout
         self.device, self.dtype = network.device, network.dtype
         self.trained_with_image_aug = trained_with_image_aug
@@ -100,7 +101,7 @@ class CosmosPolicy:
         with profiling.nvtx_range("load.network"):
             network = load_network(files.network, config, backend=backend).to(device=device, dtype=dtype)
         with profiling.nvtx_range("load.vae"):
-            policy_vae = PolicyVAE.from_file(files.vae, device=device, dtype=dtype)
+            policy_vae = PolicyVAE.from_file(files.vae, device=device, dtype=dtype, backend=backend)
         return cls(
             network,
             policy_vae,
