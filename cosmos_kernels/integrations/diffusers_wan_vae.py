@@ -20,17 +20,30 @@ from __future__ import annotations
 import torch
 from diffusers.models.autoencoders import autoencoder_kl_wan as wv
 
-from cosmos_kernels.causal_conv import causal_conv3d, conv3d
+from cosmos_kernels.causal_conv import causal_conv3d, channels_last_weight, conv3d, runs_on_onednn
 from cosmos_kernels.integrations import patching as integ
 from cosmos_kernels.vae_norm import causal_channel_rms_norm_silu, channel_rms_norm_silu
 
 
 class FusedWanCausalConv3d(wv.WanCausalConv3d):
-    """`WanCausalConv3d` through `causal_conv3d` (same padding, cache and weights)."""
+    """`WanCausalConv3d` through `causal_conv3d` (same padding, cache and weights). Where oneDNN runs it, with a
+    channels-last-3d copy of the weight, kept beside the parameter (outside the state dict) and made again when the
+    parameter changes (see `cosmos_kernels/causal_conv/ops.py`)."""
+
+    def _conv_weight(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if not runs_on_onednn(x, weight):
+            return weight
+        key = (weight.data_ptr(), weight._version, weight.shape)
+        cached = self.__dict__.get("_ck_channels_last")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_ck_channels_last"] = (key, channels_last_weight(weight))
+        return cached[1]
 
     def forward(self, x, cache_x=None):
         pad = self._padding  # (w, w, h, h, 2 * t, 0)
-        return causal_conv3d(x, self.weight, self.bias, self.stride, (pad[4] // 2, pad[2], pad[0]), cache_x)
+        return causal_conv3d(x, self._conv_weight(x), self.bias, self.stride, (pad[4] // 2, pad[2], pad[0]),
+                             cache_x)
 
     @property
     def past_frames(self) -> int:
@@ -39,7 +52,7 @@ class FusedWanCausalConv3d(wv.WanCausalConv3d):
     def forward_window(self, window: torch.Tensor) -> torch.Tensor:
         """The conv of a window that already holds the `past_frames` frames before the chunk."""
         pad = self._padding
-        return conv3d(window, self.weight, self.bias, self.stride, (0, pad[2], pad[0]))
+        return conv3d(window, self._conv_weight(window), self.bias, self.stride, (0, pad[2], pad[0]))
 
 
 def _norm_silu(norm: wv.WanRMS_norm, x: torch.Tensor, backend: str | None) -> torch.Tensor:
