@@ -10,7 +10,8 @@ Workloads, encode and decode each:
 Command line: all variants of both workloads in interleaved rounds (each round runs every variant once, the order
 rotating), the ratio of each variant's round time to the fused one's as the median over the rounds:
 
-    PYTHONPATH=. python -m bench.bench_vae --rounds 5 [--threads 1] [--no-compile]
+    PYTHONPATH=. python -m bench.bench_vae --rounds 5 [--threads 1] [--no-compile] [--workload policy]
+        [--direction encode]
 
 Under pytest-benchmark (`pytest bench/bench_vae.py --benchmark-only`), one group per workload and direction,
 `vae[<workload>,<encode|decode>,cpu]`, variants fused / reference / compile.
@@ -82,11 +83,12 @@ def calls(models: dict, workload: str, direction: str) -> dict:
     return out
 
 
-def run(rounds: int = 5, variants: tuple[str, ...] = VARIANT_NAMES) -> dict:
+def run(rounds: int = 5, variants: tuple[str, ...] = VARIANT_NAMES, workloads: tuple[str, ...] = tuple(SHAPES),
+        directions: tuple[str, ...] = ("encode", "decode")) -> dict:
     models = build(variants)
     report = {"threads": torch.get_num_threads(), "base_dim": BASE_DIM, "rounds": rounds, "results": {}}
-    for workload in SHAPES:
-        for direction in ("encode", "decode"):
+    for workload in workloads:
+        for direction in directions:
             group = calls(models, workload, direction)
             outs = {name: fn() for name, fn in group.items()}  # warm-up (compilation) and parity
             want = outs["reference"] if "reference" in outs else next(iter(outs.values()))
@@ -126,11 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--no-compile", action="store_true", help="leave the torch.compile variant out")
+    parser.add_argument("--workload", choices=[*SHAPES, "all"], default="all")
+    parser.add_argument("--direction", choices=["encode", "decode", "both"], default="both")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = tuple(v for v in VARIANT_NAMES if not (args.no_compile and v == "compile"))
-    print(json.dumps(run(args.rounds, variants), indent=2))
+    workloads = tuple(SHAPES) if args.workload == "all" else (args.workload,)
+    directions = ("encode", "decode") if args.direction == "both" else (args.direction,)
+    print(json.dumps(run(args.rounds, variants, workloads, directions), indent=2))
     return 0
 
 
