@@ -199,6 +199,9 @@ class StandInVAE:
         weight = torch.randn(self.z_dim, 3, generator=torch.Generator().manual_seed(seed)) / 3**0.5
         self.weight = weight.to(self.device)
 
+    def for_backend(self, backend: str) -> StandInVAE:
+        return self  # one implementation serves both network backends
+
     def _latent(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 -> (B, z, H/8, W/8) float32."""
         pooled = torch.nn.functional.avg_pool2d(to_pixels(images_uint8, torch.float32, self.device), 8)

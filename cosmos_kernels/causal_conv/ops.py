@@ -22,6 +22,12 @@ The fix: call `aten::mkldnn_convolution` directly for float32 CPU tensors and ke
 operator the heuristic picks for larger inputs; its sums differ from the slow path's only in fp32 rounding), and pass
 the symmetric spatial padding to the convolution instead of writing a padded copy (only the causal time padding is
 written). Other devices, dtypes and kernels, and inputs that need gradients, call `F.conv3d`.
+
+Layout: oneDNN reorders a contiguous (N, C, D, H, W) input and weight into its own blocked layout on every call, and
+the output back; with a channels-last-3d weight it runs channels-last throughout (input converted once, output
+channels-last, so the next conv's input already is), about 1.3x faster on the VAE's 3x3x3 convs (one thread, 96 to
+384 channels). `conv3d` takes that path when it is handed a channels-last-3d weight: `channels_last_weight` makes
+one, for callers that keep it beside their parameter.
 """
 
 from __future__ import annotations
@@ -36,12 +42,30 @@ def _onednn_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
 
 
+def runs_on_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `conv3d(x, weight, ...)` calls oneDNN directly (float32 CPU tensors, a kernel wider than 1 in H or
+    W, no gradient needed)."""
+    return (weight.dim() == 5 and (weight.shape[-1] > 1 or weight.shape[-2] > 1)) and _onednn_usable(x, weight)
+
+
+def channels_last_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A channels-last-3d copy of a conv weight (C_out, C_in, kt, kh, kw), detached: what `conv3d` takes to run
+    oneDNN channels-last."""
+    return weight.detach().contiguous(memory_format=torch.channels_last_3d)
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous()
+
+
 def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int, int],
            padding: tuple[int, int, int]) -> torch.Tensor:
     """`F.conv3d(x, weight, bias, stride, padding)` (no dilation, no groups), on oneDNN for float32 CPU tensors
-    and kernels wider than 1 in H or W."""
-    spatial = weight.shape[-1] > 1 or weight.shape[-2] > 1
-    if spatial and _onednn_usable(x, weight) and (bias is None or bias.dtype == torch.float32):
+    and kernels wider than 1 in H or W; channels-last there when `weight` is channels-last-3d (`x` is converted,
+    the output is channels-last-3d)."""
+    if runs_on_onednn(x, weight) and (bias is None or bias.dtype == torch.float32):
+        if _is_channels_last(weight):
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         return torch.ops.aten.mkldnn_convolution(x, weight, bias, list(padding), list(stride), [1, 1, 1], 1)
     return F.conv3d(x, weight, bias, stride, padding)
 

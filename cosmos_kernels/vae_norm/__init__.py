@@ -1,6 +1,11 @@
-"""The Wan VAE's channel RMS norm (diffusers' `WanRMS_norm`, channel-first) fused with the SiLU after it, and the
-variant that adds a residual first."""
+"""The Wan VAE's channel RMS norm (diffusers' `WanRMS_norm`, channel-first) fused with the SiLU after it, the
+variant that adds a residual first, and the variant that writes into a causal conv's time window (cached past
+frames first)."""
 
-from cosmos_kernels.vae_norm.ops import channel_rms_norm_silu, residual_channel_rms_norm_silu
+from cosmos_kernels.vae_norm.ops import (
+    causal_channel_rms_norm_silu,
+    channel_rms_norm_silu,
+    residual_channel_rms_norm_silu,
+)
 
-__all__ = ["channel_rms_norm_silu", "residual_channel_rms_norm_silu"]
+__all__ = ["causal_channel_rms_norm_silu", "channel_rms_norm_silu", "residual_channel_rms_norm_silu"]

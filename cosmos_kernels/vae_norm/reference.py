@@ -32,3 +32,17 @@ def residual_channel_rms_norm_silu(x: torch.Tensor, residual: torch.Tensor, gamm
     """`s = x + residual` (rounded to `x`'s dtype) and `channel_rms_norm_silu(s, gamma, bias, eps)`."""
     s = (x + residual).to(x.dtype)
     return s, channel_rms_norm_silu(s, gamma, bias, eps)
+
+
+def causal_channel_rms_norm_silu(x: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor | None = None,
+                                 eps: float = EPS, past: torch.Tensor | None = None,
+                                 past_frames: int = 0) -> torch.Tensor:
+    """The time window a causal conv reads: `past_frames` frames (zeros, then the `past` frames (B, C, t, H, W),
+    t <= past_frames, last) followed by `channel_rms_norm_silu(x, gamma, bias, eps)`, along dim 2."""
+    normed = channel_rms_norm_silu(x, gamma, bias, eps)
+    b, c, _, h, w = x.shape
+    have = 0 if past is None else past.shape[2]
+    parts = [normed.new_zeros((b, c, past_frames - have, h, w))]
+    if past is not None:
+        parts.append(past.to(x.dtype))
+    return torch.cat([*parts, normed], dim=2)

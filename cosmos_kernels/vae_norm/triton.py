@@ -93,10 +93,11 @@ def tile_config(c: int) -> tuple[int, int, bool, int]:
 
 @_dispatch.on_tensor_device  # launch on the tensors' GPU
 def channel_rms_norm_silu(x: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor | None, eps: float,
-                          residual: torch.Tensor | None = None):
-    """Launch on a 5-D (B, C, T, H, W) `x`; with `residual`, returns `(x + residual, normed)`."""
+                          residual: torch.Tensor | None = None, out: torch.Tensor | None = None):
+    """Launch on a 5-D (B, C, T, H, W) `x`; with `residual`, returns `(x + residual, normed)`; `out` (x's shape, any
+    strides): where the normed values go (a new tensor when None)."""
     bsz, c, t, h, w = x.shape
-    out = layout.empty_like_layout(x)
+    out = layout.empty_like_layout(x) if out is None else out
     s = layout.empty_like_layout(x) if residual is not None else out
     positions = t * h * w
     if bsz and c and positions:

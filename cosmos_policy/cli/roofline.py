@@ -15,7 +15,7 @@ summed over the ops. The rates are the card's peak datasheet figures scaled by a
 measured where a measurement is cited), never above peak, so no prediction beats the card's peak. Activations
 that stay in L2 and kernels that overlap are not modelled: the estimate is a roofline, not a simulation.
 A chunk is its passes (`--steps`, the suite's official count by default) x (DiT pass + sampler step) + the VAE
-encode.
+encode (the fused backend: the VAE patched with cosmos_kernels, as the fused policy runs it).
 """
 
 from __future__ import annotations
@@ -133,9 +133,9 @@ def count_network(config, layout, text_tokens: int, dtype: torch.dtype = torch.b
     return out
 
 
-def count_vae_encode(layout, dtype: torch.dtype = torch.bfloat16) -> list[OpRecord] | None:
-    """The steady-state prefix encode of one query (the constant chunks come from the encoder cache), or None
-    without diffusers."""
+def count_vae_encode(layout, dtype: torch.dtype = torch.bfloat16, backend: str = "reference") -> list[OpRecord] | None:
+    """The steady-state prefix encode of one query (the constant chunks come from the encoder cache) with the
+    `backend`'s VAE (diffusers' modules, or patched with cosmos_kernels for "fused"), or None without diffusers."""
     try:
         from diffusers import AutoencoderKLWan
     except ImportError:
@@ -145,7 +145,7 @@ def count_vae_encode(layout, dtype: torch.dtype = torch.bfloat16) -> list[OpReco
 
     with torch.device("meta"):
         autoencoder = AutoencoderKLWan()  # the Wan2.1 VAE's default (real) size
-    vae = PolicyVAE(autoencoder, dtype=dtype)
+    vae = PolicyVAE(autoencoder, dtype=dtype, backend=backend)
     images = [torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8) for _ in layout.cameras]
     with torch.no_grad(), meta_as_cuda():
         vae.encode_prefix(images)  # fills the constant-prefix cache
@@ -179,14 +179,14 @@ def count(config_name: str = "2b", suite: str = "libero", text_tokens: int | Non
     if not 1 <= tokens <= TEXT_LENGTH:
         raise UsageError(f"--text-tokens: expected 1 .. {TEXT_LENGTH}, got {tokens}")
     network = count_network(config, layout, tokens, fp8=fp8)
-    vae_records = count_vae_encode(layout) if vae else None
-    counted = {b: Counted(*network[b], vae_records) for b in BACKENDS}
+    vae_records = {b: count_vae_encode(layout, backend=b) if vae else None for b in BACKENDS}
+    counted = {b: Counted(*network[b], vae_records[b]) for b in BACKENDS}
     setup = {"config": config_name, "suite": suite, "steps": layout.num_steps if steps is None else steps,
              "passes_per_chunk": passes_per_chunk(layout, steps, variant), "variant": variant or "predict2",
              "tokens": layout.state_t * (IMAGE_SIZE // SPATIAL_COMPRESSION // config.patch_spatial) ** 2,
              "text_tokens": tokens, "text_positions": TEXT_LENGTH,
              "instruction": instruction if text_tokens is None else None, "dtype": "bfloat16",
-             "fp8": fp8, "vae": vae_records is not None, "vae_requested": vae}
+             "fp8": fp8, "vae": vae_records["reference"] is not None, "vae_requested": vae}
     return counted, setup
 
 
@@ -264,10 +264,11 @@ def format_report(report: dict, setup: dict, gpus: list[str]) -> str:
                                    ("non-matmul GB moved", "nonmatmul_bytes_per_pass", 1e9, "{:.2f}")):
         r, f = ref[key], fused[key]
         counts.append([label, fmt.format(r / scale), fmt.format(f / scale), f"{f / r:.2f}" if r else "-"])
-    vae = ref["parts"].get("vae_encode")
-    vae_line = ("VAE encode (both backends): " + (f"{vae['launches']} launches, {vae['flops'] / 1e12:.2f} TFLOP, "
-                f"{vae['bytes'] / 1e9:.2f} GB" if vae else "left out (--no-vae)" if not setup.get("vae_requested", True)
-                else "skipped (diffusers is not installed)"))
+    vae = {b: report[b]["parts"].get("vae_encode") for b in ("reference", "fused")}
+    vae_line = "VAE encode: " + ("; ".join(
+        f"{b} {v['launches']} launches, {v['flops'] / 1e12:.2f} TFLOP, {v['bytes'] / 1e9:.2f} GB "
+        f"({v['nonmatmul_bytes'] / 1e9:.2f} non-matmul)" for b, v in vae.items()) if vae["reference"]
+        else "left out (--no-vae)" if not setup.get("vae_requested", True) else "skipped (diffusers is not installed)")
     times = [["predicted ms", "pass ref", "pass fused", "chunk ref", "chunk fused", "beyond matrix, fused"]]
     for g in gpus:
         times.append([f"{g} ({GPUS[g].label})", *(f"{b[k][g]:.2f}" for k in ("predicted_ms_per_pass",

@@ -8,6 +8,12 @@ after them are computed once and reused.
 
 Latents are normalised per channel, `(mu - mean) / std`, with the Wan2.1 constants (spec 2); encode returns the
 posterior mean; pixels enter as `uint8 / 127.5 - 1`, computed in the VAE's dtype.
+
+Backends, as the network's: "reference" runs diffusers' modules as they are; "fused" patches them with
+`cosmos_kernels.integrations.diffusers.apply_cosmos_kernels` (causal convs, norm + SiLU pairs; same numbers within
+fp32 rounding). `for_backend` gives the other backend's VAE over the same parameters: a second module tree built on
+the meta device and assigned the first one's tensors, so one tree is never patched for one policy and plain for
+another.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ LATENTS_STD = (
 
 OFFICIAL_VAE_SOURCE = "nvidia/Cosmos-Predict2-2B-Video2World (file tokenizer/tokenizer.pth)"
 
+BACKENDS = ("fused", "reference")
 EncoderState = list  # the encoder's causal feature cache: one entry per causal conv (tensor, "Rep" or None)
 
 
@@ -111,10 +118,34 @@ def _quiet_to(module, dtype):
         diffusers_logging.set_verbosity(level)
 
 
-class PolicyVAE:
-    """Prefix encoding with a reusable encoder state, and decoding, for one `AutoencoderKLWan`."""
+def _sharing_copy(autoencoder):
+    """A plain (unpatched) module tree of `autoencoder`'s class and config whose parameters are its tensors."""
+    with torch.device("meta"):
+        copy = type(autoencoder).from_config(autoencoder.config)
+    copy.load_state_dict(autoencoder.state_dict(), assign=True)
+    return copy.eval().requires_grad_(False)
 
-    def __init__(self, autoencoder, *, device=None, dtype: torch.dtype = torch.float32, max_cached_states: int = 4):
+
+def _set_kernels(autoencoder, backend: str) -> None:
+    from cosmos_kernels.integrations.diffusers import apply_cosmos_kernels, is_patched
+
+    if backend not in BACKENDS:
+        raise ValueError(f"PolicyVAE: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "fused" and not is_patched(autoencoder):
+        apply_cosmos_kernels(autoencoder)
+    elif backend == "reference" and is_patched(autoencoder):
+        raise ValueError("PolicyVAE: backend='reference' needs diffusers' own modules, but the autoencoder is patched "
+                         "(remove_cosmos_kernels first, or pass backend='fused')")
+
+
+class PolicyVAE:
+    """Prefix encoding with a reusable encoder state, and decoding, for one `AutoencoderKLWan`; `backend="fused"`
+    patches the autoencoder in place with cosmos_kernels (see the module docstring)."""
+
+    def __init__(self, autoencoder, *, device=None, dtype: torch.dtype = torch.float32, max_cached_states: int = 4,
+                 backend: str = "reference"):
+        _set_kernels(autoencoder, backend)
+        self.backend = backend
         if next(autoencoder.parameters()).dtype != dtype:
             autoencoder = _quiet_to(autoencoder, dtype)
         self.autoencoder = autoencoder.to(device=device).eval().requires_grad_(False)
@@ -131,6 +162,14 @@ class PolicyVAE:
     @classmethod
     def from_file(cls, path: str | os.PathLike, **kwargs) -> PolicyVAE:
         return cls(load_autoencoder(path), **kwargs)
+
+    def for_backend(self, backend: str) -> PolicyVAE:
+        """This VAE when it already runs `backend`, else one that does over the same parameters (no second copy
+        of the weights; its own constant-prefix cache)."""
+        if backend == self.backend:
+            return self
+        return PolicyVAE(_sharing_copy(self.autoencoder), device=self.device, dtype=self.dtype,
+                         max_cached_states=self._max_cached_states, backend=backend)
 
     # -- encoding -------------------------------------------------------------------------------------------------
 

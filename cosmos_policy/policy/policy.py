@@ -61,7 +61,8 @@ class CosmosPolicy:
         self.shift = check_shift(shift, self.variant)
         if self.shift is not None:
             attach_projection(text, self.network)
-        self.vae, self.text, self.statistics, self.layout = vae, text, statistics, layout
+        self.vae = vae.for_backend(network.backend)  # the fused network gets the fused VAE
+        self.text, self.statistics, self.layout = text, statistics, layout
         self.device, self.dtype = network.device, network.dtype
         self.trained_with_image_aug = trained_with_image_aug
         self.image_size = image_size  # 224 for every official checkpoint; tiny test checkpoints may use less
@@ -120,7 +121,7 @@ class CosmosPolicy:
         network.fp8 = bool(fp8)
         check_variant(network, variant, files.network)
         with profiling.nvtx_range("load.vae"):
-            policy_vae = PolicyVAE.from_file(files.vae, device=device, dtype=dtype)
+            policy_vae = PolicyVAE.from_file(files.vae, device=device, dtype=dtype, backend=backend)
         return cls(
             network,
             policy_vae,
@@ -133,8 +134,7 @@ class CosmosPolicy:
         )
 
     def with_backend(self, backend: str) -> CosmosPolicy:
-        """The same policy with another network backend ("fused" or "reference"), sharing the weights (no second
-        copy); like a freshly built policy it is seeded 0 and captures CUDA graphs on CUDA devices."""
+        """The same policy with another backend ("fused" or "reference"), sharing the weights; seeded 0 anew."""
         with torch.device("meta"):
             network = CosmosDiT(self.network.config, backend=backend)
         network.load_state_dict(self.network.state_dict(), assign=True)

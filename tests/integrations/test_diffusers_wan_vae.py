@@ -118,3 +118,18 @@ def test_foreign_block_left_alone():
     assert type(block) is wv.WanResidualBlock
     assert any("GELU" in why for why in summary.left_alone.values())
     remove_cosmos_kernels(vae)
+
+
+def test_channels_last_weight_copy_follows_the_parameter(gen):
+    """The patched conv keeps a channels-last copy of its weight for oneDNN; an in-place weight edit is seen."""
+    vae = _vae(4)
+    apply_cosmos_kernels(vae)
+    conv = vae.encoder.conv_in
+    x = torch.randn(1, 3, 1, 16, 16, generator=gen)
+    with torch.no_grad():
+        first = conv(x)
+        conv.weight.mul_(2.0)
+        second = conv(x)
+        want = torch.nn.functional.conv3d(torch.nn.functional.pad(x, (1, 1, 1, 1, 2, 0)), conv.weight, conv.bias)
+    assert _rel(second, want) < 1e-5 and not torch.allclose(first, second)
+    assert "weight" in dict(conv.named_parameters()) and len(conv.state_dict()) == 2  # nothing added to the state

@@ -71,3 +71,22 @@ def test_bad_inputs_name_the_argument():
         causal_conv3d(torch.zeros(3, 4, 5, 5), torch.zeros(4, 3, 3, 3, 3), None, (1, 1, 1), (1, 1, 1))
     with pytest.raises(ValueError, match="weight must be"):
         causal_conv3d(torch.zeros(1, 3, 4, 5, 5), torch.zeros(4, 5, 3, 3, 3), None, (1, 1, 1), (1, 1, 1))
+
+
+@pytest.mark.parametrize("xs,ws,stride,padding,cached", [c for c in CASES if c[1][3] > 1])
+def test_channels_last_weight(xs, ws, stride, padding, cached, gen):
+    """A channels-last-3d weight runs oneDNN channels-last: the output is channels-last, the values the same sums."""
+    from cosmos_kernels.causal_conv import channels_last_weight, runs_on_onednn
+
+    x, w, b, cache = _inputs(gen, xs, ws, cached)
+    wc = channels_last_weight(w)
+    assert wc.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(wc, w)
+    with torch.no_grad():
+        got = causal_conv3d(x, wc, b, stride, padding, cache)
+        ref = reference.causal_conv3d(x, w, b, stride, padding, cache)
+        want = reference.causal_conv3d(x.double(), w.double(), b.double(), stride, padding,
+                                       None if cache is None else cache.double())
+    if runs_on_onednn(x, wc):
+        assert got.is_contiguous(memory_format=torch.channels_last_3d)
+    err, ref_err = max_abs_error(got, want), max_abs_error(ref, want)
+    assert err <= 4 * ref_err + 1e-6 * want.abs().max().item(), (err, ref_err)

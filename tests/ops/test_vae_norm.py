@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from cosmos_kernels.vae_norm import channel_rms_norm_silu, reference, residual_channel_rms_norm_silu
+from cosmos_kernels.vae_norm import (
+    causal_channel_rms_norm_silu,
+    channel_rms_norm_silu,
+    reference,
+    residual_channel_rms_norm_silu,
+)
 from tests.numerics import assert_within_reference_error, cpu_backends
 
 BACKENDS = cpu_backends()
@@ -128,3 +133,46 @@ def test_compiles_without_graph_break(gen):
 def test_bad_inputs_name_the_argument(call, match, exc):
     with pytest.raises(exc, match=match):
         call()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 96, 1, 8, 8), (2, 5, 4, 3, 7), (1, 100, 3, 5, 9)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("have", [None, 1, 2])
+def test_causal_channel_rms_norm_silu(backend, dtype, shape, layout, have, gen):
+    x, g, b = _inputs(gen, shape, dtype, layout)
+    past = None if have is None else torch.randn(*shape[:2], have, *shape[3:], generator=gen).to(dtype)
+    if past is not None and layout == "strided":
+        past = torch.randn(*shape[:2], have, shape[3], 2 * shape[4], generator=gen).to(dtype)[..., ::2]
+    window = causal_channel_rms_norm_silu(x, g, b, past=past, past_frames=2, backend=backend)
+    t = shape[2]
+    assert window.shape == (shape[0], shape[1], 2 + t, *shape[3:]) and window.dtype == dtype
+    if layout == "channels_last" and backend != "reference":
+        assert window.is_contiguous(memory_format=torch.channels_last_3d)
+    expected_past = torch.zeros_like(window[:, :, :2])
+    if past is not None:
+        expected_past[:, :, 2 - have:] = past
+    assert torch.equal(window[:, :, :2], expected_past)  # copied, not computed
+    want = reference.channel_rms_norm_silu(x.double(), g.double(), b.double())
+    assert_within_reference_error(window[:, :, 2:], reference.channel_rms_norm_silu(x, g, b), want, dtype)
+    assert torch.equal(reference.causal_channel_rms_norm_silu(x, g, b, past=past, past_frames=2)[:, :, :2],
+                       expected_past)
+
+
+def test_causal_variant_checks_and_opcheck(gen):
+    x, g, b = _inputs(gen, (2, 6, 3, 4, 5), torch.float32, "contiguous")
+    with pytest.raises(ValueError, match="past_frames"):
+        causal_channel_rms_norm_silu(x, g, b, past_frames=-1)
+    with pytest.raises(ValueError, match="past must be"):
+        causal_channel_rms_norm_silu(x, g, b, past=x[:, :3], past_frames=2)
+    with pytest.raises(ValueError, match="more than past_frames"):
+        causal_channel_rms_norm_silu(x, g, b, past=x, past_frames=2)
+    with pytest.raises(TypeError, match="past has dtype"):
+        causal_channel_rms_norm_silu(x, g, b, past=x[:, :, :1].double(), past_frames=2)
+    for suffix in ("", "_triton"):
+        if suffix and "triton" not in BACKENDS:
+            continue
+        op = getattr(torch.ops.cosmos_kernels, "causal_channel_rms_norm_silu" + suffix).default
+        torch.library.opcheck(op, (x, g, b, 1e-12, x[:, :, :1].clone(), 2))
+        torch.library.opcheck(op, (x, g, None, 1e-12, None, 2))
