@@ -40,6 +40,9 @@ class FixedPrefixEncoder:
             self._latents[key] = torch.randn(1, LATENT_CHANNELS, self.frames, *key, generator=gen).to(self.device)
         return self._latents[key]
 
+    def for_backend(self, backend: str) -> FixedPrefixEncoder:
+        return self  # no kernels: one encoder serves either network backend
+
     def clear_cache(self) -> None:
         self._latents.clear()
 
