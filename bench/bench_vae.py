@@ -84,9 +84,9 @@ def calls(models: dict, workload: str, direction: str) -> dict:
 
 
 def run(rounds: int = 5, variants: tuple[str, ...] = VARIANT_NAMES, workloads: tuple[str, ...] = tuple(SHAPES),
-        directions: tuple[str, ...] = ("encode", "decode")) -> dict:
-    models = build(variants)
-    report = {"threads": torch.get_num_threads(), "base_dim": BASE_DIM, "rounds": rounds, "results": {}}
+        directions: tuple[str, ...] = ("encode", "decode"), base_dim: int = BASE_DIM) -> dict:
+    models = build(variants, base_dim)
+    report = {"threads": torch.get_num_threads(), "base_dim": base_dim, "rounds": rounds, "results": {}}
     for workload in workloads:
         for direction in directions:
             group = calls(models, workload, direction)
@@ -130,13 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="leave the torch.compile variant out")
     parser.add_argument("--workload", choices=[*SHAPES, "all"], default="all")
     parser.add_argument("--direction", choices=["encode", "decode", "both"], default="both")
+    parser.add_argument("--base-dim", type=int, default=BASE_DIM,
+                        help=f"the VAE's width (default {BASE_DIM}, Wan 2.1's; 16: the tiny checkpoints' VAE)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = tuple(v for v in VARIANT_NAMES if not (args.no_compile and v == "compile"))
     workloads = tuple(SHAPES) if args.workload == "all" else (args.workload,)
     directions = ("encode", "decode") if args.direction == "both" else (args.direction,)
-    print(json.dumps(run(args.rounds, variants, workloads, directions), indent=2))
+    print(json.dumps(run(args.rounds, variants, workloads, directions, args.base_dim), indent=2))
     return 0
 
 
