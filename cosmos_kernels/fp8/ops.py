@@ -176,12 +176,45 @@ def fp8_linear(x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, wei
     rows = x.reshape(m, k)
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
+    if rows.device.type == "cpu" and not cpu_rowwise_scaled_mm():
+        return _cpu_per_tensor_linear(rows, x_scale.reshape(m, 1), weight, weight_scale.reshape(1, n), bias,
+                                      out_dtype).view(*lead, n)
     fused_bias = bias is not None and out_dtype != torch.float32 and bias.dtype == out_dtype
     out = torch._scaled_mm(rows, weight.t(), scale_a=x_scale.reshape(m, 1), scale_b=weight_scale.reshape(1, n),
                            bias=bias if fused_bias else None, out_dtype=out_dtype)
     if bias is not None and not fused_bias:
         out = (out.float() + bias.float()).to(out_dtype)
     return out.view(*lead, n)
+
+
+def _probe_cpu_rowwise_scaled_mm() -> bool:
+    one = torch.ones(16, 16).to(E4M3)
+    try:
+        torch._scaled_mm(one, one.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.float32)
+    except RuntimeError:
+        return False
+    return True
+
+
+# Found once at import (a 16 x 16 CPU GEMM), not while torch.compile traces a call.
+_CPU_ROWWISE_SCALED_MM = _probe_cpu_rowwise_scaled_mm()
+
+
+def cpu_rowwise_scaled_mm() -> bool:
+    """Whether this torch's CPU `_scaled_mm` takes row / column scales (torch 2.11's takes one scale per operand)."""
+    return _CPU_ROWWISE_SCALED_MM
+
+
+def _cpu_per_tensor_linear(rows: torch.Tensor, row_scales: torch.Tensor, weight: torch.Tensor,
+                           column_scales: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype):
+    """The same GEMM where the CPU `_scaled_mm` takes unit scales only: fp32 products, then the two scales applied
+    in fp32 (as the row-wise kernel applies them to its fp32 accumulator) and one rounding to `out_dtype`."""
+    unit = torch.ones((), dtype=torch.float32)
+    acc = torch._scaled_mm(rows, weight.t(), scale_a=unit, scale_b=unit, out_dtype=torch.float32)
+    out = acc * row_scales * column_scales
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype)
 
 
 def _probe(device: torch.device) -> bool:

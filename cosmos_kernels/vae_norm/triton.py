@@ -16,7 +16,7 @@ from cosmos_kernels._registry import TritonConfig, register_triton_kernel
 from cosmos_kernels.vae_norm import layout
 
 MAX_SINGLE_TILE = 1024
-TILE_ELEMENTS = 4096
+TILE_ELEMENTS = 2048
 
 
 @triton.jit
@@ -88,7 +88,7 @@ def tile_config(c: int) -> tuple[int, int, bool, int]:
     """(BLOCK_C, BLOCK_S, SINGLE_TILE, num_warps) for C channels."""
     block_c = min(triton.next_power_of_2(max(c, 1)), MAX_SINGLE_TILE)
     block_s = max(1, TILE_ELEMENTS // block_c)
-    return block_c, block_s, c <= MAX_SINGLE_TILE, 4
+    return block_c, block_s, c <= MAX_SINGLE_TILE, 8
 
 
 @_dispatch.on_tensor_device  # launch on the tensors' GPU

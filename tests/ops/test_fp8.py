@@ -110,9 +110,22 @@ def test_quantize_weight_per_output_channel(gen):
 
 # -- the scaled GEMM ---------------------------------------------------------------------------------------------
 
+@pytest.fixture(params=["row-scales", "unit-scales"])
+def cpu_gemm(request, monkeypatch):
+    """Both CPU paths: `_scaled_mm` with row / column scales (torch >= 2.12), and with unit scales and the scales
+    applied after it (what older torch's CPU kernel allows)."""
+    from cosmos_kernels.fp8 import ops
+
+    if request.param == "row-scales" and not ops.cpu_rowwise_scaled_mm():
+        pytest.skip("this torch's CPU _scaled_mm takes one scale per operand")
+    if request.param == "unit-scales":
+        monkeypatch.setattr(ops, "cpu_rowwise_scaled_mm", lambda: False)
+    return request.param
+
+
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("lead,k,n", [((37,), 48, 80), ((1,), 96, 16), ((2, 5), 64, 32), ((196,), 2048, 160)])
-def test_fp8_linear_matches_the_dequantized_product(out_dtype, lead, k, n, gen):
+def test_fp8_linear_matches_the_dequantized_product(out_dtype, lead, k, n, gen, cpu_gemm):
     x_values, x_scales = reference.quantize_rowwise(torch.randn(*lead, k, generator=gen))
     w_values, w_scales = fp8.quantize_weight(torch.randn(n, k, generator=gen) * k ** -0.5)
     got = fp8.fp8_linear(x_values, x_scales, w_values, w_scales, out_dtype=out_dtype)
@@ -126,7 +139,7 @@ def test_fp8_linear_matches_the_dequantized_product(out_dtype, lead, k, n, gen):
     assert excess <= 0, f"error above the bound by {excess:.3e}"
 
 
-def test_fp8_linear_bias_and_scale_shapes(gen):
+def test_fp8_linear_bias_and_scale_shapes(gen, cpu_gemm):
     x_values, x_scales = reference.quantize_rowwise(torch.randn(3, 7, 32, generator=gen))
     w_values, w_scales = fp8.quantize_weight(torch.randn(16, 32, generator=gen))
     bias = torch.randn(16, generator=gen)
