@@ -65,7 +65,7 @@ GPUS: dict[str, GPU] = {
                 "with sparsity; HBM3 3.35 TB/s)", _ASSUMED,
                 1978.9, "dense, the H100 datasheet's 3,958 TFLOP/s FP8 with sparsity halved"),
     "h200": GPU("H200 SXM", 989.4, 4.8, 790 / 989.4, 0.80, 2.0, PEAK + ": NVIDIA H200 datasheet (1,979 TFLOP/s "
-                "bf16 with sparsity; HBM3e 4.8 TB/s)", "measured: ~790 TFLOP/s for a large bf16 GEMM (DESIGN.md); "
+                "bf16 with sparsity; HBM3e 4.8 TB/s)", "assumed: ~790 TFLOP/s for a large bf16 GEMM (80 % of peak); "
                 "assumed: 80 % of peak bandwidth, 2 us per launch", 1978.9, "dense, the H200 datasheet's 3,958 TFLOP/s "
                 "FP8 with sparsity halved"),
     "b200": GPU("B200", 2250.0, 8.0, 0.70, 0.80, 2.0, PEAK + ": NVIDIA HGX B200 datasheet (4.5 PFLOP/s bf16 with "
