@@ -28,6 +28,13 @@ OPS: dict[str, tuple[str, ...]] = {
     "qk_norm_rope": ("reference", "cpu", "cuda", "triton"),
     "sampler_step": ("reference", "cpu", "cuda", "triton"),
     "linear_gelu": ("reference", "triton"),
+    "layer_norm_modulate_fp8": ("reference", "triton"),
+    "gated_residual_layer_norm_modulate_fp8": ("reference", "triton"),
+    "quantize_rowwise": ("reference", "triton"),
+    "gelu_quantize_rowwise": ("reference", "triton"),
+    "channel_rms_norm_silu": ("reference", "cpu", "triton"),
+    "residual_channel_rms_norm_silu": ("reference", "cpu", "triton"),
+    "causal_channel_rms_norm_silu": ("reference", "cpu", "triton"),
 }
 
 
@@ -146,12 +153,13 @@ def _print_text(report: dict, out) -> None:
     for name, value in report["environment"].items():
         print(f"{name}={value}", file=out)
     print("\nbackends per op and device (probe results where a probe ran):", file=out)
+    width = max(map(len, report["ops"]), default=0)
     for op, per_device in report["ops"].items():
         for device, entry in per_device.items():
             probes = entry["probes"]
             names = [b + (f" (probe {'passed' if probes[b] else 'FAILED'})" if b in probes else "")
                      for b in entry["available"]]
-            print(f"  {op:36s} {device:8s} {', '.join(names)}", file=out)
+            print(f"  {op:{width}s} {device:8s} {', '.join(names)}", file=out)
     attn = report["attention_backends"]
     print("\nattention backends:", file=out)
     print(f"  sdpa        torch {attn['sdpa']['version']}", file=out)

@@ -12,7 +12,9 @@ from cosmos_policy.cli import entry as cli
 KEYS = {"torch", "environment", "build_info", "cuda_kernels_note", "devices", "ops", "attention_backends",
         "attention_choices"}
 OPS = {"layer_norm_modulate", "gated_residual_layer_norm_modulate", "rms_norm", "qk_norm_rope", "sampler_step",
-       "attention", "linear_gelu"}
+       "attention", "linear_gelu", "layer_norm_modulate_fp8", "gated_residual_layer_norm_modulate_fp8",
+       "quantize_rowwise", "gelu_quantize_rowwise", "channel_rms_norm_silu", "residual_channel_rms_norm_silu",
+       "causal_channel_rms_norm_silu"}
 
 
 def _json(capsys, argv: list[str]) -> dict:
