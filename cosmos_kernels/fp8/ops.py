@@ -61,27 +61,31 @@ def check_quantize_input(op: str, name: str, x: object) -> None:
     _checks.check_hidden_size(op, name, x.shape[-1])
 
 
+def _quantize_rows(op: str, x: torch.Tensor, backend: str | None, reference_fn, triton_fn):
+    """The dispatch both row quantizers share: checks, autograd and empty inputs on the reference, else the kernel."""
+    if not (isinstance(x, torch.Tensor) and x.dtype in _checks.FLOAT_DTYPES and x.dim() >= 1
+            and x.shape[-1] <= _checks.MAX_HIDDEN):
+        check_quantize_input(op, "x", x)
+    if _dispatch.needs_autograd(x):
+        _dispatch.warn_autograd(op)
+        return reference_fn(x)
+    name = _dispatch.resolve_backend(op, x.device, backend, supported=BACKENDS, cuda_order=("triton",),
+                                     dtype=x.dtype)
+    if name == "reference" or x.numel() == 0:
+        return reference_fn(x)
+    _checks.check_backend_dtype(op, name, x)
+    (grid,) = as_row_grid(x.shape, x)
+    values, scales = triton_fn(grid)
+    return values.view(x.shape), scales.view(*x.shape[:-1], 1)
+
+
 def quantize_rowwise(x: torch.Tensor, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`(values, scales)`: x's rows (its last dim) as e4m3 values and one fp32 scale each, `x ~= values * scales`.
 
     `values` has x's shape (a new contiguous float8_e4m3fn tensor), `scales` has shape `(..., 1)`; the rule, with its
     guard for all-zero rows, is `reference.quantize_rowwise`'s. Strided x is read in place.
     """
-    op = "quantize_rowwise"
-    if not (isinstance(x, torch.Tensor) and x.dtype in _checks.FLOAT_DTYPES and x.dim() >= 1
-            and x.shape[-1] <= _checks.MAX_HIDDEN):
-        check_quantize_input(op, "x", x)
-    if _dispatch.needs_autograd(x):
-        _dispatch.warn_autograd(op)
-        return reference.quantize_rowwise(x)
-    name = _dispatch.resolve_backend(op, x.device, backend, supported=BACKENDS, cuda_order=("triton",),
-                                     dtype=x.dtype)
-    if name == "reference" or x.numel() == 0:
-        return reference.quantize_rowwise(x)
-    _checks.check_backend_dtype(op, name, x)
-    (grid,) = as_row_grid(x.shape, x)
-    values, scales = _quantize_rowwise_triton(grid)
-    return values.view(x.shape), scales.view(*x.shape[:-1], 1)
+    return _quantize_rows("quantize_rowwise", x, backend, reference.quantize_rowwise, _quantize_rowwise_triton)
 
 
 def gelu_quantize_rowwise(x: torch.Tensor, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,21 +94,8 @@ def gelu_quantize_rowwise(x: torch.Tensor, *, backend: str | None = None) -> tup
 
     Same outputs, backends and layouts as `quantize_rowwise` (reference: `reference.gelu_quantize_rowwise`).
     """
-    op = "gelu_quantize_rowwise"
-    if not (isinstance(x, torch.Tensor) and x.dtype in _checks.FLOAT_DTYPES and x.dim() >= 1
-            and x.shape[-1] <= _checks.MAX_HIDDEN):
-        check_quantize_input(op, "x", x)
-    if _dispatch.needs_autograd(x):
-        _dispatch.warn_autograd(op)
-        return reference.gelu_quantize_rowwise(x)
-    name = _dispatch.resolve_backend(op, x.device, backend, supported=BACKENDS, cuda_order=("triton",),
-                                     dtype=x.dtype)
-    if name == "reference" or x.numel() == 0:
-        return reference.gelu_quantize_rowwise(x)
-    _checks.check_backend_dtype(op, name, x)
-    (grid,) = as_row_grid(x.shape, x)
-    values, scales = _gelu_quantize_rowwise_triton(grid)
-    return values.view(x.shape), scales.view(*x.shape[:-1], 1)
+    return _quantize_rows("gelu_quantize_rowwise", x, backend, reference.gelu_quantize_rowwise,
+                          _gelu_quantize_rowwise_triton)
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
