@@ -107,3 +107,11 @@ def check_backend_dtype(op: str, backend: str, t: torch.Tensor) -> None:
     if backend != "reference" and t.dtype not in KERNEL_DTYPES:
         raise TypeError(f"{op}: backend {backend!r} takes float32, bfloat16 or float16, got {t.dtype}; "
                         "use backend='reference' for float64")
+
+
+def check_same_dtype(op: str, anchor: str, t: torch.Tensor, **others: torch.Tensor) -> None:
+    """The fused backends take operands of one dtype: each of `others` must have `t`'s (named `anchor`)."""
+    for name, o in others.items():
+        if o.dtype != t.dtype:
+            raise TypeError(f"{op}: {name} has dtype {o.dtype} but {anchor} has {t.dtype}; the fused backends "
+                            "take operands of one dtype")

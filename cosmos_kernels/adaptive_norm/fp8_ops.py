@@ -63,14 +63,6 @@ def _resolve(op: str, t: torch.Tensor, backend: str | None) -> str:
     return _dispatch.resolve_backend(op, t.device, backend, supported=BACKENDS, cuda_order=("triton",), dtype=t.dtype)
 
 
-def _check_kernel_dtypes(op: str, name: str, anchor: str, t: torch.Tensor, **others: torch.Tensor) -> None:
-    _checks.check_backend_dtype(op, name, t)
-    for other, o in others.items():
-        if o.dtype != t.dtype:
-            raise TypeError(f"{op}: {other} has dtype {o.dtype} but {anchor} has {t.dtype}; the fused backends "
-                            "take operands of one dtype")
-
-
 def layer_norm_modulate_fp8(
     x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6, *, backend: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +79,8 @@ def layer_norm_modulate_fp8(
     if name == "reference" or x.numel() == 0:
         return reference.layer_norm_modulate_fp8(x, shift, scale, eps)
     if not _checks.kernel_dtypes_ok(x, shift, scale):
-        _check_kernel_dtypes(op, name, "x", x, shift=shift, scale=scale)
+        _checks.check_backend_dtype(op, name, x)
+        _checks.check_same_dtype(op, "x", x, shift=shift, scale=scale)
     values, scales = _layer_norm_modulate_fp8_triton(*as_row_grid(x.shape, x, shift, scale), float(eps))
     return values.view(x.shape), scales.view(*x.shape[:-1], 1)
 
@@ -114,7 +107,8 @@ def gated_residual_layer_norm_modulate_fp8(
     if name == "reference" or residual.numel() == 0:
         return reference.gated_residual_layer_norm_modulate_fp8(residual, x, gate, shift, scale, eps)
     if not _checks.kernel_dtypes_ok(residual, x, gate, shift, scale):
-        _check_kernel_dtypes(op, name, "residual", residual, x=x, gate=gate, shift=shift, scale=scale)
+        _checks.check_backend_dtype(op, name, residual)
+        _checks.check_same_dtype(op, "residual", residual, x=x, gate=gate, shift=shift, scale=scale)
     grids = as_row_grid(residual.shape, residual, x, gate, shift, scale)
     new_residual, values, scales = _gated_residual_layer_norm_modulate_fp8_triton(*grids, float(eps))
     shape = residual.shape

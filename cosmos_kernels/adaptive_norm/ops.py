@@ -80,13 +80,6 @@ def _grid_op(name: str, backend: str) -> torch._ops.OpOverload:
     return overload
 
 
-def _check_same_dtype(op: str, anchor: str, t: torch.Tensor, **others: torch.Tensor) -> None:
-    for name, o in others.items():
-        if o.dtype != t.dtype:
-            raise TypeError(f"{op}: {name} has dtype {o.dtype} but {anchor} has {t.dtype}; the fused backends "
-                            "take operands of one dtype")
-
-
 def _same_shape(out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """`out` in the caller's shape: a 4-D call's grid is its own shape, so no view is made."""
     return out if len(shape) == 4 else out.view(*shape)
@@ -114,7 +107,7 @@ def layer_norm_modulate(
         return reference.layer_norm_modulate(x, shift, scale, eps)
     if not _checks.kernel_dtypes_ok(x, shift, scale):
         _checks.check_backend_dtype(op, name, x)
-        _check_same_dtype(op, "x", x, shift=shift, scale=scale)
+        _checks.check_same_dtype(op, "x", x, shift=shift, scale=scale)
     grids = as_row_grid(x.shape, x, shift, scale)
     return _same_shape(_grid_op(op, name)(*grids, float(eps)), x.shape)
 
@@ -145,7 +138,7 @@ def gated_residual_layer_norm_modulate(
         return reference.gated_residual_layer_norm_modulate(residual, x, gate, shift, scale, eps)
     if not _checks.kernel_dtypes_ok(residual, x, gate, shift, scale):
         _checks.check_backend_dtype(op, name, residual)
-        _check_same_dtype(op, "residual", residual, x=x, gate=gate, shift=shift, scale=scale)
+        _checks.check_same_dtype(op, "residual", residual, x=x, gate=gate, shift=shift, scale=scale)
     grids = as_row_grid(residual.shape, residual, x, gate, shift, scale)
     new_residual, normed = _grid_op(op, name)(*grids, float(eps))
     return _same_shape(new_residual, residual.shape), _same_shape(normed, residual.shape)
@@ -171,7 +164,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *, backen
         return reference.rms_norm(x, weight, eps)
     if not _checks.kernel_dtypes_ok(x, weight):
         _checks.check_backend_dtype(op, name, x)
-        _check_same_dtype(op, "x", x, weight=weight)
+        _checks.check_same_dtype(op, "x", x, weight=weight)
     grids = as_row_grid(x.shape, x, weight)
     return _same_shape(_grid_op(op, name)(*grids, float(eps)), x.shape)
 
