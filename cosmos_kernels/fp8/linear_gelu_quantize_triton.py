@@ -7,8 +7,10 @@ from the fp32 accumulator, so the hidden activation reaches memory once, as e4m3
 group). Programs walk the tiles in groups of GROUP_M tile rows, so that a group reuses each weight tile from L2.
 Rows and columns past the edge are wrapped (`% M`, `% N`) on load, which keeps the main loop free of M and N
 masks; the wrapped columns of a ragged last group are zeroed before its amax, and only the stores are masked.
-The quantization reuses the row quantizers' helpers (`row_scale`, `quantize_tile`), so a group is rounded exactly
-as `quantize_rowwise` rounds a row.
+On Hopper an e4m3 dot accumulates in a narrower format inside the tensor cores (Triton's default there leaves
+it so over the whole K); `max_num_imprecise_acc=BLOCK_K` adds each K tile's sum to the fp32 accumulator, as
+cuBLAS's FP8 GEMM does without fast accumulation. The quantization reuses the row quantizers' helpers
+(`row_scale`, `quantize_tile`), so a group is rounded exactly as `quantize_rowwise` rounds a row.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def _fp8_linear_gelu_quantize_kernel(
             k_left = K - k0
             a = tl.load(x_tile, mask=rk[None, :] < k_left, other=0.0)
             b = tl.load(w_tile, mask=rk[:, None] < k_left, other=0.0)
-        acc = tl.dot(a, b, acc)
+        acc = tl.dot(a, b, acc, max_num_imprecise_acc=BLOCK_K)  # sums added to acc in full fp32 per K tile
         x_tile += BLOCK_K * sxk
         w_tile += BLOCK_K * swk
 

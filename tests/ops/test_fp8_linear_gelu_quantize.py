@@ -248,3 +248,16 @@ def test_rejects_a_bad_group(group):
 def test_rejects_an_unknown_backend():
     with pytest.raises(ValueError, match="fp8_linear_gelu_quantize: backend must be one of"):
         fp8.fp8_linear_gelu_quantize(**_good(), backend="cuda")
+
+
+def test_every_gpu_tile_is_in_the_compile_report():
+    tk = pytest.importorskip("cosmos_kernels.fp8.linear_gelu_quantize_triton")
+    from cosmos_kernels._registry import TRITON_KERNELS
+
+    reported = {(c.constexprs["BLOCK_M"], c.constexprs["BLOCK_N"], c.constexprs["BLOCK_K"], c.constexprs["GROUP_M"],
+                 c.num_warps, c.num_stages) for c in TRITON_KERNELS["fp8.fp8_linear_gelu_quantize"].configs}
+    cuda = torch.device("cuda")
+    for m, n, k in ((1764, 8192, 2048), (40, 512, 128), (1764, 8192, 64), (3, 200, 32), (4096, 300, 100)):
+        cfg = tk.gemm_config(cuda, m, n, k)
+        assert cfg.block_n == 128
+        assert (cfg.block_m, cfg.block_n, cfg.block_k, cfg.group_m, cfg.num_warps, cfg.num_stages) in reported
