@@ -1,7 +1,9 @@
-"""FP8 (e4m3) for the DiT's token GEMMs: row-wise quantization (of x, or of GELU(x) in the same pass), static
-per-channel weight quantization, and the row- and column-scaled FP8 GEMM. The adaptive-norm family's FP8 variants write
-the quantized rows themselves."""
+"""FP8 (e4m3) for the DiT's token GEMMs: row-wise quantization (of x, or of GELU(x) in the same pass), group-wise
+quantization (one scale per row and group of columns), static per-channel weight quantization, the row- and
+column-scaled FP8 GEMM, and the MLP's first FP8 GEMM with the GELU and the group-wise quantization in its epilogue.
+The adaptive-norm family's FP8 variants write the quantized rows themselves."""
 
+from cosmos_kernels.fp8.linear_gelu_quantize import fp8_linear_gelu_quantize
 from cosmos_kernels.fp8.ops import (
     fp8_linear,
     fp8_unsupported_reason,
@@ -9,5 +11,7 @@ from cosmos_kernels.fp8.ops import (
     quantize_rowwise,
     quantize_weight,
 )
+from cosmos_kernels.fp8.reference import quantize_groupwise
 
-__all__ = ["fp8_linear", "fp8_unsupported_reason", "gelu_quantize_rowwise", "quantize_rowwise", "quantize_weight"]
+__all__ = ["fp8_linear", "fp8_linear_gelu_quantize", "fp8_unsupported_reason", "gelu_quantize_rowwise",
+           "quantize_groupwise", "quantize_rowwise", "quantize_weight"]

@@ -28,6 +28,34 @@ def quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values, scales.to(torch.float32) if compute == torch.float32 else scales
 
 
+def quantize_groupwise(x: torch.Tensor, group: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(values, scales)`: the `quantize_rowwise` rule applied to each group of `group` consecutive columns of each
+    row (the last group of a row holds what is left, `N % group` columns when that is not 0): contiguous e4m3 values
+    of x's shape and fp32 scales of shape `(..., G)`, `G = ceil(N / group)`; column `n` belongs to group
+    `n // group`."""
+    if isinstance(group, bool) or not isinstance(group, int) or group < 1:
+        raise ValueError(f"quantize_groupwise: group must be a positive int, got {group!r}")
+    n = x.shape[-1]
+    groups = -(-n // group)
+    padded = F.pad(x, (0, groups * group - n)) if groups * group != n else x  # zeros: no effect on a group's amax
+    values, scales = quantize_rowwise(padded.reshape(*x.shape[:-1], groups, group))
+    return values.reshape(*x.shape[:-1], groups * group)[..., :n].contiguous(), scales.squeeze(-1)
+
+
+def fp8_linear_gelu_quantize(x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor,
+                             weight_scale: torch.Tensor, group: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """`quantize_groupwise(F.gelu((x * x_scale) @ (weight * weight_scale).T), group)`: the MLP's first GEMM on the
+    dequantized operands, the exact (erf) GELU of its unrounded product, and the group-wise e4m3 quantization of
+    the result (the hidden activation as the second FP8 GEMM takes it).
+
+    `x (..., K)` e4m3 with `x_scale (..., 1)`; `weight (N, K)` e4m3 with `weight_scale` holding N values. Computed in
+    fp32 (float64 when either scale is float64: the scales come back float64 too)."""
+    compute = torch.float64 if torch.float64 in (x_scale.dtype, weight_scale.dtype) else torch.float32
+    a = dequantize(x, x_scale, compute)
+    b = dequantize(weight, weight_scale.reshape(-1, 1), compute)
+    return quantize_groupwise(F.gelu(a @ b.T), group)
+
+
 def gelu_quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`quantize_rowwise(F.gelu(x))`: the exact (erf) GELU, stored in x's dtype as `F.gelu` stores it, quantized
     row-wise (the MLP's hidden activation on its way to the second FP8 GEMM)."""

@@ -5,9 +5,9 @@
 Triton kernels (registered through `cosmos_kernels._registry`) are compiled with `triton.compile` for
 `GPUTarget("cuda", 90, 32)`; their PTX goes through Triton's bundled ptxas (`-v`) and their cubin through
 cuobjdump. CUDA sources in csrc/<family>/ are compiled with `nvcc -cubin -arch sm_90a -Xptxas -v`. One row per
-kernel and configuration: registers, shared memory, spill bytes, HGMMA count. Exit status 1 on any spill,
-on a matrix kernel without HGMMA (configurations whose dots are IEEE fp32 run on the FMA units and are exempt),
-or on a kernel that fails to compile.
+kernel and configuration: registers, shared memory, spill bytes, HGMMA count (QGMMA for e4m3 operands). Exit
+status 1 on any spill, on a matrix kernel without HGMMA (configurations whose dots are IEEE fp32 run on the FMA units
+and are exempt), or on a kernel that fails to compile.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def parse_ptxas(log: str) -> dict[str, dict[str, int]]:
 
 
 def count_hgmma(cubin: Path) -> dict[str, int]:
-    """HGMMA instructions per function in a cubin's SASS."""
+    """Warp-group MMA instructions per function in a cubin's SASS: HGMMA, or QGMMA for e4m3 operands."""
     sass = subprocess.run([_triton_tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
                           check=True).stdout
     counts: dict[str, int] = {}
@@ -90,7 +90,7 @@ def count_hgmma(cubin: Path) -> dict[str, int]:
         if m:
             current = m.group(1)
             counts[current] = 0
-        elif current is not None and "HGMMA" in line:
+        elif current is not None and ("HGMMA" in line or "QGMMA" in line):
             counts[current] += 1
     return counts
 

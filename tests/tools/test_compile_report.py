@@ -32,6 +32,9 @@ _registry.register_triton_kernel("test.fma", k.scale_kernel, [_registry.TritonCo
 _registry.register_triton_kernel("test.matmul", k.matmul_tile_kernel, [_registry.TritonConfig(
     "fp16 64x64x32", {"a_ptr": "*fp16", "b_ptr": "*fp16", "c_ptr": "*fp32", "M": "constexpr", "N": "constexpr",
     "K": "constexpr"}, {"M": 64, "N": 64, "K": 32})], matrix=True)
+_registry.register_triton_kernel("test.matmul_fp8", k.matmul_tile_kernel, [_registry.TritonConfig(
+    "e4m3 64x64x64", {"a_ptr": "*fp8e4nv", "b_ptr": "*fp8e4nv", "c_ptr": "*fp32", "M": "constexpr",
+    "N": "constexpr", "K": "constexpr"}, {"M": 64, "N": 64, "K": 64})], matrix=True)
 rows = compile_report.triton_rows()
 print(json.dumps([dict(dataclasses.asdict(r), failures=r.failures()) for r in rows]))
 """
@@ -53,11 +56,13 @@ def test_matrix_kernels_are_checked_for_hgmma():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-c", _CHILD], env=env, cwd=root, capture_output=True, text=True, check=True)
-    scale, fma, matmul = json.loads(out.stdout.strip().splitlines()[-1])
+    scale, fma, matmul, matmul_fp8 = json.loads(out.stdout.strip().splitlines()[-1])
     assert scale["error"] is None and scale["spill_bytes"] == 0 and scale["registers"] > 0
     assert scale["hgmma"] == 0 and scale["failures"] == ["is a matrix kernel without HGMMA instructions"]
     assert fma["hgmma"] == 0 and fma["failures"] == []  # IEEE fp32 dots run on the FMA units: none expected
     assert matmul["error"] is None and matmul["hgmma"] > 0 and matmul["failures"] == []
+    # e4m3 operands run QGMMA, Hopper's FP8 warp-group MMA: counted as well
+    assert matmul_fp8["error"] is None and matmul_fp8["hgmma"] > 0 and matmul_fp8["failures"] == []
 
 
 def test_modules_needing_absent_packages_are_skipped_but_kernel_modules_fail(monkeypatch, capsys):
