@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from cosmos_kernels.tools.dispatch_counter import OpRecord
 
 PEAK = "peak (datasheet)"
-FP8_OPS = {"aten._scaled_mm"}  # the FP8 GEMM of `cosmos_kernels.fp8.fp8_linear` (e4m3 operands, 1 byte each)
+# The FP8 GEMMs: `cosmos_kernels.fp8.fp8_linear` and the output projection that adds the gated residual.
+FP8_OPS = {"aten._scaled_mm", "cosmos_kernels::fp8_linear_gated_residual_triton"}
 
 
 @dataclass(frozen=True)

@@ -54,10 +54,32 @@ def test_gelu_and_its_quantization_are_one_launch():
     blocks = roofline.dit_config("tiny").num_blocks
     assert "aten.gelu" not in names
     assert names.count("cosmos_kernels::gelu_quantize_rowwise_triton") == blocks
-    assert names.count("cosmos_kernels::quantize_rowwise_triton") == 2 * blocks  # the two attention outputs
     for i, name in enumerate(names):
         if name == "cosmos_kernels::gelu_quantize_rowwise_triton":
-            assert names[i - 1] == names[i + 1] == "aten._scaled_mm"
+            assert names[i - 1] == "aten._scaled_mm" and names[i + 1] == GATED
+
+
+GATED = "cosmos_kernels::fp8_linear_gated_residual_triton"
+
+
+def test_output_projections_add_the_gated_residual():
+    """Counted as on CUDA: the three output projections of a block are FP8 GEMMs that add the gated residual in
+    their epilogue, each followed by the next norm alone; the attention outputs are quantized inside those GEMMs
+    (no quantization launch of their own), and the last block's residual goes to the final layer's unquantized norm."""
+    from cosmos_policy.cli import roofline
+
+    counted, _ = roofline.count("tiny", "libero", vae=False, fp8=True)
+    names = [r.name for r in counted["fused"].dit_pass if r.cost.launches]
+    blocks = roofline.dit_config("tiny").num_blocks
+    assert names.count(GATED) == 3 * blocks and names.count("aten._scaled_mm") == 3 * blocks
+    assert "cosmos_kernels::quantize_rowwise_triton" not in names
+    assert not any(n.startswith("cosmos_kernels::gated_residual_layer_norm_modulate") for n in names)
+    follow = [names[i + 1] for i, name in enumerate(names) if name == GATED]
+    assert follow == ["cosmos_kernels::layer_norm_modulate_fp8_triton"] * (3 * blocks - 1) + [
+        "cosmos_kernels::layer_norm_modulate"]
+    before = [names[i - 1] for i, name in enumerate(names) if name == GATED]
+    assert before == ["scaled_dot_product_attention", "scaled_dot_product_attention",
+                      "cosmos_kernels::gelu_quantize_rowwise_triton"] * blocks
 
 
 @torch.no_grad()
