@@ -112,9 +112,9 @@ class GemmConfig:
     num_stages: int
 
 
-# Hopper's FP8 warp-group MMAs take K in steps of 32: 128 x 128 x 128 tiles over 3 stages hold 96 KiB of e4m3
-# operands (a bf16 A operand of the quantizing form: 144 KiB, within the 228 KiB of an SM; an fp32 one takes K
-# tiles half as deep).
+# Hopper's FP8 warp-group MMAs (QGMMA) take K in steps of 32: 128 x 128 x 128 tiles over 3 stages hold 96 KiB of
+# e4m3 operands, within the 228 KiB of an SM (`gemm_config` halves the depth for the quantizing and group-scaled
+# forms).
 CONFIGS = {
     "large": GemmConfig(128, 128, 128, 8, 8, 3),
     "small": GemmConfig(64, 64, 128, 8, 4, 3),  # few output tiles: more programs to fill the card
@@ -122,10 +122,16 @@ CONFIGS = {
 INTERPRETER_CONFIG = GemmConfig(32, 64, 64, 4, 4, 1)  # one program costs the same whatever its tile
 
 
-def gemm_config(device: torch.device, m: int, n: int, k: int, x_dtype: torch.dtype) -> GemmConfig:
+def gemm_config(device: torch.device, m: int, n: int, k: int, x_dtype: torch.dtype,
+                grouped: bool = False) -> GemmConfig:
     base = INTERPRETER_CONFIG if device.type != "cuda" else (
         CONFIGS["small"] if m * n < 128 * 128 * 132 else CONFIGS["large"])
-    block_k = base.block_k if x_dtype != torch.float32 else base.block_k // 2  # fp32 A tiles: half as deep
+    # Row-scaled e4m3 A: K tiles of 128. A quantized here (its float tile and the rounding in registers) or scaled
+    # per group (a second accumulator): tiles half as deep (a quarter for an fp32 A), which keep every launch free
+    # of spills.
+    block_k = base.block_k if x_dtype == torch.float8_e4m3fn and not grouped else base.block_k // 2
+    if x_dtype == torch.float32:
+        block_k //= 2
     while block_k > 32 and block_k >= 2 * max(k, 1):  # a K tile no wider than needed (at least 32)
         block_k //= 2
     return GemmConfig(base.block_m, base.block_n, block_k, base.group_m, base.num_warps, base.num_stages)
@@ -150,7 +156,7 @@ def fp8_linear_gated_residual(x: torch.Tensor, x_scale: torch.Tensor | None, wei
     else:
         groups = x_scale.shape[-1]
         mode, scales = (ROW_SCALED if groups == 1 else GROUP_SCALED), x_scale
-    cfg = config or gemm_config(x.device, m, n, k, x.dtype)
+    cfg = config or gemm_config(x.device, m, n, k, x.dtype, grouped=mode == GROUP_SCALED)
     if mode == GROUP_SCALED and GROUP % cfg.block_k:
         raise ValueError(f"fp8_linear_gated_residual: BLOCK_K {cfg.block_k} must divide the scale group {GROUP}")
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
@@ -169,11 +175,13 @@ def fp8_linear_gated_residual(x: torch.Tensor, x_scale: torch.Tensor | None, wei
 def _register_for_compile_report() -> None:
     # The 2B's launches: self-attention and cross-attention outputs (bf16 A quantized here, K = 2048), the MLP's
     # second layer (e4m3 A, row- or group-scaled, K = 8192); residual and gate bf16, N = 2048, 1764 tokens.
-    launches = [(mode, x_type, cfg) for cfg in CONFIGS.values()
-                for mode, x_type in ((ROW_SCALED, "fp8e4nv"), (GROUP_SCALED, "fp8e4nv"), (QUANTIZE, "bf16"),
-                                     (QUANTIZE, "fp16"))]
-    launches += [(QUANTIZE, "fp32", GemmConfig(c.block_m, c.block_n, c.block_k // 2, c.group_m, c.num_warps,
-                                               c.num_stages)) for c in CONFIGS.values()]
+    def halved(c: GemmConfig, times: int = 1) -> GemmConfig:
+        return GemmConfig(c.block_m, c.block_n, c.block_k >> times, c.group_m, c.num_warps, c.num_stages)
+
+    launches = [(ROW_SCALED, "fp8e4nv", cfg) for cfg in CONFIGS.values()]
+    launches += [(mode, x_type, halved(cfg)) for cfg in CONFIGS.values()
+                 for mode, x_type in ((GROUP_SCALED, "fp8e4nv"), (QUANTIZE, "bf16"), (QUANTIZE, "fp16"))]
+    launches += [(QUANTIZE, "fp32", halved(cfg, 2)) for cfg in CONFIGS.values()]
     names = {ROW_SCALED: "row-scaled", GROUP_SCALED: "group-scaled", QUANTIZE: "quantize"}
     configs = []
     for mode, x_type, cfg in launches:

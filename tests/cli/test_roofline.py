@@ -244,13 +244,15 @@ def test_counter_sees_the_fp8_gemm_and_its_quantizers():
 
 
 def test_fp8_pass_moves_its_gemms_to_fp8(libero_2b, libero_2b_fp8):
-    """Six FP8 GEMMs per block carry the same matrix work as the bf16 token GEMMs; the reference is untouched."""
+    """Six FP8 GEMMs per block (three `_scaled_mm`, three output projections with the gated residual) carry the same
+    matrix work as the bf16 token GEMMs; the reference is untouched."""
     _, _, bf16 = libero_2b
     counted, setup, fp8 = libero_2b_fp8
     blocks = DiTConfig.cosmos_predict2_2b().num_blocks
     ops = fp8["fused"]["ops_per_pass"]
-    assert setup["fp8"] and ops["aten._scaled_mm"]["calls"] == 6 * blocks
-    assert ops["cosmos_kernels::quantize_rowwise_triton"]["calls"] == 2 * blocks  # the attention outputs
+    gated = "cosmos_kernels::fp8_linear_gated_residual_triton"  # the output projections, adding the residual
+    assert setup["fp8"] and ops["aten._scaled_mm"]["calls"] == 3 * blocks and ops[gated]["calls"] == 3 * blocks
+    assert "cosmos_kernels::quantize_rowwise_triton" not in ops  # the attention outputs: quantized in the GEMM
     assert ops["cosmos_kernels::gelu_quantize_rowwise_triton"]["calls"] == blocks and "aten.gelu" not in ops
     assert fp8["fused"]["flops_per_pass"] == bf16["fused"]["flops_per_pass"]
     assert fp8["reference"] == bf16["reference"]

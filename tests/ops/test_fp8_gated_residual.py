@@ -148,7 +148,7 @@ def test_every_gpu_tile_is_in_the_compile_report(monkeypatch):
         for mode, x_dtype, name in ((0, torch.float8_e4m3fn, "*fp8e4nv"), (1, torch.float8_e4m3fn, "*fp8e4nv"),
                                     (2, torch.bfloat16, "*bf16"), (2, torch.float16, "*fp16"),
                                     (2, torch.float32, "*fp32")):
-            c = kernels.gemm_config(cuda, m, n, k, x_dtype)
+            c = kernels.gemm_config(cuda, m, n, k, x_dtype, grouped=mode == 1)
             assert (mode, name, c.block_m, c.block_n, c.block_k, c.num_warps, c.num_stages) in reported
 
 
