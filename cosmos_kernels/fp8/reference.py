@@ -87,3 +87,33 @@ def fp8_linear(x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, wei
     if bias is not None:
         out = out + bias.to(compute)
     return out.to(out_dtype)
+
+
+def dequantize_groupwise(values: torch.Tensor, scales: torch.Tensor, group: int = 128,
+                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`values (..., K)` times `scales (..., ceil(K / group))` in `dtype`: column k takes its row's scale of group
+    `k // group` (the last group may be partial). float64 is exact, as in `dequantize`."""
+    k = values.shape[-1]
+    per_column = scales.to(dtype).repeat_interleave(group, dim=-1)[..., :k]
+    return (values.to(dtype) * per_column).to(dtype)
+
+
+def fp8_linear_gated_residual(x: torch.Tensor, x_scale: torch.Tensor | None, weight: torch.Tensor,
+                              weight_scale: torch.Tensor, residual: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """`residual + gate * (A @ (weight * weight_scale).T)`, computed in fp32 (float64 when residual is float64) and
+    rounded once to residual's dtype; a new tensor of residual's shape `(..., N)`.
+
+    A holds x's rows, which are residual's rows in order (`x (..., K)` with as many rows as residual): e4m3 `x` with
+    `x_scale (..., 1)` (one scale per row) or `(..., ceil(K / 128))` (one per row and group of 128 columns), or a
+    float `x` with `x_scale` None, quantized first by `quantize_rowwise`. `gate` broadcasts against residual."""
+    if x_scale is None:
+        x, x_scale = quantize_rowwise(x)
+    compute = torch.float64 if residual.dtype == torch.float64 else torch.float32
+    k = x.shape[-1]
+    if x_scale.shape[-1] == 1:
+        a = dequantize(x, x_scale, compute)
+    else:
+        a = dequantize_groupwise(x, x_scale, 128, compute)
+    b = dequantize(weight, weight_scale.reshape(-1, 1), compute)
+    product = (a.reshape(-1, k) @ b.T).view(residual.shape)
+    return (residual.to(compute) + gate.to(compute) * product).to(residual.dtype)

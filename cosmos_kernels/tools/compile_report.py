@@ -80,7 +80,8 @@ def parse_ptxas(log: str) -> dict[str, dict[str, int]]:
 
 
 def count_hgmma(cubin: Path) -> dict[str, int]:
-    """Warp-group MMA instructions per function in a cubin's SASS: HGMMA, or QGMMA for e4m3 operands."""
+    """Warp-group MMA instructions per function in a cubin's SASS: HGMMA (16-bit and tf32 operands) and QGMMA (FP8
+    operands, the e4m3 GEMMs), counted together as the report's HGMMA column."""
     sass = subprocess.run([_triton_tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
                           check=True).stdout
     counts: dict[str, int] = {}

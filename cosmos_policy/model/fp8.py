@@ -1,12 +1,16 @@
 """Opt-in FP8 (e4m3) token GEMMs of the fused DiT blocks (`CosmosDiT(..., fp8=True)`).
 
-Six GEMMs per block run in FP8 with a scale per token row and per output channel: the packed QKV projection, the
-self-attention output, the cross-attention query and output, and both MLP layers. Their weights are quantized once
-per set of weights (`WeightCache`, keyed like every other weight-dependent cache: the parameters' version counters,
-so `load_state_dict`, `.to()` and in-place updates re-quantize; the bf16 parameters stay the only bf16 copy). Their
-activations arrive quantized by the kernels that produce them: the adaptive norms' FP8 variants write the normed rows
-as e4m3 values and row scales, `quantize_rowwise` quantizes the attention outputs, and `gelu_quantize_rowwise`
-applies the MLP's GELU and quantizes its output in one pass (the GELU output never reaches memory).
+Six GEMMs per block run in FP8 with per-output-channel weight scales: the packed QKV projection, the self-attention
+output, the cross-attention query and output, and both MLP layers. Their weights are quantized once per set of
+weights (`WeightCache`, keyed like every other weight-dependent cache: the parameters' version counters, so
+`load_state_dict`, `.to()` and in-place updates re-quantize; the bf16 parameters stay the only bf16 copy). Their
+activations arrive quantized by the kernels that produce them, or are quantized by the GEMM that reads them:
+- the adaptive norms' FP8 variants write the normed rows as e4m3 values and a scale per row;
+- the MLP's first layer is `fp8_linear_gelu_quantize`: the GELU and the quantization (a scale per row and 128
+  columns: a row spans many output tiles) run in its epilogue, so the hidden activation is written once, in e4m3;
+- the three output projections (self-attention, cross-attention, MLP second layer) are `fp8_linear_gated_residual`:
+  their epilogue adds the gated residual, so their product never reaches memory for a norm to re-read, and they
+  quantize the attention outputs themselves, a scale per row.
 Cross-attention K/V, the modulation, the time embedding and the final layer stay in the network's dtype. Nothing
 reads a value back to the host.
 """
@@ -20,8 +24,8 @@ import torch
 from torch import nn
 
 import cosmos_kernels
-from cosmos_kernels.adaptive_norm import gated_residual_layer_norm_modulate_fp8, layer_norm_modulate_fp8
-from cosmos_kernels.fp8 import fp8_linear, gelu_quantize_rowwise, quantize_rowwise, quantize_weight
+from cosmos_kernels.adaptive_norm import layer_norm_modulate_fp8
+from cosmos_kernels.fp8 import fp8_linear, fp8_linear_gated_residual, fp8_linear_gelu_quantize, quantize_weight
 
 Quantized = tuple[torch.Tensor, torch.Tensor]  # e4m3 values, fp32 scales (one per row / output channel)
 
@@ -76,11 +80,6 @@ def _linear(rows: Quantized, weight: Quantized, dtype: torch.dtype) -> torch.Ten
     return fp8_linear(rows[0], rows[1], weight[0], weight[1], out_dtype=dtype)
 
 
-def _quantized_heads(out: torch.Tensor) -> Quantized:
-    """The attention output `(B, L, heads, head_dim)` as quantized `(B, L, D)` rows."""
-    return quantize_rowwise(out.flatten(2))
-
-
 def forward_blocks(
     blocks: nn.ModuleList,
     weights: list[BlockWeights],
@@ -110,22 +109,21 @@ def forward_blocks(
         q, k, v = _linear(flat, w.qkv, dtype).unflatten(-1, (3, sa.num_heads, sa.head_dim)).unbind(2)
         out = cosmos_kernels.attention(q, k, v, q_norm_weight=q_norm, k_norm_weight=k_norm, rope_cos=cos,
                                        rope_sin=sin, norm_eps=eps)
-        out = _linear(_quantized_heads(out), w.self_out, dtype).view(b, t, s, d)
-        x, *rows = gated_residual_layer_norm_modulate_fp8(x, out, mod(i, 2), mod(i, 3), mod(i, 4), eps)
+        x = fp8_linear_gated_residual(out.flatten(2), None, *w.self_out, x, mod(i, 2))  # quantized in the GEMM
+        rows = layer_norm_modulate_fp8(x, mod(i, 3), mod(i, 4), eps)
 
         ck, cv, repeats = kv[i]
         flat = (rows[0].view(b, t * s, d), rows[1].view(b, t * s, 1))
         q = ca.heads(_linear(flat, w.cross_q, dtype))
         out = cosmos_kernels.attention(q, ck.expand(b, -1, -1, -1), cv.expand(b, -1, -1, -1),
                                        q_norm_weight=cross_q_norm, norm_eps=eps, last_key_repeats=repeats)
-        out = _linear(_quantized_heads(out), w.cross_out, dtype).view(b, t, s, d)
-        x, *rows = gated_residual_layer_norm_modulate_fp8(x, out, mod(i, 5), mod(i, 6), mod(i, 7), eps)
+        x = fp8_linear_gated_residual(out.flatten(2), None, *w.cross_out, x, mod(i, 5))
+        rows = layer_norm_modulate_fp8(x, mod(i, 6), mod(i, 7), eps)
 
-        hidden = gelu_quantize_rowwise(_linear(rows, w.mlp_in, dtype))  # GELU and quantization in one pass
-        out = _linear(hidden, w.mlp_out, dtype)
+        hidden = fp8_linear_gelu_quantize(*rows, *w.mlp_in)  # e4m3 with a scale per row and 128 columns
+        x = fp8_linear_gated_residual(*hidden, *w.mlp_out, x, mod(i, 8))
         if i + 1 < len(blocks):  # the next block's QKV input, quantized by the norm that produces it
-            x, *rows = gated_residual_layer_norm_modulate_fp8(x, out, mod(i, 8), mod(i + 1, 0), mod(i + 1, 1), eps)
+            rows = layer_norm_modulate_fp8(x, mod(i + 1, 0), mod(i + 1, 1), eps)
         else:  # the final layer's input stays in the network's dtype
-            x, normed = cosmos_kernels.gated_residual_layer_norm_modulate(x, out, mod(i, 8), mod(i + 1, 0),
-                                                                          mod(i + 1, 1), eps)
+            normed = cosmos_kernels.layer_norm_modulate(x, mod(i + 1, 0), mod(i + 1, 1), eps)
     return x, normed

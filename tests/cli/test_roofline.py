@@ -244,14 +244,19 @@ def test_counter_sees_the_fp8_gemm_and_its_quantizers():
 
 
 def test_fp8_pass_moves_its_gemms_to_fp8(libero_2b, libero_2b_fp8):
-    """Six FP8 GEMMs per block carry the same matrix work as the bf16 token GEMMs; the reference is untouched."""
+    """Six FP8 GEMMs per block (two `_scaled_mm`, the MLP's first layer with the GELU and the quantization in its
+    epilogue, three output projections with the gated residual) carry the same matrix work as the bf16 token GEMMs;
+    the reference is untouched."""
     _, _, bf16 = libero_2b
     counted, setup, fp8 = libero_2b_fp8
     blocks = DiTConfig.cosmos_predict2_2b().num_blocks
     ops = fp8["fused"]["ops_per_pass"]
-    assert setup["fp8"] and ops["aten._scaled_mm"]["calls"] == 6 * blocks
-    assert ops["cosmos_kernels::quantize_rowwise_triton"]["calls"] == 2 * blocks  # the attention outputs
-    assert ops["cosmos_kernels::gelu_quantize_rowwise_triton"]["calls"] == blocks and "aten.gelu" not in ops
+    gated = "cosmos_kernels::fp8_linear_gated_residual_triton"  # the output projections, adding the residual
+    gelu = "cosmos_kernels::fp8_linear_gelu_quantize_triton"  # the MLP's first layer, GELU and quantization fused
+    assert setup["fp8"] and ops["aten._scaled_mm"]["calls"] == 2 * blocks and ops[gated]["calls"] == 3 * blocks
+    assert ops[gelu]["calls"] == blocks and {gelu, gated} <= roofline_cards.FP8_OPS
+    assert "cosmos_kernels::quantize_rowwise_triton" not in ops  # the attention outputs: quantized in the GEMM
+    assert "cosmos_kernels::gelu_quantize_rowwise_triton" not in ops and "aten.gelu" not in ops
     assert fp8["fused"]["flops_per_pass"] == bf16["fused"]["flops_per_pass"]
     assert fp8["reference"] == bf16["reference"]
     assert not any(r.name in roofline_cards.FP8_OPS for r in counted["reference"].per_pass)
@@ -317,7 +322,7 @@ def test_breakdown_sums_to_the_pass_and_is_printed(libero_2b_fp8, capsys):
         assert sum(g["launches"] for g in groups) == fused["launches_per_pass"]
         assert sum(g["nonmatmul_bytes"] for g in groups) == fused["nonmatmul_bytes_per_pass"]
         assert [g["ms"] for g in groups] == sorted((g["ms"] for g in groups), reverse=True)
-    assert fused["breakdown_per_pass"]["h100"][0]["op"] == "aten._scaled_mm"
+    assert fused["breakdown_per_pass"]["h100"][0]["op"] in roofline_cards.FP8_OPS  # compute-bound: a GEMM first
     assert roofline.main(["--config", "tiny", "--no-vae", "--fp8", "--gpu", "h100,thor", "--breakdown"]) == 0
     out = capsys.readouterr().out
     assert "thor (Jetson AGX Thor), fused pass: top ops by predicted time" in out

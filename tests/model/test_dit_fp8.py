@@ -28,14 +28,29 @@ def _setup(gen, dtype=torch.bfloat16):
     return model, inputs
 
 
+FP8_GEMMS = ("fp8_linear", "fp8_linear_gelu_quantize", "fp8_linear_gated_residual")
+
+
 @torch.no_grad()
-def test_six_fp8_gemms_per_block_and_no_host_read(gen):
+def test_six_fp8_gemms_per_block_and_no_host_read(gen, monkeypatch):
+    """On the CPU: six FP8 GEMMs per block, none in 16 bits; four of them `torch._scaled_mm` (row and column
+    scales). The other two take a scale per row and 128 columns (the MLP's hidden activation), which the CPU's
+    `_scaled_mm` cannot express: their reference computes the same sum on the dequantized e4m3 operands in fp32."""
+    import cosmos_policy.model.fp8 as fp8_blocks
+
     model, inputs = _setup(gen)
     model.fp8 = True
     model(**inputs)  # first pass: fills the caches (the text's padding is found once, by a host read)
+    calls = []
+    for name in FP8_GEMMS:
+        fn = getattr(fp8_blocks, name)
+        monkeypatch.setattr(fp8_blocks, name, lambda *a, _fn=fn, _name=name, **k: calls.append(_name) or _fn(*a, **k))
     with _Count() as count:
         out = model(**inputs)
-    assert count.counts.get("_scaled_mm", 0) == 6 * model.config.num_blocks
+    blocks = model.config.num_blocks
+    assert calls == ["fp8_linear", "fp8_linear_gated_residual", "fp8_linear", "fp8_linear_gated_residual",
+                     "fp8_linear_gelu_quantize", "fp8_linear_gated_residual"] * blocks
+    assert count.counts.get("_scaled_mm", 0) == 4 * blocks
     assert count.counts.get("_local_scalar_dense", 0) == 0
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     model.fp8 = False
@@ -44,20 +59,42 @@ def test_six_fp8_gemms_per_block_and_no_host_read(gen):
     assert "_scaled_mm" not in count.counts
 
 
-def test_gelu_and_its_quantization_are_one_launch():
-    """Counted as on CUDA (meta device): each block's MLP runs its first FP8 GEMM, then one fused GELU +
-    quantization kernel, then its second FP8 GEMM; no separate GELU, no quantization launch after it."""
+GATED = "cosmos_kernels::fp8_linear_gated_residual_triton"
+GELU_GEMM = "cosmos_kernels::fp8_linear_gelu_quantize_triton"
+
+
+def test_gelu_and_its_quantization_run_in_the_first_mlp_gemm():
+    """Counted as on CUDA (meta device): each block's MLP is two FP8 GEMMs back to back, the first with the GELU and
+    the quantization in its epilogue; no GELU or quantization launch of its own."""
     from cosmos_policy.cli import roofline
 
     counted, _ = roofline.count("tiny", "libero", vae=False, fp8=True)
     names = [r.name for r in counted["fused"].dit_pass if r.cost.launches]
     blocks = roofline.dit_config("tiny").num_blocks
-    assert "aten.gelu" not in names
-    assert names.count("cosmos_kernels::gelu_quantize_rowwise_triton") == blocks
-    assert names.count("cosmos_kernels::quantize_rowwise_triton") == 2 * blocks  # the two attention outputs
+    assert "aten.gelu" not in names and "cosmos_kernels::gelu_quantize_rowwise_triton" not in names
+    assert names.count(GELU_GEMM) == blocks
     for i, name in enumerate(names):
-        if name == "cosmos_kernels::gelu_quantize_rowwise_triton":
-            assert names[i - 1] == names[i + 1] == "aten._scaled_mm"
+        if name == GELU_GEMM:
+            assert names[i - 1] == "cosmos_kernels::layer_norm_modulate_fp8_triton" and names[i + 1] == GATED
+
+
+def test_output_projections_add_the_gated_residual():
+    """Counted as on CUDA: the three output projections of a block are FP8 GEMMs that add the gated residual in
+    their epilogue, each followed by the next norm alone; the attention outputs are quantized inside those GEMMs
+    (no quantization launch of their own), and the last block's residual goes to the final layer's unquantized norm."""
+    from cosmos_policy.cli import roofline
+
+    counted, _ = roofline.count("tiny", "libero", vae=False, fp8=True)
+    names = [r.name for r in counted["fused"].dit_pass if r.cost.launches]
+    blocks = roofline.dit_config("tiny").num_blocks
+    assert names.count(GATED) == 3 * blocks
+    assert "cosmos_kernels::quantize_rowwise_triton" not in names
+    assert not any(n.startswith("cosmos_kernels::gated_residual_layer_norm_modulate") for n in names)
+    follow = [names[i + 1] for i, name in enumerate(names) if name == GATED]
+    assert follow == ["cosmos_kernels::layer_norm_modulate_fp8_triton"] * (3 * blocks - 1) + [
+        "cosmos_kernels::layer_norm_modulate"]
+    before = [names[i - 1] for i, name in enumerate(names) if name == GATED]
+    assert before == ["scaled_dot_product_attention", "scaled_dot_product_attention", GELU_GEMM] * blocks
 
 
 @torch.no_grad()
