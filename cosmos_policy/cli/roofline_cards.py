@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from cosmos_kernels.tools.dispatch_counter import OpRecord
 
 PEAK = "peak (datasheet)"
-FP8_OPS = {"aten._scaled_mm"}  # the FP8 GEMM of `cosmos_kernels.fp8.fp8_linear` (e4m3 operands, 1 byte each)
+# The FP8 GEMMs (e4m3 operands, 1 byte each): `cosmos_kernels.fp8.fp8_linear`'s, and the QKV projection of
+# `fp8_linear_qk_norm_rope` with q / k normed and rotated in its epilogue.
+FP8_OPS = {"aten._scaled_mm", "cosmos_kernels::fp8_linear_qk_norm_rope_triton"}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Opt-in FP8 (e4m3) token GEMMs of the fused DiT blocks (`CosmosDiT(..., fp8=True)`).
 
-Six GEMMs per block run in FP8 with a scale per token row and per output channel: the packed QKV projection, the
+Six GEMMs per block run in FP8 with a scale per token row and per output channel: the packed QKV projection (its
+epilogue applies the self-attention's per-head q / k RMSNorm and RoPE: `fp8_linear_qk_norm_rope`), the
 self-attention output, the cross-attention query and output, and both MLP layers. Their weights are quantized once
 per set of weights (`WeightCache`, keyed like every other weight-dependent cache: the parameters' version counters,
 so `load_state_dict`, `.to()` and in-place updates re-quantize; the bf16 parameters stay the only bf16 copy). Their
@@ -107,9 +108,9 @@ def forward_blocks(
         sa, ca, w = block.self_attn, block.cross_attn, weights[i]
         _, q_norm, k_norm, cross_q_norm = norm_weights[i]
         flat = (rows[0].view(b, t * s, d), rows[1].view(b, t * s, 1))
-        q, k, v = _linear(flat, w.qkv, dtype).unflatten(-1, (3, sa.num_heads, sa.head_dim)).unbind(2)
-        out = cosmos_kernels.attention(q, k, v, q_norm_weight=q_norm, k_norm_weight=k_norm, rope_cos=cos,
-                                       rope_sin=sin, norm_eps=eps)
+        q, k, v = cosmos_kernels.fp8_linear_qk_norm_rope(*flat, *w.qkv, q_norm, k_norm, cos, sin, eps=eps,
+                                                         num_heads=sa.num_heads, out_dtype=dtype)  # normed, rotated
+        out = cosmos_kernels.attention(q, k, v)
         out = _linear(_quantized_heads(out), w.self_out, dtype).view(b, t, s, d)
         x, *rows = gated_residual_layer_norm_modulate_fp8(x, out, mod(i, 2), mod(i, 3), mod(i, 4), eps)
 
