@@ -70,7 +70,7 @@ def _check(x, x_scale, weight, weight_scale, q_norm_weight, k_norm_weight, cos, 
     _check_tensor("weight", weight, E4M3, 2)
     _check_tensor("x_scale", x_scale, torch.float32, 3)
     if not isinstance(weight_scale, torch.Tensor) or weight_scale.dtype != torch.float32:
-        _check_tensor("weight_scale", weight_scale, torch.float32, weight_scale.dim())
+        _check_tensor("weight_scale", weight_scale, torch.float32, 2)
     if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
         raise ValueError(f"{OP}: num_heads must be an int >= 1, got {num_heads!r}")
     if out_dtype not in OUT_DTYPES:
@@ -128,7 +128,7 @@ def _reference_backend(x, x_scale, weight, weight_scale, qw, kw, cos, sin, num_h
     if x.device.type != "cpu":
         return reference.fp8_linear_qk_norm_rope(x, x_scale, weight, weight_scale, qw, kw, cos, sin, num_heads, eps,
                                                  out_dtype)
-    y = fp8_linear(x, x_scale, weight, weight_scale, out_dtype=torch.float32)
+    y = fp8_linear(x, x_scale.contiguous(), weight, weight_scale, out_dtype=torch.float32)  # the GEMM's scales
     q, k, v = y.unflatten(-1, (3, num_heads, -1)).unbind(2)
     q, k = qk_norm_rope(q, k, qw, kw, cos, sin, eps)  # fp32 in, fp32 out: no rounding yet
     return q.to(out_dtype), k.to(out_dtype), v.to(out_dtype)

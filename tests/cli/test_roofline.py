@@ -244,12 +244,15 @@ def test_counter_sees_the_fp8_gemm_and_its_quantizers():
 
 
 def test_fp8_pass_moves_its_gemms_to_fp8(libero_2b, libero_2b_fp8):
-    """Six FP8 GEMMs per block carry the same matrix work as the bf16 token GEMMs; the reference is untouched."""
+    """Six FP8 GEMMs per block (five `_scaled_mm`, and the QKV projection that norms and rotates q and k in its
+    epilogue) carry the same matrix work as the bf16 token GEMMs; the reference is untouched."""
     _, _, bf16 = libero_2b
     counted, setup, fp8 = libero_2b_fp8
     blocks = DiTConfig.cosmos_predict2_2b().num_blocks
     ops = fp8["fused"]["ops_per_pass"]
-    assert setup["fp8"] and ops["aten._scaled_mm"]["calls"] == 6 * blocks
+    assert setup["fp8"] and ops["aten._scaled_mm"]["calls"] == 5 * blocks
+    assert ops["cosmos_kernels::fp8_linear_qk_norm_rope_triton"]["calls"] == blocks
+    assert ops["cosmos_kernels::qk_norm_rope"]["calls"] == blocks  # the cross-attention's q norm only
     assert ops["cosmos_kernels::quantize_rowwise_triton"]["calls"] == 2 * blocks  # the attention outputs
     assert ops["cosmos_kernels::gelu_quantize_rowwise_triton"]["calls"] == blocks and "aten.gelu" not in ops
     assert fp8["fused"]["flops_per_pass"] == bf16["fused"]["flops_per_pass"]
