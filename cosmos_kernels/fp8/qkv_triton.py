@@ -78,8 +78,10 @@ def _fp8_qkv_kernel(
             a = tl.load(x_tile, mask=rk[None, :] < k_left, other=0.0)
             b1 = tl.load(w1_tile, mask=rk[:, None] < k_left, other=0.0)
             b2 = tl.load(w2_tile, mask=rk[:, None] < k_left, other=0.0)
-        acc1 = tl.dot(a, b1, acc1)
-        acc2 = tl.dot(a, b2, acc2)
+        # Hopper's FP8 MMA accumulates in reduced precision: its partial sums join the fp32 accumulators after
+        # every K tile (as cuBLAS's FP8 GEMM does without fast accumulation), not once at the end of the loop.
+        acc1 = tl.dot(a, b1, acc1, max_num_imprecise_acc=BLOCK_K)
+        acc2 = tl.dot(a, b2, acc2, max_num_imprecise_acc=BLOCK_K)
         x_tile += BLOCK_K * sxk
         w1_tile += BLOCK_K * swk
         w2_tile += BLOCK_K * swk
@@ -127,7 +129,8 @@ CONFIGS = {
 }
 # Under the interpreter one program costs the same whatever its tile: small tiles keep the ragged edges covered.
 INTERPRETER_CONFIG = QkvConfig(32, 64, 4, 1)
-def _block_k(k: int, cfg: QkvConfig) -> int:
+def block_k_for(k: int, cfg: QkvConfig) -> int:
+    """The K tile for rows of k values: the config's, or the next power of two of a smaller k (at least 32)."""
     return max(32, min(cfg.block_k, triton.next_power_of_2(max(k, 1))))
 
 
@@ -161,7 +164,7 @@ def fp8_linear_qk_norm_rope(x: torch.Tensor, x_scale: torch.Tensor, weight: torc
     if m == 0:
         return out
     cfg = config or qkv_config(x.device, m, num_heads)
-    block_k = _block_k(k, cfg)
+    block_k = block_k_for(k, cfg)
     half = d // 2
     dummy = weight_scale  # never read where its constexpr switch is off
     grid = (triton.cdiv(m, cfg.block_m), 3 * num_heads)

@@ -80,7 +80,7 @@ def parse_ptxas(log: str) -> dict[str, dict[str, int]]:
 
 
 def count_hgmma(cubin: Path) -> dict[str, int]:
-    """HGMMA instructions per function in a cubin's SASS."""
+    """Warp-group MMA instructions per function in a cubin's SASS: HGMMA (16-bit operands) and QGMMA (FP8)."""
     sass = subprocess.run([_triton_tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
                           check=True).stdout
     counts: dict[str, int] = {}
@@ -90,7 +90,7 @@ def count_hgmma(cubin: Path) -> dict[str, int]:
         if m:
             current = m.group(1)
             counts[current] = 0
-        elif current is not None and "HGMMA" in line:
+        elif current is not None and ("HGMMA" in line or "QGMMA" in line):
             counts[current] += 1
     return counts
 

@@ -128,6 +128,24 @@ def test_gpu_tiles_compute_across_edges(gen):
             _assert_close(out.unbind(2), *_want64(args, 1), torch.bfloat16)
 
 
+@pytest.mark.parametrize("capability", [(8, 9), (9, 0), (10, 0), (11, 0), (12, 0)])
+def test_gpu_tiles_are_in_the_compile_report(capability, monkeypatch):
+    """Every tile a launch can pick, at the 2B's shapes and at a few rows, is registered for the compile report."""
+    tk = pytest.importorskip("cosmos_kernels.fp8.qkv_triton")
+    from types import SimpleNamespace
+
+    from cosmos_kernels._registry import TRITON_KERNELS
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: SimpleNamespace(
+        multi_processor_count=132))
+    reported = {(c.constexprs["BLOCK_M"], c.constexprs["BLOCK_K"], c.num_warps, c.num_stages)
+                for c in TRITON_KERNELS["fp8.fp8_linear_qk_norm_rope"].configs}
+    for m in (1764, 2 * 1764, 40):
+        cfg = tk.qkv_config(torch.device("cuda"), m, 16)
+        assert (cfg.block_m, tk.block_k_for(2048, cfg), cfg.num_warps, cfg.num_stages) in reported
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_rows(backend, gen):
     xq, xs, wq, ws, qw, kw, _, _ = _inputs(gen, 2, 3, 80, 2, 64, rope=False)
