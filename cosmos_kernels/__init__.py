@@ -20,7 +20,13 @@ from cosmos_kernels.adaptive_norm import (  # noqa: E402
 )
 from cosmos_kernels.attention import attention, qk_norm_rope, rope_3d_tables  # noqa: E402
 from cosmos_kernels.causal_conv import causal_conv3d  # noqa: E402
-from cosmos_kernels.fp8 import fp8_linear, gelu_quantize_rowwise, quantize_rowwise, quantize_weight  # noqa: E402
+from cosmos_kernels.fp8 import (  # noqa: E402
+    fp8_linear,
+    fp8_linear_qk_norm_rope,
+    gelu_quantize_rowwise,
+    quantize_rowwise,
+    quantize_weight,
+)
 from cosmos_kernels.linear_gelu import linear_gelu  # noqa: E402
 from cosmos_kernels.sampling.step import sampler_step  # noqa: E402
 from cosmos_kernels.vae_norm import channel_rms_norm_silu, residual_channel_rms_norm_silu  # noqa: E402
@@ -36,6 +42,7 @@ __all__ = [
     "channel_rms_norm_silu",
     "cuda_kernels_note",
     "fp8_linear",
+    "fp8_linear_qk_norm_rope",
     "gated_residual_layer_norm_modulate",
     "gated_residual_layer_norm_modulate_fp8",
     "gelu_quantize_rowwise",

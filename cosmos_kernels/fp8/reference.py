@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cosmos_kernels.attention.reference import qk_norm_rope
+
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0
 SCALE_FLOOR = 2.0 ** -126
@@ -117,3 +119,19 @@ def fp8_linear_gated_residual(x: torch.Tensor, x_scale: torch.Tensor | None, wei
     b = dequantize(weight, weight_scale.reshape(-1, 1), compute)
     product = (a.reshape(-1, k) @ b.T).view(residual.shape)
     return (residual.to(compute) + gate.to(compute) * product).to(residual.dtype)
+
+
+def fp8_linear_qk_norm_rope(x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                            q_norm_weight: torch.Tensor | None, k_norm_weight: torch.Tensor | None,
+                            cos: torch.Tensor | None, sin: torch.Tensor | None, num_heads: int, eps: float = 1e-6,
+                            out_dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(q, k, v)`, each `(B, L, num_heads, D)`: the packed QKV projection `fp8_linear(x, ..., weight, ...)` of
+    `x (B, L, K)` on the dequantized operands, not rounded, split as `[q; k; v]` heads of `D = N / (3 * num_heads)`;
+    q and k then go through `attention.reference.qk_norm_rope` (RMSNorm per head with its weight, skipped for a None
+    weight; rotate-half RoPE with the `(L, D)` tables, skipped without them), and all three are rounded once to
+    `out_dtype`. Computed in fp32 (float64 when `out_dtype` is float64)."""
+    compute = torch.float64 if out_dtype == torch.float64 else torch.float32
+    y = dequantize(x, x_scale, compute) @ dequantize(weight, weight_scale.reshape(-1, 1), compute).T
+    q, k, v = y.unflatten(-1, (3, num_heads, -1)).unbind(-3)
+    q, k = qk_norm_rope(q, k, q_norm_weight, k_norm_weight, cos, sin, eps)
+    return q.to(out_dtype), k.to(out_dtype), v.to(out_dtype)

@@ -6,6 +6,8 @@ weights (`WeightCache`, keyed like every other weight-dependent cache: the param
 `load_state_dict`, `.to()` and in-place updates re-quantize; the bf16 parameters stay the only bf16 copy). Their
 activations arrive quantized by the kernels that produce them, or are quantized by the GEMM that reads them:
 - the adaptive norms' FP8 variants write the normed rows as e4m3 values and a scale per row;
+- the QKV projection is `fp8_linear_qk_norm_rope`: its epilogue applies the self-attention's per-head q / k RMSNorm
+  and RoPE, so q and k leave the GEMM ready for attention;
 - the MLP's first layer is `fp8_linear_gelu_quantize`: the GELU and the quantization (a scale per row and 128
   columns: a row spans many output tiles) run in its epilogue, so the hidden activation is written once, in e4m3;
 - the three output projections (self-attention, cross-attention, MLP second layer) are `fp8_linear_gated_residual`:
@@ -25,7 +27,13 @@ from torch import nn
 
 import cosmos_kernels
 from cosmos_kernels.adaptive_norm import layer_norm_modulate_fp8
-from cosmos_kernels.fp8 import fp8_linear, fp8_linear_gated_residual, fp8_linear_gelu_quantize, quantize_weight
+from cosmos_kernels.fp8 import (
+    fp8_linear,
+    fp8_linear_gated_residual,
+    fp8_linear_gelu_quantize,
+    fp8_linear_qk_norm_rope,
+    quantize_weight,
+)
 
 Quantized = tuple[torch.Tensor, torch.Tensor]  # e4m3 values, fp32 scales (one per row / output channel)
 
@@ -106,9 +114,9 @@ def forward_blocks(
         sa, ca, w = block.self_attn, block.cross_attn, weights[i]
         _, q_norm, k_norm, cross_q_norm = norm_weights[i]
         flat = (rows[0].view(b, t * s, d), rows[1].view(b, t * s, 1))
-        q, k, v = _linear(flat, w.qkv, dtype).unflatten(-1, (3, sa.num_heads, sa.head_dim)).unbind(2)
-        out = cosmos_kernels.attention(q, k, v, q_norm_weight=q_norm, k_norm_weight=k_norm, rope_cos=cos,
-                                       rope_sin=sin, norm_eps=eps)
+        q, k, v = fp8_linear_qk_norm_rope(*flat, *w.qkv, q_norm, k_norm, cos, sin, eps=eps, num_heads=sa.num_heads,
+                                          out_dtype=dtype)  # q and k normed and rotated in the GEMM
+        out = cosmos_kernels.attention(q, k, v)
         x = fp8_linear_gated_residual(out.flatten(2), None, *w.self_out, x, mod(i, 2))  # quantized in the GEMM
         rows = layer_norm_modulate_fp8(x, mod(i, 3), mod(i, 4), eps)
 

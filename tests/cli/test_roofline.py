@@ -244,17 +244,20 @@ def test_counter_sees_the_fp8_gemm_and_its_quantizers():
 
 
 def test_fp8_pass_moves_its_gemms_to_fp8(libero_2b, libero_2b_fp8):
-    """Six FP8 GEMMs per block (two `_scaled_mm`, the MLP's first layer with the GELU and the quantization in its
-    epilogue, three output projections with the gated residual) carry the same matrix work as the bf16 token GEMMs;
-    the reference is untouched."""
+    """Six FP8 GEMMs per block (the QKV projection that norms and rotates q and k in its epilogue, one `_scaled_mm`
+    for the cross-attention query, the MLP's first layer with the GELU and the quantization in its epilogue, three
+    output projections with the gated residual) carry the same matrix work as the bf16 token GEMMs; the reference
+    is untouched."""
     _, _, bf16 = libero_2b
     counted, setup, fp8 = libero_2b_fp8
     blocks = DiTConfig.cosmos_predict2_2b().num_blocks
     ops = fp8["fused"]["ops_per_pass"]
     gated = "cosmos_kernels::fp8_linear_gated_residual_triton"  # the output projections, adding the residual
     gelu = "cosmos_kernels::fp8_linear_gelu_quantize_triton"  # the MLP's first layer, GELU and quantization fused
-    assert setup["fp8"] and ops["aten._scaled_mm"]["calls"] == 2 * blocks and ops[gated]["calls"] == 3 * blocks
-    assert ops[gelu]["calls"] == blocks and {gelu, gated} <= roofline_cards.FP8_OPS
+    qkv = "cosmos_kernels::fp8_linear_qk_norm_rope_triton"  # the QKV projection, q / k normed and rotated
+    assert setup["fp8"] and ops["aten._scaled_mm"]["calls"] == blocks and ops[gated]["calls"] == 3 * blocks
+    assert ops[gelu]["calls"] == ops[qkv]["calls"] == blocks and {qkv, gelu, gated} <= roofline_cards.FP8_OPS
+    assert ops["cosmos_kernels::qk_norm_rope"]["calls"] == blocks  # the cross-attention's q norm only
     assert "cosmos_kernels::quantize_rowwise_triton" not in ops  # the attention outputs: quantized in the GEMM
     assert "cosmos_kernels::gelu_quantize_rowwise_triton" not in ops and "aten.gelu" not in ops
     assert fp8["fused"]["flops_per_pass"] == bf16["fused"]["flops_per_pass"]

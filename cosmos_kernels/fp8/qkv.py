@@ -1,0 +1,195 @@
+"""Public `fp8_linear_qk_norm_rope`: the packed QKV projection as one FP8 GEMM whose epilogue applies the per-head
+RMSNorm and RoPE to q and k (the separate `qk_norm_rope` pass over q and k disappears).
+
+Registers `cosmos_kernels::fp8_linear_qk_norm_rope_triton` (the kernel of `qkv_triton.py`; it returns the packed
+`(B, L, 3, H, D)` buffer, of which q, k and v are views). Backends: "triton" (automatic on CUDA once its probe has
+passed; on the CPU through the interpreter) and "reference" (automatic on the CPU: `fp8_linear` in fp32, one
+`torch._scaled_mm`, then `qk_norm_rope` in fp32 and one rounding; elsewhere the plain reference). Heads the kernel
+cannot compute (odd, below 32 or above 256 wide) fall back to the reference, or raise for `backend="triton"`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cosmos_kernels import _checks, _dispatch
+from cosmos_kernels.attention.reference import qk_norm_rope
+from cosmos_kernels.fp8 import reference
+from cosmos_kernels.fp8.ops import OUT_DTYPES, fp8_linear
+from cosmos_kernels.fp8.reference import E4M3
+from cosmos_kernels.tools import dispatch_counter
+
+_NS = "cosmos_kernels"
+OP = "fp8_linear_qk_norm_rope"
+BACKENDS = ("reference", "triton")
+MIN_HALF, MAX_HEAD_DIM = 16, 256  # the kernel's limits (qkv_triton.py, which needs Triton to import)
+
+
+@torch.library.custom_op(f"{_NS}::fp8_linear_qk_norm_rope_triton", mutates_args=())
+def _fp8_linear_qk_norm_rope_triton(
+    x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+    q_norm_weight: torch.Tensor | None, k_norm_weight: torch.Tensor | None, cos: torch.Tensor | None,
+    sin: torch.Tensor | None, num_heads: int, eps: float, out_dtype: torch.dtype,
+) -> torch.Tensor:
+    from cosmos_kernels.fp8 import qkv_triton as kernels  # Triton is optional
+
+    return kernels.fp8_linear_qk_norm_rope(x, x_scale, weight, weight_scale, q_norm_weight, k_norm_weight, cos, sin,
+                                           num_heads, eps, out_dtype)
+
+
+@_fp8_linear_qk_norm_rope_triton.register_fake
+def _fake(x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+          q_norm_weight: torch.Tensor | None, k_norm_weight: torch.Tensor | None, cos: torch.Tensor | None,
+          sin: torch.Tensor | None, num_heads: int, eps: float, out_dtype: torch.dtype) -> torch.Tensor:
+    b, seq, _ = x.shape
+    return x.new_empty((b, seq, 3, num_heads, weight.shape[0] // (3 * num_heads)), dtype=out_dtype)
+
+
+def _gemm_flops(x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, *args: object, out: object = None,
+                **kwargs: object) -> int:
+    return 2 * x.shape[0] * x.shape[1] * weight.shape[0] * weight.shape[1]
+
+
+# One launch: the GEMM reads x, its row scales, the weight and its channel scales, the norm weights and the
+# (L, D) cos / sin tables once (their footprints), and writes q, k and v once: the default byte count.
+dispatch_counter.register_cost(f"{_NS}::fp8_linear_qk_norm_rope_triton", _gemm_flops)
+
+
+def _check_tensor(name: str, t: object, dtype: torch.dtype, ndim: int) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{OP}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != dtype:
+        raise TypeError(f"{OP}: {name} must be {str(dtype)[6:]}, got {t.dtype}")
+    if t.dim() != ndim:
+        raise ValueError(f"{OP}: {name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+
+
+def _check(x, x_scale, weight, weight_scale, q_norm_weight, k_norm_weight, cos, sin, num_heads, out_dtype) -> int:
+    """The inputs' checks, each error naming its argument; returns the head dim."""
+    _check_tensor("x", x, E4M3, 3)
+    _check_tensor("weight", weight, E4M3, 2)
+    _check_tensor("x_scale", x_scale, torch.float32, 3)
+    if not isinstance(weight_scale, torch.Tensor) or weight_scale.dtype != torch.float32:
+        _check_tensor("weight_scale", weight_scale, torch.float32, 2)
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"{OP}: num_heads must be an int >= 1, got {num_heads!r}")
+    if out_dtype not in OUT_DTYPES:
+        raise TypeError(f"{OP}: out_dtype must be bfloat16, float16 or float32, got {out_dtype}")
+    b, seq, k = x.shape
+    n = weight.shape[0]
+    if weight.shape[1] != k:
+        raise ValueError(f"{OP}: weight has shape {tuple(weight.shape)}, its in_features must be x's last dimension "
+                         f"{k}")
+    if n == 0 or n % (3 * num_heads):
+        raise ValueError(f"{OP}: weight has {n} rows, which must be 3 * num_heads * head_dim ([q; k; v], "
+                         f"num_heads={num_heads})")
+    d = n // (3 * num_heads)
+    if tuple(x_scale.shape) != (b, seq, 1):
+        raise ValueError(f"{OP}: x_scale must have shape {(b, seq, 1)} (one scale per row of x), got "
+                         f"{tuple(x_scale.shape)}")
+    if weight_scale.numel() != n or weight_scale.dim() > 2:
+        raise ValueError(f"{OP}: weight_scale must hold one scale per output channel, shape ({n},) or ({n}, 1), got "
+                         f"{tuple(weight_scale.shape)}")
+    for name, w in (("q_norm_weight", q_norm_weight), ("k_norm_weight", k_norm_weight)):
+        if w is not None:
+            _checks.check_float_tensor(OP, name, w)
+            if tuple(w.shape) != (d,):
+                raise ValueError(f"{OP}: {name} must have shape ({d},) (the head dim), got {tuple(w.shape)}")
+    if (cos is None) != (sin is None):
+        raise ValueError(f"{OP}: cos and sin must both be given or both be None")
+    if cos is not None:
+        for name, t in (("cos", cos), ("sin", sin)):
+            _checks.check_float_tensor(OP, name, t)
+            if tuple(t.shape) != (seq, d):
+                raise ValueError(f"{OP}: {name} must have shape {(seq, d)} (x's length, the head dim), got "
+                                 f"{tuple(t.shape)}")
+        if d % 2:
+            raise ValueError(f"{OP}: RoPE needs an even head dim, got head_dim {d} (weight rows {n} = 3 * "
+                             f"{num_heads} * {d})")
+    _checks.check_same_device(OP, x=x, x_scale=x_scale, weight=weight, weight_scale=weight_scale,
+                              q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight, cos=cos, sin=sin)
+    return d
+
+
+def kernel_unsupported_reason(head_dim: int) -> str | None:
+    """Why the Triton kernel cannot compute heads of `head_dim`, or None."""
+    if head_dim % 2:
+        return f"head_dim {head_dim} is odd (the kernel computes each head as two halves)"
+    if head_dim // 2 < MIN_HALF:
+        return f"head_dim {head_dim} is below {2 * MIN_HALF} (each half of a head is one tl.dot, at least 16 wide)"
+    if head_dim > MAX_HEAD_DIM:
+        return f"head_dim {head_dim} is above {MAX_HEAD_DIM}"
+    return None
+
+
+def _reference_backend(x, x_scale, weight, weight_scale, qw, kw, cos, sin, num_heads, eps, out_dtype):
+    """On the CPU: one `torch._scaled_mm` (`fp8_linear` in fp32), then the norm and RoPE in fp32, one rounding.
+    Elsewhere (CUDA's row-scaled GEMM returns bf16 only) the plain reference."""
+    if x.device.type != "cpu":
+        return reference.fp8_linear_qk_norm_rope(x, x_scale, weight, weight_scale, qw, kw, cos, sin, num_heads, eps,
+                                                 out_dtype)
+    y = fp8_linear(x, x_scale.contiguous(), weight, weight_scale, out_dtype=torch.float32)  # the GEMM's scales
+    q, k, v = y.unflatten(-1, (3, num_heads, -1)).unbind(2)
+    q, k = qk_norm_rope(q, k, qw, kw, cos, sin, eps)  # fp32 in, fp32 out: no rounding yet
+    return q.to(out_dtype), k.to(out_dtype), v.to(out_dtype)
+
+
+def _fp32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.to(torch.float32).contiguous()
+
+
+def fp8_linear_qk_norm_rope(
+    x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+    q_norm_weight: torch.Tensor | None, k_norm_weight: torch.Tensor | None, cos: torch.Tensor | None,
+    sin: torch.Tensor | None, *, num_heads: int, eps: float = 1e-6, out_dtype: torch.dtype = torch.bfloat16,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(q, k, v)`, each `(B, L, num_heads, D)` in `out_dtype`, ready for `cosmos_kernels.attention` (called without
+    its norm and RoPE arguments): the packed QKV projection of `x` in one FP8 GEMM, with q and k normed per head and
+    rotated in its epilogue.
+
+    `x (B, L, K)` e4m3 rows (any strides) with `x_scale (B, L, 1)` fp32 (the adaptive norms' FP8 variants produce
+    them); `weight (3 * num_heads * D, K)` e4m3, packed `[q; k; v]`, with `weight_scale` one fp32 scale per row
+    (`quantize_weight`); `q_norm_weight`, `k_norm_weight` `(D,)` or None (that side is not normed); `cos`, `sin`
+    `(L, D)` rotate-half tables (`rope_3d_tables`) or both None (no RoPE). Computed in fp32 from the GEMM to the
+    rotated values, rounded once (`reference.fp8_linear_qk_norm_rope` is the specification). With the "triton"
+    backend q, k and v are views of one new `(B, L, 3, num_heads, D)` tensor (last dim contiguous).
+    """
+    d = _check(x, x_scale, weight, weight_scale, q_norm_weight, k_norm_weight, cos, sin, num_heads, out_dtype)
+    eps = float(eps)
+    args = (x, x_scale, weight, weight_scale, q_norm_weight, k_norm_weight, cos, sin, num_heads, eps, out_dtype)
+    if _dispatch.needs_autograd(q_norm_weight, k_norm_weight, cos, sin):
+        _dispatch.warn_autograd(OP)
+        return reference.fp8_linear_qk_norm_rope(*args)
+    name = _dispatch.resolve_backend(OP, x.device, backend, supported=BACKENDS, cuda_order=("triton",))
+    why = kernel_unsupported_reason(d) if name == "triton" else None
+    if why is not None:
+        if backend == "triton":
+            raise ValueError(f"{OP}: backend 'triton' cannot run these heads: {why}")
+        name = "reference"
+    if name == "reference":
+        return _reference_backend(*args)
+    ws = weight_scale.reshape(-1)
+    out = _fp8_linear_qk_norm_rope_triton(x, x_scale, weight, ws if ws.is_contiguous() else ws.contiguous(),
+                                          _fp32(q_norm_weight), _fp32(k_norm_weight), _fp32(cos), _fp32(sin),
+                                          num_heads, eps, out_dtype)
+    return out.unbind(2)
+
+
+def _probe(device: torch.device) -> bool:
+    """Ragged rows and K, two heads of 64 with both norms and RoPE, bf16: a broken kernel is off by O(1)."""
+    from cosmos_kernels.attention.rope import rope_3d_tables
+    from cosmos_kernels.fp8.reference import quantize_rowwise, quantize_weight
+
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x, xs = quantize_rowwise(torch.randn(1, 37, 200, generator=gen))
+    w, ws = quantize_weight(torch.randn(3 * 2 * 64, 200, generator=gen) / 200 ** 0.5)
+    qw, kw = 1 + 0.1 * torch.randn(64, generator=gen), 1 + 0.1 * torch.randn(64, generator=gen)
+    cos, sin = rope_3d_tables(1, 37, 1, 64, device=torch.device("cpu"))
+    args = (x, xs, w, ws, qw, kw, cos, sin)
+    got = fp8_linear_qk_norm_rope(*(t.to(device) for t in args), num_heads=2, backend="triton")
+    want = reference.fp8_linear_qk_norm_rope(*args, 2, out_dtype=torch.float64)
+    return all(torch.allclose(g.double().cpu(), r, atol=3e-2, rtol=2e-2) for g, r in zip(got, want))
+
+
+_dispatch.register_probe(OP, "triton", _probe)
