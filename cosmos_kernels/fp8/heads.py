@@ -44,8 +44,8 @@ def check_gemm(op: str, x: object, x_scale: object, weight: object, weight_scale
         raise ValueError(f"{op}: weight has shape {tuple(weight.shape)}, its in_features must be x's last dimension "
                          f"{k}")
     if n == 0 or n % (sections * num_heads):
-        layout = "3 * num_heads * head_dim ([q; k; v]" if sections == 3 else "num_heads * head_dim ("
-        raise ValueError(f"{op}: weight has {n} rows, which must be {layout}, num_heads={num_heads})")
+        layout = "3 * num_heads * head_dim ([q; k; v], " if sections == 3 else "num_heads * head_dim ("
+        raise ValueError(f"{op}: weight has {n} rows, which must be {layout}num_heads={num_heads})")
     if tuple(x_scale.shape) != (b, seq, 1):
         raise ValueError(f"{op}: x_scale must have shape {(b, seq, 1)} (one scale per row of x), got "
                          f"{tuple(x_scale.shape)}")

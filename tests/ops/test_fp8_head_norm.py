@@ -234,7 +234,8 @@ def test_rejects_x_or_weight_of_another_dtype(gen):
 
 def test_rejects_a_weight_not_split_in_heads(gen):
     w = torch.randn(63, 48).to(torch.float8_e4m3fn)
-    with pytest.raises(ValueError, match=r"fp8_linear_head_norm: weight has 63 rows, which must be num_heads \* "):
+    with pytest.raises(ValueError, match=r"fp8_linear_head_norm: weight has 63 rows, which must be "
+                       r"num_heads \* head_dim \(num_heads=2\)$"):
         _bad(gen, weight=w, weight_scale=torch.ones(63, 1))
     with pytest.raises(ValueError, match="fp8_linear_head_norm: weight has shape .* x's last dimension 48"):
         _bad(gen, weight=torch.randn(64, 40).to(torch.float8_e4m3fn))
