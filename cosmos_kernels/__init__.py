@@ -22,6 +22,7 @@ from cosmos_kernels.attention import attention, qk_norm_rope, rope_3d_tables  # 
 from cosmos_kernels.causal_conv import causal_conv3d  # noqa: E402
 from cosmos_kernels.fp8 import (  # noqa: E402
     fp8_linear,
+    fp8_linear_head_norm,
     fp8_linear_qk_norm_rope,
     gelu_quantize_rowwise,
     quantize_rowwise,
@@ -42,6 +43,7 @@ __all__ = [
     "channel_rms_norm_silu",
     "cuda_kernels_note",
     "fp8_linear",
+    "fp8_linear_head_norm",
     "fp8_linear_qk_norm_rope",
     "gated_residual_layer_norm_modulate",
     "gated_residual_layer_norm_modulate_fp8",

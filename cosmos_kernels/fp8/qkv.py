@@ -14,15 +14,13 @@ import torch
 
 from cosmos_kernels import _checks, _dispatch
 from cosmos_kernels.attention.reference import qk_norm_rope
-from cosmos_kernels.fp8 import reference
-from cosmos_kernels.fp8.ops import OUT_DTYPES, fp8_linear
-from cosmos_kernels.fp8.reference import E4M3
+from cosmos_kernels.fp8 import heads, reference
+from cosmos_kernels.fp8.ops import fp8_linear
 from cosmos_kernels.tools import dispatch_counter
 
 _NS = "cosmos_kernels"
 OP = "fp8_linear_qk_norm_rope"
 BACKENDS = ("reference", "triton")
-MIN_HALF, MAX_HEAD_DIM = 16, 256  # the kernel's limits (qkv_triton.py, which needs Triton to import)
 
 
 @torch.library.custom_op(f"{_NS}::fp8_linear_qk_norm_rope_triton", mutates_args=())
@@ -45,81 +43,32 @@ def _fake(x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_s
     return x.new_empty((b, seq, 3, num_heads, weight.shape[0] // (3 * num_heads)), dtype=out_dtype)
 
 
-def _gemm_flops(x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, *args: object, out: object = None,
-                **kwargs: object) -> int:
-    return 2 * x.shape[0] * x.shape[1] * weight.shape[0] * weight.shape[1]
-
-
 # One launch: the GEMM reads x, its row scales, the weight and its channel scales, the norm weights and the
 # (L, D) cos / sin tables once (their footprints), and writes q, k and v once: the default byte count.
-dispatch_counter.register_cost(f"{_NS}::fp8_linear_qk_norm_rope_triton", _gemm_flops)
-
-
-def _check_tensor(name: str, t: object, dtype: torch.dtype, ndim: int) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{OP}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype != dtype:
-        raise TypeError(f"{OP}: {name} must be {str(dtype)[6:]}, got {t.dtype}")
-    if t.dim() != ndim:
-        raise ValueError(f"{OP}: {name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+dispatch_counter.register_cost(f"{_NS}::fp8_linear_qk_norm_rope_triton", heads.gemm_flops)
 
 
 def _check(x, x_scale, weight, weight_scale, q_norm_weight, k_norm_weight, cos, sin, num_heads, out_dtype) -> int:
     """The inputs' checks, each error naming its argument; returns the head dim."""
-    _check_tensor("x", x, E4M3, 3)
-    _check_tensor("weight", weight, E4M3, 2)
-    _check_tensor("x_scale", x_scale, torch.float32, 3)
-    if not isinstance(weight_scale, torch.Tensor) or weight_scale.dtype != torch.float32:
-        _check_tensor("weight_scale", weight_scale, torch.float32, 2)
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f"{OP}: num_heads must be an int >= 1, got {num_heads!r}")
-    if out_dtype not in OUT_DTYPES:
-        raise TypeError(f"{OP}: out_dtype must be bfloat16, float16 or float32, got {out_dtype}")
-    b, seq, k = x.shape
-    n = weight.shape[0]
-    if weight.shape[1] != k:
-        raise ValueError(f"{OP}: weight has shape {tuple(weight.shape)}, its in_features must be x's last dimension "
-                         f"{k}")
-    if n == 0 or n % (3 * num_heads):
-        raise ValueError(f"{OP}: weight has {n} rows, which must be 3 * num_heads * head_dim ([q; k; v], "
-                         f"num_heads={num_heads})")
-    d = n // (3 * num_heads)
-    if tuple(x_scale.shape) != (b, seq, 1):
-        raise ValueError(f"{OP}: x_scale must have shape {(b, seq, 1)} (one scale per row of x), got "
-                         f"{tuple(x_scale.shape)}")
-    if weight_scale.numel() != n or weight_scale.dim() > 2:
-        raise ValueError(f"{OP}: weight_scale must hold one scale per output channel, shape ({n},) or ({n}, 1), got "
-                         f"{tuple(weight_scale.shape)}")
+    d = heads.check_gemm(OP, x, x_scale, weight, weight_scale, num_heads, out_dtype, sections=3)
     for name, w in (("q_norm_weight", q_norm_weight), ("k_norm_weight", k_norm_weight)):
         if w is not None:
-            _checks.check_float_tensor(OP, name, w)
-            if tuple(w.shape) != (d,):
-                raise ValueError(f"{OP}: {name} must have shape ({d},) (the head dim), got {tuple(w.shape)}")
+            heads.check_norm_weight(OP, name, w, d)
     if (cos is None) != (sin is None):
         raise ValueError(f"{OP}: cos and sin must both be given or both be None")
     if cos is not None:
+        seq = x.shape[1]
         for name, t in (("cos", cos), ("sin", sin)):
             _checks.check_float_tensor(OP, name, t)
             if tuple(t.shape) != (seq, d):
                 raise ValueError(f"{OP}: {name} must have shape {(seq, d)} (x's length, the head dim), got "
                                  f"{tuple(t.shape)}")
         if d % 2:
-            raise ValueError(f"{OP}: RoPE needs an even head dim, got head_dim {d} (weight rows {n} = 3 * "
-                             f"{num_heads} * {d})")
+            raise ValueError(f"{OP}: RoPE needs an even head dim, got head_dim {d} (weight rows {weight.shape[0]} = "
+                             f"3 * {num_heads} * {d})")
     _checks.check_same_device(OP, x=x, x_scale=x_scale, weight=weight, weight_scale=weight_scale,
                               q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight, cos=cos, sin=sin)
     return d
-
-
-def kernel_unsupported_reason(head_dim: int) -> str | None:
-    """Why the Triton kernel cannot compute heads of `head_dim`, or None."""
-    if head_dim % 2:
-        return f"head_dim {head_dim} is odd (the kernel computes each head as two halves)"
-    if head_dim // 2 < MIN_HALF:
-        return f"head_dim {head_dim} is below {2 * MIN_HALF} (each half of a head is one tl.dot, at least 16 wide)"
-    if head_dim > MAX_HEAD_DIM:
-        return f"head_dim {head_dim} is above {MAX_HEAD_DIM}"
-    return None
 
 
 def _reference_backend(x, x_scale, weight, weight_scale, qw, kw, cos, sin, num_heads, eps, out_dtype):
@@ -132,10 +81,6 @@ def _reference_backend(x, x_scale, weight, weight_scale, qw, kw, cos, sin, num_h
     q, k, v = y.unflatten(-1, (3, num_heads, -1)).unbind(2)
     q, k = qk_norm_rope(q, k, qw, kw, cos, sin, eps)  # fp32 in, fp32 out: no rounding yet
     return q.to(out_dtype), k.to(out_dtype), v.to(out_dtype)
-
-
-def _fp32(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.to(torch.float32).contiguous()
 
 
 def fp8_linear_qk_norm_rope(
@@ -162,7 +107,7 @@ def fp8_linear_qk_norm_rope(
         _dispatch.warn_autograd(OP)
         return reference.fp8_linear_qk_norm_rope(*args)
     name = _dispatch.resolve_backend(OP, x.device, backend, supported=BACKENDS, cuda_order=("triton",))
-    why = kernel_unsupported_reason(d) if name == "triton" else None
+    why = heads.kernel_unsupported_reason(d) if name == "triton" else None
     if why is not None:
         if backend == "triton":
             raise ValueError(f"{OP}: backend 'triton' cannot run these heads: {why}")
@@ -170,8 +115,8 @@ def fp8_linear_qk_norm_rope(
     if name == "reference":
         return _reference_backend(*args)
     ws = weight_scale.reshape(-1)
-    out = _fp8_linear_qk_norm_rope_triton(x, x_scale, weight, ws if ws.is_contiguous() else ws.contiguous(),
-                                          _fp32(q_norm_weight), _fp32(k_norm_weight), _fp32(cos), _fp32(sin),
+    tables = (heads.as_fp32(t) for t in (q_norm_weight, k_norm_weight, cos, sin))
+    out = _fp8_linear_qk_norm_rope_triton(x, x_scale, weight, ws if ws.is_contiguous() else ws.contiguous(), *tables,
                                           num_heads, eps, out_dtype)
     return out.unbind(2)
 

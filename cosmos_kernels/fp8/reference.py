@@ -135,3 +135,22 @@ def fp8_linear_qk_norm_rope(x: torch.Tensor, x_scale: torch.Tensor, weight: torc
     q, k, v = y.unflatten(-1, (3, num_heads, -1)).unbind(-3)
     q, k = qk_norm_rope(q, k, q_norm_weight, k_norm_weight, cos, sin, eps)
     return q.to(out_dtype), k.to(out_dtype), v.to(out_dtype)
+
+
+def head_rms_norm(y: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """`y * rsqrt(mean(y^2) + eps) * weight` over the last dim (the head), computed and returned in fp32 (float64
+    stays float64), not rounded: the per-head RMSNorm of `attention.reference.qk_norm_rope`."""
+    compute = torch.float64 if y.dtype == torch.float64 else torch.float32
+    yf = y.to(compute)
+    return yf * torch.rsqrt(yf.pow(2).mean(-1, keepdim=True) + eps) * weight.to(compute)
+
+
+def fp8_linear_head_norm(x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                         norm_weight: torch.Tensor, num_heads: int, eps: float = 1e-6,
+                         out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """`(B, L, num_heads, D)`: the projection `fp8_linear(x, ..., weight, ...)` of `x (B, L, K)` on the dequantized
+    operands, not rounded, split in heads of `D = N / num_heads`, each normed by `head_rms_norm` with `norm_weight
+    (D,)`, rounded once to `out_dtype`. Computed in fp32 (float64 when `out_dtype` is float64)."""
+    compute = torch.float64 if out_dtype == torch.float64 else torch.float32
+    y = dequantize(x, x_scale, compute) @ dequantize(weight, weight_scale.reshape(-1, 1), compute).T
+    return head_rms_norm(y.unflatten(-1, (num_heads, -1)), norm_weight, eps).to(out_dtype)

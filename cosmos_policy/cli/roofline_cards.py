@@ -11,10 +11,12 @@ from cosmos_kernels.tools.dispatch_counter import OpRecord
 
 PEAK = "peak (datasheet)"
 # The FP8 GEMMs (e4m3 operands, 1 byte each): `cosmos_kernels.fp8.fp8_linear`'s, the QKV projection that norms and
-# rotates q and k in its epilogue, the MLP's first layer with the GELU and the group-wise quantization in its
-# epilogue, and the output projection that adds the gated residual.
+# rotates q and k in its epilogue, the cross-attention query's that norms its heads in its epilogue, the MLP's first
+# layer with the GELU and the group-wise quantization in its epilogue, and the output projection that adds the gated
+# residual.
 FP8_OPS = {"aten._scaled_mm", "cosmos_kernels::fp8_linear_qk_norm_rope_triton",
-           "cosmos_kernels::fp8_linear_gelu_quantize_triton", "cosmos_kernels::fp8_linear_gated_residual_triton"}
+           "cosmos_kernels::fp8_linear_head_norm_triton", "cosmos_kernels::fp8_linear_gelu_quantize_triton",
+           "cosmos_kernels::fp8_linear_gated_residual_triton"}
 
 
 @dataclass(frozen=True)

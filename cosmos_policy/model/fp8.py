@@ -7,7 +7,8 @@ weights (`WeightCache`, keyed like every other weight-dependent cache: the param
 activations arrive quantized by the kernels that produce them, or are quantized by the GEMM that reads them:
 - the adaptive norms' FP8 variants write the normed rows as e4m3 values and a scale per row;
 - the QKV projection is `fp8_linear_qk_norm_rope`: its epilogue applies the self-attention's per-head q / k RMSNorm
-  and RoPE, so q and k leave the GEMM ready for attention;
+  and RoPE, so q and k leave the GEMM ready for attention; the cross-attention query is `fp8_linear_head_norm`, the
+  same kernel with one section of heads, each normed with the cross-attention's q norm;
 - the MLP's first layer is `fp8_linear_gelu_quantize`: the GELU and the quantization (a scale per row and 128
   columns: a row spans many output tiles) run in its epilogue, so the hidden activation is written once, in e4m3;
 - the three output projections (self-attention, cross-attention, MLP second layer) are `fp8_linear_gated_residual`:
@@ -28,9 +29,9 @@ from torch import nn
 import cosmos_kernels
 from cosmos_kernels.adaptive_norm import layer_norm_modulate_fp8
 from cosmos_kernels.fp8 import (
-    fp8_linear,
     fp8_linear_gated_residual,
     fp8_linear_gelu_quantize,
+    fp8_linear_head_norm,
     fp8_linear_qk_norm_rope,
     quantize_weight,
 )
@@ -84,10 +85,6 @@ class WeightCache:
         return sum(t.numel() * t.element_size() for w in self.blocks for pair in w for t in pair)
 
 
-def _linear(rows: Quantized, weight: Quantized, dtype: torch.dtype) -> torch.Tensor:
-    return fp8_linear(rows[0], rows[1], weight[0], weight[1], out_dtype=dtype)
-
-
 def forward_blocks(
     blocks: nn.ModuleList,
     weights: list[BlockWeights],
@@ -122,9 +119,10 @@ def forward_blocks(
 
         ck, cv, repeats = kv[i]
         flat = (rows[0].view(b, t * s, d), rows[1].view(b, t * s, 1))
-        q = ca.heads(_linear(flat, w.cross_q, dtype))
+        q = fp8_linear_head_norm(*flat, *w.cross_q, cross_q_norm, num_heads=ca.num_heads, eps=eps,
+                                 out_dtype=dtype)  # every head normed in the GEMM
         out = cosmos_kernels.attention(q, ck.expand(b, -1, -1, -1), cv.expand(b, -1, -1, -1),
-                                       q_norm_weight=cross_q_norm, norm_eps=eps, last_key_repeats=repeats)
+                                       last_key_repeats=repeats)
         x = fp8_linear_gated_residual(out.flatten(2), None, *w.cross_out, x, mod(i, 5))
         rows = layer_norm_modulate_fp8(x, mod(i, 6), mod(i, 7), eps)
 

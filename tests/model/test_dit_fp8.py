@@ -28,7 +28,8 @@ def _setup(gen, dtype=torch.bfloat16):
     return model, inputs
 
 
-FP8_GEMMS = ("fp8_linear", "fp8_linear_qk_norm_rope", "fp8_linear_gelu_quantize", "fp8_linear_gated_residual")
+FP8_GEMMS = ("fp8_linear_qk_norm_rope", "fp8_linear_head_norm", "fp8_linear_gelu_quantize",
+             "fp8_linear_gated_residual")
 
 
 @torch.no_grad()
@@ -48,8 +49,8 @@ def test_six_fp8_gemms_per_block_and_no_host_read(gen, monkeypatch):
     with _Count() as count:
         out = model(**inputs)
     blocks = model.config.num_blocks
-    assert calls == ["fp8_linear_qk_norm_rope", "fp8_linear_gated_residual", "fp8_linear", "fp8_linear_gated_residual",
-                     "fp8_linear_gelu_quantize", "fp8_linear_gated_residual"] * blocks
+    assert calls == ["fp8_linear_qk_norm_rope", "fp8_linear_gated_residual", "fp8_linear_head_norm",
+                     "fp8_linear_gated_residual", "fp8_linear_gelu_quantize", "fp8_linear_gated_residual"] * blocks
     assert count.counts.get("_scaled_mm", 0) == 4 * blocks
     assert count.counts.get("_local_scalar_dense", 0) == 0
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()

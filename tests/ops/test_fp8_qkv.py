@@ -259,7 +259,8 @@ def test_rejects_x_of_another_dtype(gen):
 
 def test_rejects_a_weight_without_3_heads_of_rows(gen):
     w = torch.randn(190, 48).to(torch.float8_e4m3fn)
-    with pytest.raises(ValueError, match="fp8_linear_qk_norm_rope: weight has 190 rows"):
+    with pytest.raises(ValueError, match=r"fp8_linear_qk_norm_rope: weight has 190 rows, which must be 3 \* "
+                                         r"num_heads \* head_dim \(\[q; k; v\], num_heads=2\)$"):
         _bad(gen, weight=w, weight_scale=torch.ones(190, 1))
 
 
