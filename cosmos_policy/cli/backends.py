@@ -33,6 +33,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "quantize_rowwise": ("reference", "triton"),
     "gelu_quantize_rowwise": ("reference", "triton"),
     "fp8_linear_gated_residual": ("reference", "triton"),
+    "attention_fp8": ("reference", "triton"),
     "channel_rms_norm_silu": ("reference", "cpu", "triton"),
     "residual_channel_rms_norm_silu": ("reference", "cpu", "triton"),
     "causal_channel_rms_norm_silu": ("reference", "cpu", "triton"),
