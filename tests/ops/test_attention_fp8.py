@@ -178,6 +178,23 @@ def test_opcheck(norm, gen):
                           (q, k, v, w, w, None, None, 0.25, 1e-6, 3))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph(backend, gen):
+    """No graph break: the custom op inside the graph gives eager's bits; the reference, which Inductor compiles
+    (reordering fp32 operations), stays within the float64 check."""
+    torch._dynamo.reset()
+    q, k, v = _inputs(gen, 1, 11, 6, 2, 32, torch.float32)
+    extra = {"q_norm_weight": torch.rand(32, generator=gen) + 0.5, "last_key_repeats": 3}
+
+    def fn(q, k, v):
+        return ck.attention_fp8(q * 0.5, k, v, backend=backend, **extra)
+
+    got, want = torch.compile(fn, fullgraph=True, dynamic=False)(q, k, v), fn(q, k, v)
+    _check(got, q * 0.5, k, v, extra)
+    if backend == "triton":
+        assert torch.equal(got[0].view(torch.uint8), want[0].view(torch.uint8)) and torch.equal(got[1], want[1])
+
+
 def test_cost_counts_the_attention_flops_and_the_one_byte_output():
     """Counted as on CUDA (meta tensors): QK^T and PV FLOPs, one launch when K needs no norm, q / k / v read once
     (cached K / V broadcast over the batch once), 1 byte a value and 4 bytes a (token, head) written."""
