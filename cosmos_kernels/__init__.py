@@ -18,7 +18,7 @@ from cosmos_kernels.adaptive_norm import (  # noqa: E402
     layer_norm_modulate_fp8,
     rms_norm,
 )
-from cosmos_kernels.attention import attention, qk_norm_rope, rope_3d_tables  # noqa: E402
+from cosmos_kernels.attention import attention, attention_fp8, qk_norm_rope, rope_3d_tables  # noqa: E402
 from cosmos_kernels.causal_conv import causal_conv3d  # noqa: E402
 from cosmos_kernels.fp8 import (  # noqa: E402
     fp8_linear,
@@ -38,6 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "attention",
+    "attention_fp8",
     "build_info",
     "causal_conv3d",
     "channel_rms_norm_silu",

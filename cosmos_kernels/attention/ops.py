@@ -276,9 +276,27 @@ def attention(
     (exact: the zero padding of a text embedding attends as one zero row with count n; "sdpa" adds a score bias in
     q's dtype whose last-key-minus-others difference is log(n) beyond q's precision (`sdpa.py`), "triton" adds
     log2(n) in fp32, "flash_attn", which takes no bias, corrects its output from the returned log-sum-exp).
-    `scale` defaults to `1 / sqrt(d)`. Returns a new tensor in q's dtype.
+    `scale` defaults to `1 / sqrt(d)`. Returns a new tensor in q's dtype. `attention_fp8` writes the output as
+    e4m3 values with a scale per (token, head) instead.
     """
-    op = "attention"
+    qw, kw, cos, sin, scale, eps, repeats = check_attention_inputs(
+        "attention", q, k, v, scale, q_norm_weight, k_norm_weight, rope_cos, rope_sin, norm_eps, last_key_repeats)
+    if _dispatch.needs_autograd(q, k, v, qw, kw, cos, sin):
+        _dispatch.warn_autograd("attention")
+        return reference.attention(q, k, v, scale=scale, q_norm_weight=qw, k_norm_weight=kw, rope_cos=cos,
+                                   rope_sin=sin, norm_eps=eps, last_key_repeats=repeats)
+    name = _resolve_attention_backend(backend, q, repeats)
+    if name is None:
+        name = picker.auto_backend(run_backend, auto_candidates, q, k, v, qw, kw, cos, sin, scale, eps, repeats)
+    if name not in ("reference", "sdpa"):
+        _checks.check_backend_dtype("attention", name, q)
+    return run_backend(name, q, k, v, qw, kw, cos, sin, scale, eps, repeats)
+
+
+def check_attention_inputs(op: str, q, k, v, scale, q_norm_weight, k_norm_weight, rope_cos, rope_sin, norm_eps,
+                           last_key_repeats) -> tuple:
+    """Every check of an attention call, each failure naming its argument: `(q_norm_weight, k_norm_weight, rope_cos,
+    rope_sin, scale, eps, last_key_repeats)` ready for a backend (the scale defaulted to `1 / sqrt(d)`)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check_qkv_tensor(op, name, t)
     device = _checks.check_same_device(op, q=q, k=k, v=v)
@@ -295,17 +313,7 @@ def attention(
     cos, sin = _check_tables(op, rope_cos, rope_sin, q, k)
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     eps = float(norm_eps)
-    repeats = _check_repeats(op, last_key_repeats, k)
-    if _dispatch.needs_autograd(q, k, v, qw, kw, cos, sin):
-        _dispatch.warn_autograd(op)
-        return reference.attention(q, k, v, scale=scale, q_norm_weight=qw, k_norm_weight=kw, rope_cos=cos,
-                                   rope_sin=sin, norm_eps=eps, last_key_repeats=repeats)
-    name = _resolve_attention_backend(backend, q, repeats)
-    if name is None:
-        name = picker.auto_backend(run_backend, auto_candidates, q, k, v, qw, kw, cos, sin, scale, eps, repeats)
-    if name not in ("reference", "sdpa"):
-        _checks.check_backend_dtype(op, name, q)
-    return run_backend(name, q, k, v, qw, kw, cos, sin, scale, eps, repeats)
+    return qw, kw, cos, sin, scale, eps, _check_repeats(op, last_key_repeats, k)
 
 
 def _check_repeats(op: str, repeats: object, k: torch.Tensor) -> int:
@@ -322,9 +330,8 @@ def run_backend(name: str, q, k, v, qw, kw, cos, sin, scale: float, eps: float, 
         return reference.attention(q, k, v, scale=scale, q_norm_weight=qw, k_norm_weight=kw, rope_cos=cos,
                                    rope_sin=sin, norm_eps=eps, last_key_repeats=repeats)
     if name == "triton":
-        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-        return torch.ops.cosmos_kernels.attention_triton.default(q, k, v, _fp32(qw), _fp32(kw), _fp32(cos),
-                                                                 _fp32(sin), scale, eps, repeats)
+        return torch.ops.cosmos_kernels.attention_triton.default(*triton_operands(q, k, v, qw, kw, cos, sin),
+                                                                 scale, eps, repeats)
     if qw is not None or kw is not None or cos is not None:
         if q.dtype in _checks.KERNEL_DTYPES:
             backend = _dispatch.resolve_backend("qk_norm_rope", q.device, None, supported=QK_NORM_ROPE_BACKENDS,
@@ -341,6 +348,11 @@ def run_backend(name: str, q, k, v, qw, kw, cos, sin, scale: float, eps: float, 
             return out
         # a build that returns no log-sum-exp: the repeated last key goes through SDPA's bias instead
     return sdpa.attention(q, k, v, scale, repeats)
+
+
+def triton_operands(q, k, v, qw, kw, cos, sin) -> tuple:
+    """The Triton kernels' operands: q, k, v with a contiguous last dim (copied otherwise), weights and tables fp32."""
+    return (*(_last_dim_contiguous(t) for t in (q, k, v)), *(_fp32(t) for t in (qw, kw, cos, sin)))
 
 
 # -- automatic choice (timing and its disk cache live in picker.py) ---------------------------------------------

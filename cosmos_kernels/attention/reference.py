@@ -67,13 +67,15 @@ def attention(
     rope_sin: torch.Tensor | None = None,
     norm_eps: float = 1e-6,
     last_key_repeats: int = 1,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Non-causal softmax attention of `(B, Lq, heads, d)` queries over `(B, Lk, heads, d)` keys / values.
 
     q and k first go through `qk_norm_rope` (rounded to the input dtype) when norm weights (each side's
     own, or None) or RoPE tables are given; scores, softmax and the weighted sum are computed in fp32
     (float64 for float64). `last_key_repeats=n`: the last key and value rows stand for n equal rows, as if
-    they were repeated n times.
+    they were repeated n times. The output is rounded once to `out_dtype`, q's dtype by default (fp32 keeps the
+    unrounded fp32 result of bf16 / fp16 inputs).
     """
     if q_norm_weight is not None or k_norm_weight is not None or rope_cos is not None:
         q, k = qk_norm_rope(q, k, q_norm_weight, k_norm_weight, rope_cos, rope_sin, norm_eps)
@@ -85,4 +87,4 @@ def attention(
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     qf, kf, vf = (t.to(compute).transpose(1, 2) for t in (q, k, v))  # (B, heads, L, d)
     probs = torch.softmax(qf @ kf.transpose(-1, -2) * scale, dim=-1)
-    return (probs @ vf).transpose(1, 2).to(q.dtype)
+    return (probs @ vf).transpose(1, 2).to(q.dtype if out_dtype is None else out_dtype)

@@ -8,7 +8,9 @@ rotated once per key by `_qk_norm_rope_kernel` (a K tile is read by every Q bloc
 tile loads would redo it 14-17 times per head at the model's lengths); the Q side, loaded once per program,
 gets its RMSNorm and RoPE in the tile load. Q and K are held as two half-width tiles and QK^T is the sum of
 two dots, which keeps the rotation free of data movement. A last key that stands for several equal keys (the
-zero padding of a text embedding, merged into one row) gets log2(count) added to its score: exact.
+zero padding of a text embedding, merged into one row) gets log2(count) added to its score: exact. With
+OUT_FP8 the epilogue quantizes each normalised fp32 output row of a head (one (token, head)) by the fp8 family's
+row rule (`row_scale`, `quantize_tile`) and writes e4m3 values and one fp32 scale per (token, head).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import triton.language as tl
 
 from cosmos_kernels import _alloc, _dispatch
 from cosmos_kernels._registry import TritonConfig, register_triton_kernel
+from cosmos_kernels.fp8.reference import E4M3, SCALE_FLOOR
+from cosmos_kernels.fp8.triton import quantize_tile, row_scale
 
 LOG2E = 1.4426950408889634
 
@@ -149,11 +153,11 @@ def _load_norm_rope_tile(
 
 @triton.jit
 def _attention_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, out_ptr,
+    q_ptr, k_ptr, v_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, out_ptr, s_ptr,
     Lq, Lk, H, sqb, sql, sqh, skb, skl, skh, svb, svl, svh, st, qk_scale, eps, last_key_log2,
     HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, NORM: tl.constexpr, ROPE: tl.constexpr, EVEN_N: tl.constexpr,
-    REPEAT_LAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    REPEAT_LAST: tl.constexpr, DOT_PRECISION: tl.constexpr, OUT_FP8: tl.constexpr,
 ):
     # one grid axis (see `attention_grid`): the query blocks of one (batch, head) run next to each other
     tiles_m = tl.cdiv(Lq, BLOCK_M)
@@ -198,7 +202,13 @@ def _attention_fwd_kernel(
     out = acc / l_i[:, None]
     o_rows = (b * Lq + rows_m).to(tl.int64) * H + h
     o_ptrs = out_ptr + o_rows[:, None] * HEAD_DIM + d_cols[None, :]
-    tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=(rows_m < Lq)[:, None] & d_ok[None, :])
+    o_mask = (rows_m < Lq)[:, None] & d_ok[None, :]
+    if OUT_FP8:  # one scale per (token, head) from the fp32 row (padded columns hold 0: no effect on the amax)
+        row_scales = row_scale(tl.max(tl.abs(out), axis=1))
+        tl.store(o_ptrs, quantize_tile(out, row_scales[:, None]), mask=o_mask)
+        tl.store(s_ptr + o_rows, row_scales, mask=rows_m < Lq)
+    else:
+        tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=o_mask)
 
 
 @functools.lru_cache(maxsize=8)
@@ -261,17 +271,23 @@ def attention_grid(batch: int, heads: int, lq: int, block_m: int) -> tuple[int]:
 
 @_dispatch.on_tensor_device  # launch on the tensors' GPU
 def attention(q, k, v, q_weight, k_weight, cos, sin, scale: float, eps: float, last_key_repeats: int = 1,
-              config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+              config: tuple[int, int, int, int] | None = None, fp8: bool = False):
     """Launch on (B, L, H, D) tensors (any strides, last dim contiguous); weights (each side's, or None) and
     tables fp32 or None. K is normalised and rotated first, once per key (one `qk_norm_rope` launch, none
-    when K needs neither); the Q side is fused into the kernel's tile loads. `config` overrides the tiles."""
+    when K needs neither); the Q side is fused into the kernel's tile loads. `config` overrides the tiles.
+    Returns a new tensor in q's dtype, or with `fp8` (e4m3 values, (B, Lq, H, 1) fp32 scales)."""
     b, lq, h, d = q.shape
     lk = k.shape[1]
-    out = _alloc.empty(q.shape, dtype=q.dtype, device=q.device)
+    out = _alloc.empty(q.shape, dtype=E4M3 if fp8 else q.dtype, device=q.device)
+    scales = _alloc.empty((b, lq, h, 1), dtype=torch.float32, device=q.device) if fp8 else out
+    result = (out, scales) if fp8 else out
     if out.numel() == 0:
-        return out
-    if lk == 0:  # softmax over no keys: the empty sum
-        return out.zero_()
+        return result
+    if lk == 0:  # softmax over no keys: the empty sum (quantized: zeros with the floor scale)
+        out.zero_()
+        if fp8:
+            scales.fill_(SCALE_FLOOR)
+        return result
     rope = cos is not None
     if k_weight is not None or rope:
         _, k = qk_norm_rope(k[:, :0], k, None, k_weight, cos, sin, eps)  # no q rows: K alone
@@ -279,15 +295,15 @@ def attention(q, k, v, q_weight, k_weight, cos, sin, scale: float, eps: float, l
     block_m, block_n, warps, stages = config or attention_config(d, q.dtype, q.device, rope)
     grid = attention_grid(b, h, lq, block_m)
     _attention_fwd_kernel[grid](
-        q, k, v, q_weight if norm else q, q, cos if rope else q, sin if rope else q, out,
+        q, k, v, q_weight if norm else q, q, cos if rope else q, sin if rope else q, out, scales,
         lq, lk, h, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), cos.stride(0) if rope else 0, scale * LOG2E, eps,
         math.log2(last_key_repeats),
         HEAD_DIM=d, HALF=half_block(d), BLOCK_D=2 * half_block(d), BLOCK_M=block_m, BLOCK_N=block_n,
         NORM=norm, ROPE=rope, EVEN_N=lk % block_n == 0, REPEAT_LAST=last_key_repeats != 1,
-        DOT_PRECISION=dot_precision(q.dtype), num_warps=warps, num_stages=stages,
+        DOT_PRECISION=dot_precision(q.dtype), OUT_FP8=fp8, num_warps=warps, num_stages=stages,
     )
-    return out
+    return result
 
 
 # -- compile report ----------------------------------------------------------------------------------------
@@ -296,20 +312,21 @@ def attention(q, k, v, q_weight, k_weight, cos, sin, scale: float, eps: float, l
 # the strides of the packed QKV projection (6,144 per token, 128 per head), of the cached cross-attention keys
 # (2,048 per row; batch stride 0 when expanded) and of the RoPE tables (head_dim per row). The lengths (1,764
 # tokens, 14 text rows) are not.
-ATTENTION_DIVISIBLE = ("q_ptr", "k_ptr", "v_ptr", "qw_ptr", "kw_ptr", "cos_ptr", "sin_ptr", "out_ptr", "H",
+ATTENTION_DIVISIBLE = ("q_ptr", "k_ptr", "v_ptr", "qw_ptr", "kw_ptr", "cos_ptr", "sin_ptr", "out_ptr", "s_ptr", "H",
                        "sqb", "sql", "sqh", "skb", "skl", "skh", "svb", "svl", "svh", "st")
 QK_ROPE_DIVISIBLE = ("q_ptr", "k_ptr", "qw_ptr", "kw_ptr", "cos_ptr", "sin_ptr", "q_out_ptr", "k_out_ptr", "H",
                      "sqb", "sql", "sqh", "skb", "skl", "skh", "st")
 
 
-def _attention_signature(dt: str) -> dict[str, str]:
+def _attention_signature(dt: str, fp8: bool) -> dict[str, str]:
     ints = ("Lq", "Lk", "H", "sqb", "sql", "sqh", "skb", "skl", "skh", "svb", "svl", "svh", "st")
-    sig = {n: f"*{dt}" for n in ("q_ptr", "k_ptr", "v_ptr", "out_ptr")}
+    sig = {n: f"*{dt}" for n in ("q_ptr", "k_ptr", "v_ptr")}
     sig.update({"qw_ptr": "*fp32", "kw_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32"})
+    sig.update(out_ptr="*fp8e4nv" if fp8 else f"*{dt}", s_ptr="*fp32" if fp8 else f"*{dt}")
     sig.update({n: "i32" for n in ints})
     sig.update(qk_scale="fp32", eps="fp32", last_key_log2="fp32")
     sig.update({n: "constexpr" for n in ("HEAD_DIM", "HALF", "BLOCK_D", "BLOCK_M", "BLOCK_N", "NORM", "ROPE",
-                                          "EVEN_N", "REPEAT_LAST", "DOT_PRECISION")})
+                                          "EVEN_N", "REPEAT_LAST", "DOT_PRECISION", "OUT_FP8")})
     return sig
 
 
@@ -318,14 +335,18 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _REPORT_HEAD_DIMS = {"bf16": (64, 128), "fp16": (64, 128), "fp32": (64, 96, 128, 256)}
 
 
-def _attention_report_configs() -> list[TritonConfig]:
+def _attention_report_configs(fp8: bool = False) -> list[TritonConfig]:
     """The launch's own specialisations: self-attention (norm + RoPE on Q, EVEN_N False at 1,764 keys) and
     cross-attention over compacted text (Q norm, the last key repeated), per architecture family; families that
-    launch the same tiles share one row."""
+    launch the same tiles share one row. `fp8`: the e4m3 output's, which the FP8 network launches on q and k
+    normed in the QKV GEMM (self-attention: no norm, no RoPE; cross-attention: the last key repeated, with or
+    without the q norm)."""
+    combos = ((True, True, False), (True, False, True), (False, False, False)) + (((False, False, True),) if fp8
+                                                                                 else ())
     archs: dict[tuple, list[str]] = {}
     for dt, dims in _REPORT_HEAD_DIMS.items():
         for d in dims:
-            for norm, rope, repeat in ((True, True, False), (True, False, True), (False, False, False)):
+            for norm, rope, repeat in combos:
                 for arch, hopper in (("sm90", True), ("sm80/sm89", False)):
                     tiles = gpu_config(d, _DTYPES[dt], hopper=hopper, rope=rope)
                     archs.setdefault((dt, d, norm, rope, repeat, tiles), []).append(arch)
@@ -335,11 +356,11 @@ def _attention_report_configs() -> list[TritonConfig]:
         label = (f"{'/'.join(names)} {dt} d={d}{' norm' if norm else ''}{' rope' if rope else ''}"
                  f"{' repeat-last' if repeat else ''}")
         precision = dot_precision(_DTYPES[dt])
-        configs.append(TritonConfig(label, _attention_signature(dt), {
+        configs.append(TritonConfig(label, _attention_signature(dt, fp8), {
             "HEAD_DIM": d, "HALF": half_block(d), "BLOCK_D": 2 * half_block(d), "BLOCK_M": block_m,
             "BLOCK_N": block_n, "NORM": norm, "ROPE": rope, "EVEN_N": False, "REPEAT_LAST": repeat,
-            "DOT_PRECISION": precision}, num_warps=warps, num_stages=stages, divisible=ATTENTION_DIVISIBLE,
-            tensor_cores=precision != "ieee"))
+            "DOT_PRECISION": precision, "OUT_FP8": fp8}, num_warps=warps, num_stages=stages,
+            divisible=ATTENTION_DIVISIBLE, tensor_cores=precision != "ieee"))
     return configs
 
 
@@ -358,6 +379,8 @@ def _register_for_compile_report() -> None:
                  "ROPE": rope}, num_warps=4, divisible=QK_ROPE_DIVISIBLE))
     register_triton_kernel("attention.flash_attention_fwd", _attention_fwd_kernel, _attention_report_configs(),
                            matrix=True)
+    register_triton_kernel("attention.flash_attention_fwd_fp8", _attention_fwd_kernel,
+                           _attention_report_configs(fp8=True), matrix=True)
     register_triton_kernel("attention.qk_norm_rope", _qk_norm_rope_kernel, rope_configs)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cosmos_kernels.attention.reference import qk_norm_rope
+from cosmos_kernels.attention.reference import attention, qk_norm_rope
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0
@@ -154,3 +154,14 @@ def fp8_linear_head_norm(x: torch.Tensor, x_scale: torch.Tensor, weight: torch.T
     compute = torch.float64 if out_dtype == torch.float64 else torch.float32
     y = dequantize(x, x_scale, compute) @ dequantize(weight, weight_scale.reshape(-1, 1), compute).T
     return head_rms_norm(y.unflatten(-1, (num_heads, -1)), norm_weight, eps).to(out_dtype)
+
+
+def attention_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(values, scales)`: `quantize_rowwise` applied to each head's row of `attention.reference.attention(q, k, v,
+    **kwargs)` (the same keywords: scale, norm weights, RoPE tables, norm_eps, last_key_repeats), e4m3 values of q's
+    shape `(B, Lq, heads, head_dim)` and fp32 scales `(B, Lq, heads, 1)`, one per (token, head). The attention output
+    is quantized as computed, in fp32 (float64 for float64 inputs), NOT rounded to q's dtype first. For head_dim 128,
+    `(values.flatten(2), scales.flatten(2))` is the `(B, Lq, heads * 128)` operand with one scale per row and group
+    of 128 columns that `fp8_linear_gated_residual` takes."""
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return quantize_rowwise(attention(q, k, v, out_dtype=compute, **kwargs))

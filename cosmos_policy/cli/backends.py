@@ -35,6 +35,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "fp8_linear_gated_residual": ("reference", "triton"),
     "fp8_linear_qk_norm_rope": ("reference", "triton"),
     "fp8_linear_head_norm": ("reference", "triton"),
+    "attention_fp8": ("reference", "triton"),
     "channel_rms_norm_silu": ("reference", "cpu", "triton"),
     "residual_channel_rms_norm_silu": ("reference", "cpu", "triton"),
     "causal_channel_rms_norm_silu": ("reference", "cpu", "triton"),

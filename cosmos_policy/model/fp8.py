@@ -12,8 +12,10 @@ activations arrive quantized by the kernels that produce them, or are quantized 
 - the MLP's first layer is `fp8_linear_gelu_quantize`: the GELU and the quantization (a scale per row and 128
   columns: a row spans many output tiles) run in its epilogue, so the hidden activation is written once, in e4m3;
 - the three output projections (self-attention, cross-attention, MLP second layer) are `fp8_linear_gated_residual`:
-  their epilogue adds the gated residual, so their product never reaches memory for a norm to re-read, and they
-  quantize the attention outputs themselves, a scale per row.
+  their epilogue adds the gated residual, so their product never reaches memory for a norm to re-read;
+- the attentions write their output as e4m3 with a scale per (token, head) (`attention_fp8`) where a head is one
+  of the output projection's 128-column scale groups (head_dim 128, the 2B); with other head dims the output
+  projection quantizes the 16-bit attention output itself, a scale per row.
 Cross-attention K/V, the modulation, the time embedding and the final layer stay in the network's dtype. Nothing
 reads a value back to the host.
 """
@@ -28,6 +30,7 @@ from torch import nn
 
 import cosmos_kernels
 from cosmos_kernels.adaptive_norm import layer_norm_modulate_fp8
+from cosmos_kernels.attention import attention_fp8
 from cosmos_kernels.fp8 import (
     fp8_linear_gated_residual,
     fp8_linear_gelu_quantize,
@@ -35,6 +38,7 @@ from cosmos_kernels.fp8 import (
     fp8_linear_qk_norm_rope,
     quantize_weight,
 )
+from cosmos_kernels.fp8.residual import GROUP
 
 Quantized = tuple[torch.Tensor, torch.Tensor]  # e4m3 values, fp32 scales (one per row / output channel)
 
@@ -85,6 +89,16 @@ class WeightCache:
         return sum(t.numel() * t.element_size() for w in self.blocks for pair in w for t in pair)
 
 
+def _attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> tuple:
+    """The attention output `(B, L, heads, head_dim)` as the output projection's A `(B, L, heads * head_dim)`: e4m3
+    with a scale per (token, head), which is one per row and group of 128 columns, where head_dim is that group;
+    else in the network's dtype with no scales (quantized row-wise inside the GEMM)."""
+    if q.shape[-1] == GROUP:
+        values, scales = attention_fp8(q, k, v, **kwargs)
+        return values.flatten(2), scales.flatten(2)
+    return cosmos_kernels.attention(q, k, v, **kwargs).flatten(2), None
+
+
 def forward_blocks(
     blocks: nn.ModuleList,
     weights: list[BlockWeights],
@@ -113,17 +127,16 @@ def forward_blocks(
         flat = (rows[0].view(b, t * s, d), rows[1].view(b, t * s, 1))
         q, k, v = fp8_linear_qk_norm_rope(*flat, *w.qkv, q_norm, k_norm, cos, sin, eps=eps, num_heads=sa.num_heads,
                                           out_dtype=dtype)  # q and k normed and rotated in the GEMM
-        out = cosmos_kernels.attention(q, k, v)
-        x = fp8_linear_gated_residual(out.flatten(2), None, *w.self_out, x, mod(i, 2))  # quantized in the GEMM
+        out = _attention_rows(q, k, v)  # e4m3 per (token, head) at head_dim 128, else quantized in the GEMM
+        x = fp8_linear_gated_residual(*out, *w.self_out, x, mod(i, 2))
         rows = layer_norm_modulate_fp8(x, mod(i, 3), mod(i, 4), eps)
 
         ck, cv, repeats = kv[i]
         flat = (rows[0].view(b, t * s, d), rows[1].view(b, t * s, 1))
         q = fp8_linear_head_norm(*flat, *w.cross_q, cross_q_norm, num_heads=ca.num_heads, eps=eps,
                                  out_dtype=dtype)  # every head normed in the GEMM
-        out = cosmos_kernels.attention(q, ck.expand(b, -1, -1, -1), cv.expand(b, -1, -1, -1),
-                                       last_key_repeats=repeats)
-        x = fp8_linear_gated_residual(out.flatten(2), None, *w.cross_out, x, mod(i, 5))
+        out = _attention_rows(q, ck.expand(b, -1, -1, -1), cv.expand(b, -1, -1, -1), last_key_repeats=repeats)
+        x = fp8_linear_gated_residual(*out, *w.cross_out, x, mod(i, 5))
         rows = layer_norm_modulate_fp8(x, mod(i, 6), mod(i, 7), eps)
 
         hidden = fp8_linear_gelu_quantize(*rows, *w.mlp_in)  # e4m3 with a scale per row and 128 columns

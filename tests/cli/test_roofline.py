@@ -247,7 +247,9 @@ def test_fp8_pass_moves_its_gemms_to_fp8(libero_2b, libero_2b_fp8):
     """Six FP8 GEMMs per block (the QKV projection that norms and rotates q and k in its epilogue, the cross-attention
     query that norms its heads in its epilogue, the MLP's first layer with the GELU and the quantization in its
     epilogue, three output projections with the gated residual) carry the same matrix work as the bf16 token GEMMs;
-    no plain `_scaled_mm` and no norm launch of their own are left; the reference is untouched."""
+    no plain `_scaled_mm` and no norm launch of their own are left; the reference is untouched. Both attentions
+    (heads of 128) write e4m3 with a scale per (token, head) for the output projections (their QK^T and PV stay
+    16-bit: not FP8 FLOPs)."""
     _, _, bf16 = libero_2b
     counted, setup, fp8 = libero_2b_fp8
     blocks = DiTConfig.cosmos_predict2_2b().num_blocks
@@ -260,7 +262,10 @@ def test_fp8_pass_moves_its_gemms_to_fp8(libero_2b, libero_2b_fp8):
     assert ops[gelu]["calls"] == ops[qkv]["calls"] == ops[cross_q]["calls"] == blocks
     assert {qkv, cross_q, gelu, gated} <= roofline_cards.FP8_OPS
     assert "aten._scaled_mm" not in ops and "cosmos_kernels::qk_norm_rope" not in ops
-    assert "cosmos_kernels::quantize_rowwise_triton" not in ops  # the attention outputs: quantized in the GEMM
+    attention = "cosmos_kernels::attention_fp8_triton"
+    assert ops[attention]["calls"] == 2 * blocks and attention not in roofline_cards.FP8_OPS
+    assert "scaled_dot_product_attention" not in ops
+    assert "cosmos_kernels::quantize_rowwise_triton" not in ops  # the attention outputs: quantized in the attention
     assert "cosmos_kernels::gelu_quantize_rowwise_triton" not in ops and "aten.gelu" not in ops
     assert fp8["fused"]["flops_per_pass"] == bf16["fused"]["flops_per_pass"]
     assert fp8["reference"] == bf16["reference"]
