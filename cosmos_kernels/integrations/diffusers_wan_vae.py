@@ -152,7 +152,10 @@ def _downsample_sum(layer: wv.WanResample, x: torch.Tensor, residual: torch.Tens
     else:
         frames = _alloc.empty((b, t, c, h + 1, w + 1), dtype=x.dtype, device=x.device)
     padded = frames.permute(0, 2, 1, 3, 4)
-    torch.add(x, residual, out=padded[:, :, :, :h, :w])
+    if torch.compiler.is_compiling():  # Dynamo refuses a strided `out=`; the compiler fuses the sum into the copy
+        padded[:, :, :, :h, :w].copy_(x + residual)
+    else:
+        torch.add(x, residual, out=padded[:, :, :, :h, :w])
     padded[:, :, :, h].zero_()
     padded[:, :, :, :h, w].zero_()
     x = layer.resample[1](frames.reshape(b * t, c, h + 1, w + 1))

@@ -140,3 +140,21 @@ def test_channels_last_weight_copy_follows_the_parameter(gen):
         want = torch.nn.functional.conv3d(torch.nn.functional.pad(x, (1, 1, 1, 1, 2, 0)), conv.weight, conv.bias)
     assert _rel(second, want) < 1e-5 and not torch.allclose(first, second)
     assert "weight" in dict(conv.named_parameters()) and len(conv.state_dict()) == 2  # nothing added to the state
+
+
+def test_chunked_encoder_compiles_fullgraph(gen):
+    """The fused encoder (residual sums in the next norm, the padded downsampling sum) traces without a graph
+    break and gives the eager numbers (bf16: the convs leave oneDNN's direct call, which Dynamo cannot fake)."""
+    vae = _vae(2, num_res_blocks=2).to(torch.bfloat16)
+    apply_cosmos_kernels(vae)
+    x = (torch.rand(1, 3, 5, 24, 26, generator=gen) * 2 - 1).to(torch.bfloat16)
+
+    def encode(encoder):
+        state = [None] * vae._cached_conv_counts["encoder"]
+        return torch.cat([encoder(x[:, :, :1], feat_cache=state, feat_idx=[0]),
+                          encoder(x[:, :, 1:], feat_cache=state, feat_idx=[0])], 2)
+
+    with torch.no_grad():
+        want = encode(vae.encoder)
+        got = encode(torch.compile(vae.encoder, backend="aot_eager", fullgraph=True))
+    assert torch.equal(got, want)
