@@ -14,7 +14,8 @@ KEYS = {"torch", "environment", "build_info", "cuda_kernels_note", "devices", "o
 OPS = {"layer_norm_modulate", "gated_residual_layer_norm_modulate", "rms_norm", "qk_norm_rope", "sampler_step",
        "attention", "linear_gelu", "layer_norm_modulate_fp8", "gated_residual_layer_norm_modulate_fp8",
        "quantize_rowwise", "gelu_quantize_rowwise", "fp8_linear_gated_residual", "channel_rms_norm_silu",
-       "residual_channel_rms_norm_silu", "causal_channel_rms_norm_silu"}
+       "residual_channel_rms_norm_silu", "causal_channel_rms_norm_silu",
+       "residual_causal_channel_rms_norm_silu"}
 
 
 def _json(capsys, argv: list[str]) -> dict:
