@@ -10,7 +10,7 @@ custom op that reaches the dispatcher is recorded once, with
 - `flops`: matrix FLOPs, as `torch.utils.flop_counter` counts them for aten ops (matmuls, convolutions, attention);
   element-wise work is 0. Custom ops register their own formula.
 - `bytes_read`, `bytes_written`: the footprint of the tensors the op reads and writes (a stride-0, broadcast
-  dimension counts once), or the custom op's registered formula.
+  dimension counts once; an aten op's `out=` buffer is written, not read), or the custom op's registered formula.
 
 `F.scaled_dot_product_attention` decomposes into its math path on the meta device; on a GPU it is one fused kernel
 (flash / memory-efficient / cuDNN), so the counter records it as one launch with the flash-attention FLOP formula.
@@ -157,7 +157,9 @@ def _aten_cost(func: torch._ops.OpOverload, args: tuple, kwargs: dict, out: Any)
         return OpCost(0, 0, 0, 0)
     packet = func._overloadpacket
     flops = flop_registry[packet](*args, **kwargs, out_val=out) if packet in flop_registry else 0
-    read_args = (args[1:], kwargs) if name in WRITE_ONLY_FIRST else (args, kwargs)
+    outs = {a.name for a in func._schema.arguments if a.is_out}  # `out=` buffers are written, not read
+    kwargs_read = {k: v for k, v in kwargs.items() if k not in outs} if outs else kwargs
+    read_args = (args[1:], kwargs_read) if name in WRITE_ONLY_FIRST else (args, kwargs_read)
     read, written = io_bytes(read_args, out)
     return OpCost(1, int(flops), read, written)
 

@@ -73,6 +73,25 @@ def _causal_norm_triton(x: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor
     return window
 
 
+@torch.library.custom_op(f"{_NS}::residual_causal_channel_rms_norm_silu", mutates_args=(), device_types="cpu")
+def _residual_causal_norm_cpu(x: torch.Tensor, residual: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor | None,
+                              eps: float, past: torch.Tensor | None,
+                              past_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    window = layout.empty_like_layout(x, past_frames)
+    s, _ = _cpu(x, gamma, bias, eps, residual, out=layout.fill_past(window, past, past_frames))
+    return s, window
+
+
+@torch.library.custom_op(f"{_NS}::residual_causal_channel_rms_norm_silu_triton", mutates_args=())
+def _residual_causal_norm_triton(x: torch.Tensor, residual: torch.Tensor, gamma: torch.Tensor,
+                                 bias: torch.Tensor | None, eps: float, past: torch.Tensor | None,
+                                 past_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    window = layout.empty_like_layout(x, past_frames)
+    s, _ = _triton_kernels().channel_rms_norm_silu(x, gamma, bias, eps, residual,
+                                                   out=layout.fill_past(window, past, past_frames))
+    return s, window
+
+
 @torch.library.custom_op(f"{_NS}::channel_rms_norm_silu_triton", mutates_args=())
 def _norm_triton(x: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
     return _triton_kernels().channel_rms_norm_silu(x, gamma, bias, eps)
@@ -96,6 +115,15 @@ def _fake_causal(x: torch.Tensor, gamma, bias, eps, past, past_frames: int) -> t
     return layout.fake_like_layout(x, past_frames)
 
 
+def _fake_residual_causal(x: torch.Tensor, residual, gamma, bias, eps, past,
+                          past_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return layout.fake_like_layout(x), layout.fake_like_layout(x, past_frames)
+
+
+def _residual_causal_launches(x, residual, gamma, bias, eps, past, past_frames, *, out) -> int:
+    return _causal_launches(x, gamma, bias, eps, past, past_frames, out=out)
+
+
 def _causal_launches(x, gamma, bias, eps, past, past_frames, *, out) -> int:
     """The norm kernel, plus the zero fill and the copy of the past frames where there are any."""
     have = 0 if past is None else past.shape[2]
@@ -104,7 +132,8 @@ def _causal_launches(x, gamma, bias, eps, past, past_frames, *, out) -> int:
 
 for _op, _f in ((_norm_cpu, _fake), (_residual_norm_cpu, _fake_residual), (_norm_triton, _fake),
                 (_residual_norm_triton, _fake_residual), (_causal_norm_cpu, _fake_causal),
-                (_causal_norm_triton, _fake_causal)):
+                (_causal_norm_triton, _fake_causal), (_residual_causal_norm_cpu, _fake_residual_causal),
+                (_residual_causal_norm_triton, _fake_residual_causal)):
     _op.register_fake(_f)
 for _name in ("channel_rms_norm_silu", "residual_channel_rms_norm_silu"):
     for _suffix in ("", "_triton"):
@@ -112,12 +141,16 @@ for _name in ("channel_rms_norm_silu", "residual_channel_rms_norm_silu"):
 for _suffix in ("", "_triton"):
     dispatch_counter.register_cost(f"{_NS}::causal_channel_rms_norm_silu{_suffix}", dispatch_counter.no_matrix_flops,
                                    launches=_causal_launches)
+    dispatch_counter.register_cost(f"{_NS}::residual_causal_channel_rms_norm_silu{_suffix}",
+                                   dispatch_counter.no_matrix_flops, launches=_residual_causal_launches)
 
 _OPS = {("channel_rms_norm_silu", "cpu"): _norm_cpu, ("channel_rms_norm_silu", "triton"): _norm_triton,
         ("residual_channel_rms_norm_silu", "cpu"): _residual_norm_cpu,
         ("residual_channel_rms_norm_silu", "triton"): _residual_norm_triton,
         ("causal_channel_rms_norm_silu", "cpu"): _causal_norm_cpu,
-        ("causal_channel_rms_norm_silu", "triton"): _causal_norm_triton}
+        ("causal_channel_rms_norm_silu", "triton"): _causal_norm_triton,
+        ("residual_causal_channel_rms_norm_silu", "cpu"): _residual_causal_norm_cpu,
+        ("residual_causal_channel_rms_norm_silu", "triton"): _residual_causal_norm_triton}
 
 
 def _check(op: str, x: object, gamma: object, bias: object, residual: object = None) -> None:
@@ -166,7 +199,8 @@ def _run(op: str, backend: str | None, x, gamma, bias, eps, residual=None, past=
         _check_past(op, x, past, past_frames)
     operands = (x, gamma, bias, residual, past)
     if causal:
-        ref_args, tail = (x, gamma, bias, eps, past, past_frames), (past, past_frames)
+        head = (x, gamma) if residual is None else (x, residual, gamma)
+        ref_args, tail = (*head, bias, eps, past, past_frames), (past, past_frames)
     else:
         ref_args, tail = ((x, gamma, bias, eps) if residual is None else (x, residual, gamma, bias, eps)), ()
     ref = getattr(reference, op)
@@ -208,6 +242,17 @@ def causal_channel_rms_norm_silu(x: torch.Tensor, gamma: torch.Tensor, bias: tor
     return _run("causal_channel_rms_norm_silu", backend, x, gamma, bias, eps, past=past, past_frames=past_frames)
 
 
+def residual_causal_channel_rms_norm_silu(x: torch.Tensor, residual: torch.Tensor, gamma: torch.Tensor,
+                                          bias: torch.Tensor | None = None, eps: float = reference.EPS,
+                                          past: torch.Tensor | None = None, past_frames: int = 0, *,
+                                          backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`s = x + residual` and `causal_channel_rms_norm_silu(s, gamma, bias, eps, past, past_frames)` in one pass;
+    returns `(s, window)` (`s` in `x`'s layout, the normed frames computed from the rounded `s`): a residual sum
+    fused into the norm that reads it next, which also writes it for whoever needs it after (a shortcut)."""
+    return _run("residual_causal_channel_rms_norm_silu", backend, x, gamma, bias, eps, residual, past=past,
+                past_frames=past_frames)
+
+
 def _register_probes() -> None:
     def inputs(gen):
         return [torch.randn(2, 96, 3, 5, 7, generator=gen), torch.rand(96, generator=gen) + 0.5,
@@ -221,12 +266,17 @@ def _register_probes() -> None:
         want = reference.channel_rms_norm_silu(x.double(), g.double(), b.double())
         want2 = reference.channel_rms_norm_silu((2 * x).double(), g.double())
         window = causal_channel_rms_norm_silu(x, g, b, past=x[:, :, :1], past_frames=2, backend="triton")
+        s3, window3 = residual_causal_channel_rms_norm_silu(x, x, g, None, past=None, past_frames=1,
+                                                            backend="triton")
         return bool(torch.allclose(got.double(), want, atol=1e-4, rtol=1e-4)
                     and torch.equal(s, 2 * x) and torch.allclose(got2.double(), want2, atol=1e-4, rtol=1e-4)
                     and torch.equal(window[:, :, :2], torch.cat([torch.zeros_like(x[:, :, :1]), x[:, :, :1]], 2))
-                    and torch.allclose(window[:, :, 2:].double(), want, atol=1e-4, rtol=1e-4))
+                    and torch.allclose(window[:, :, 2:].double(), want, atol=1e-4, rtol=1e-4)
+                    and torch.equal(s3, 2 * x) and not window3[:, :, :1].any()
+                    and torch.allclose(window3[:, :, 1:].double(), want2, atol=1e-4, rtol=1e-4))
 
-    for op in ("channel_rms_norm_silu", "residual_channel_rms_norm_silu", "causal_channel_rms_norm_silu"):
+    for op in ("channel_rms_norm_silu", "residual_channel_rms_norm_silu", "causal_channel_rms_norm_silu",
+               "residual_causal_channel_rms_norm_silu"):
         _dispatch.register_probe(op, "triton", check)
 
 

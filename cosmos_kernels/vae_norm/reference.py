@@ -46,3 +46,13 @@ def causal_channel_rms_norm_silu(x: torch.Tensor, gamma: torch.Tensor, bias: tor
     if past is not None:
         parts.append(past.to(x.dtype))
     return torch.cat([*parts, normed], dim=2)
+
+
+def residual_causal_channel_rms_norm_silu(x: torch.Tensor, residual: torch.Tensor, gamma: torch.Tensor,
+                                          bias: torch.Tensor | None = None, eps: float = EPS,
+                                          past: torch.Tensor | None = None,
+                                          past_frames: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`s = x + residual` (rounded to `x`'s dtype) and `causal_channel_rms_norm_silu(s, gamma, bias, eps, past,
+    past_frames)`."""
+    s = (x + residual).to(x.dtype)
+    return s, causal_channel_rms_norm_silu(s, gamma, bias, eps, past, past_frames)

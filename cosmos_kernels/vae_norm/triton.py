@@ -34,7 +34,7 @@ def _load_sum(x_ptr, r_ptr, s_ptr, xo, ro, so, mask, RESIDUAL: tl.constexpr):
 def _channel_rms_norm_silu_kernel(
     x_ptr, r_ptr, g_ptr, b_ptr, s_ptr, out_ptr,
     C, S, H, W,
-    xsb, xsc, xst, xsh, xsw, rsb, rsc, rst, rsh, rsw, osb, osc, ost, osh, osw,
+    xsb, xsc, xst, xsh, xsw, rsb, rsc, rst, rsh, rsw, ssb, ssc, sst, ssh, ssw, osb, osc, ost, osh, osw,
     scale, eps,
     RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
     SINGLE_TILE: tl.constexpr,
@@ -47,11 +47,12 @@ def _channel_rms_norm_silu_kernel(
     t = pos // (W * H)
     xp = (b * xsb + t * xst + h * xsh + w * xsw)[None, :]
     rp = (b * rsb + t * rst + h * rsh + w * rsw)[None, :]
+    sp = (b * ssb + t * sst + h * ssh + w * ssw)[None, :]
     op = (b * osb + t * ost + h * osh + w * osw)[None, :]
     if SINGLE_TILE:
         ch = tl.arange(0, BLOCK_C).to(tl.int64)
         mask = (ch < C)[:, None] & pmask[None, :]
-        x = _load_sum(x_ptr, r_ptr, s_ptr, xp + ch[:, None] * xsc, rp + ch[:, None] * rsc, op + ch[:, None] * osc,
+        x = _load_sum(x_ptr, r_ptr, s_ptr, xp + ch[:, None] * xsc, rp + ch[:, None] * rsc, sp + ch[:, None] * ssc,
                       mask, RESIDUAL)
         inv = scale / tl.maximum(tl.sqrt(tl.sum(x * x, axis=0)), eps)
         g = tl.load(g_ptr + ch, mask=ch < C, other=0.0).to(tl.float32)
@@ -66,14 +67,14 @@ def _channel_rms_norm_silu_kernel(
             ch = start + tl.arange(0, BLOCK_C).to(tl.int64)
             mask = (ch < C)[:, None] & pmask[None, :]
             x = _load_sum(x_ptr, r_ptr, s_ptr, xp + ch[:, None] * xsc, rp + ch[:, None] * rsc,
-                          op + ch[:, None] * osc, mask, RESIDUAL)
+                          sp + ch[:, None] * ssc, mask, RESIDUAL)
             acc += tl.sum(x * x, axis=0)
         inv = scale / tl.maximum(tl.sqrt(acc), eps)
         for start in range(0, C, BLOCK_C):
             ch = start + tl.arange(0, BLOCK_C).to(tl.int64)
             mask = (ch < C)[:, None] & pmask[None, :]
             if RESIDUAL:  # re-read the sum this program wrote
-                x = tl.load(s_ptr + op + ch[:, None] * osc, mask=mask, other=0.0).to(tl.float32)
+                x = tl.load(s_ptr + sp + ch[:, None] * ssc, mask=mask, other=0.0).to(tl.float32)
             else:
                 x = tl.load(x_ptr + xp + ch[:, None] * xsc, mask=mask, other=0.0).to(tl.float32)
             g = tl.load(g_ptr + ch, mask=ch < C, other=0.0).to(tl.float32)
@@ -106,7 +107,7 @@ def channel_rms_norm_silu(x: torch.Tensor, gamma: torch.Tensor, bias: torch.Tens
         grid = (bsz, triton.cdiv(positions, block_s))
         _channel_rms_norm_silu_kernel[grid](
             x, r, gamma, bias if bias is not None else gamma, s, out, c, positions, h, w,
-            *x.stride(), *r.stride(), *out.stride(), float(c) ** 0.5, eps,
+            *x.stride(), *r.stride(), *s.stride(), *out.stride(), float(c) ** 0.5, eps,
             RESIDUAL=residual is not None, HAS_BIAS=bias is not None, BLOCK_C=block_c, BLOCK_S=block_s,
             SINGLE_TILE=single, num_warps=warps,
         )
@@ -116,7 +117,7 @@ def channel_rms_norm_silu(x: torch.Tensor, gamma: torch.Tensor, bias: torch.Tens
 def _register_for_compile_report() -> None:
     sig = {name: "*{dt}" for name in ("x_ptr", "r_ptr", "g_ptr", "b_ptr", "s_ptr", "out_ptr")}
     sig.update({n: "i64" for n in ("C", "S", "H", "W", "xsb", "xsc", "xst", "xsh", "xsw", "rsb", "rsc", "rst",
-                                   "rsh", "rsw", "osb", "osc", "ost", "osh", "osw")})
+                                   "rsh", "rsw", "ssb", "ssc", "sst", "ssh", "ssw", "osb", "osc", "ost", "osh", "osw")})
     sig.update(scale="fp32", eps="fp32", RESIDUAL="constexpr", HAS_BIAS="constexpr", BLOCK_C="constexpr",
                BLOCK_S="constexpr", SINGLE_TILE="constexpr")
     configs = []

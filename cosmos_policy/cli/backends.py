@@ -39,6 +39,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "channel_rms_norm_silu": ("reference", "cpu", "triton"),
     "residual_channel_rms_norm_silu": ("reference", "cpu", "triton"),
     "causal_channel_rms_norm_silu": ("reference", "cpu", "triton"),
+    "residual_causal_channel_rms_norm_silu": ("reference", "cpu", "triton"),
 }
 
 

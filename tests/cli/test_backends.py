@@ -15,7 +15,7 @@ OPS = {"layer_norm_modulate", "gated_residual_layer_norm_modulate", "rms_norm", 
        "attention", "linear_gelu", "layer_norm_modulate_fp8", "gated_residual_layer_norm_modulate_fp8",
        "quantize_rowwise", "gelu_quantize_rowwise", "fp8_linear_gated_residual", "fp8_linear_qk_norm_rope",
        "fp8_linear_head_norm", "attention_fp8", "channel_rms_norm_silu", "residual_channel_rms_norm_silu",
-       "causal_channel_rms_norm_silu"}
+       "causal_channel_rms_norm_silu", "residual_causal_channel_rms_norm_silu"}
 
 
 def _json(capsys, argv: list[str]) -> dict:

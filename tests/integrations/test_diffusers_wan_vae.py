@@ -11,13 +11,14 @@ from diffusers import AutoencoderKLWan  # noqa: E402
 from diffusers.models.autoencoders import autoencoder_kl_wan as wv  # noqa: E402
 
 from cosmos_kernels.integrations.diffusers import apply_cosmos_kernels, is_patched, remove_cosmos_kernels  # noqa: E402
+from tests.numerics import cpu_backends  # noqa: E402
 
 
-def _vae(seed: int = 0) -> AutoencoderKLWan:
+def _vae(seed: int = 0, num_res_blocks: int = 1) -> AutoencoderKLWan:
     """A tiny random Wan VAE: channels 12 / 24 / 48 (not powers of 2), one residual block per stage."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoencoderKLWan(base_dim=12, z_dim=4, num_res_blocks=1)
+        model = AutoencoderKLWan(base_dim=12, z_dim=4, num_res_blocks=num_res_blocks)
         for name, param in model.named_parameters():
             if name.endswith("gamma"):
                 param.data.uniform_(0.5, 1.5)
@@ -48,10 +49,15 @@ def test_encode_decode_match_unpatched(t, h, w, gen):
     assert _rel(got_mu, want_mu) < 1e-5 and _rel(got_pixels, want_pixels) < 1e-5
 
 
-def test_chunked_encoding_with_feature_cache(gen):
-    """The policy's way: the first frame alone, then chunks of four, one cache across calls."""
-    vae = _vae(1)
-    x = torch.rand(1, 3, 5, 24, 24, generator=gen) * 2 - 1
+@pytest.mark.parametrize("num_res_blocks,backend", [(1, None), (2, None), (2, "triton")])
+def test_chunked_encoding_with_feature_cache(num_res_blocks, backend, gen):
+    """The policy's way: the first frame alone, then chunks of four, one cache across calls; with two blocks per
+    stage, each block's residual sum is added by the next block's norm, the last one's before a downsampling
+    into the conv's zero-padded frames, and the mid block's by `norm_out`."""
+    if backend is not None and backend not in cpu_backends():
+        pytest.skip("Triton interpreter not available")
+    vae = _vae(1, num_res_blocks)
+    x = torch.rand(1, 3, 5, 24, 26, generator=gen) * 2 - 1
 
     def encode():
         state = [None] * vae._cached_conv_counts["encoder"]
@@ -61,8 +67,9 @@ def test_chunked_encoding_with_feature_cache(gen):
 
     with torch.no_grad():
         want, want_state = encode()
-        apply_cosmos_kernels(vae)
+        summary = apply_cosmos_kernels(vae, backend=backend)
         got, got_state = encode()
+    assert summary.patched["encoder: residual sums in the next norm, norm_out + SiLU"] == ["encoder"]
     assert _rel(got, want) < 1e-5
     for g, w in zip(got_state, want_state):
         assert isinstance(g, torch.Tensor) == isinstance(w, torch.Tensor)
@@ -133,3 +140,21 @@ def test_channels_last_weight_copy_follows_the_parameter(gen):
         want = torch.nn.functional.conv3d(torch.nn.functional.pad(x, (1, 1, 1, 1, 2, 0)), conv.weight, conv.bias)
     assert _rel(second, want) < 1e-5 and not torch.allclose(first, second)
     assert "weight" in dict(conv.named_parameters()) and len(conv.state_dict()) == 2  # nothing added to the state
+
+
+def test_chunked_encoder_compiles_fullgraph(gen):
+    """The fused encoder (residual sums in the next norm, the padded downsampling sum) traces without a graph
+    break and gives the eager numbers (bf16: the convs leave oneDNN's direct call, which Dynamo cannot fake)."""
+    vae = _vae(2, num_res_blocks=2).to(torch.bfloat16)
+    apply_cosmos_kernels(vae)
+    x = (torch.rand(1, 3, 5, 24, 26, generator=gen) * 2 - 1).to(torch.bfloat16)
+
+    def encode(encoder):
+        state = [None] * vae._cached_conv_counts["encoder"]
+        return torch.cat([encoder(x[:, :, :1], feat_cache=state, feat_idx=[0]),
+                          encoder(x[:, :, 1:], feat_cache=state, feat_idx=[0])], 2)
+
+    with torch.no_grad():
+        want = encode(vae.encoder)
+        got = encode(torch.compile(vae.encoder, backend="aot_eager", fullgraph=True))
+    assert torch.equal(got, want)

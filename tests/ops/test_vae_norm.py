@@ -7,6 +7,7 @@ from cosmos_kernels.vae_norm import (
     causal_channel_rms_norm_silu,
     channel_rms_norm_silu,
     reference,
+    residual_causal_channel_rms_norm_silu,
     residual_channel_rms_norm_silu,
 )
 from tests.numerics import assert_within_reference_error, cpu_backends
@@ -176,3 +177,52 @@ def test_causal_variant_checks_and_opcheck(gen):
         op = getattr(torch.ops.cosmos_kernels, "causal_channel_rms_norm_silu" + suffix).default
         torch.library.opcheck(op, (x, g, b, 1e-12, x[:, :, :1].clone(), 2))
         torch.library.opcheck(op, (x, g, None, 1e-12, None, 2))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 96, 1, 8, 8), (2, 5, 4, 3, 7), (1, 1100, 2, 3, 3)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("have", [None, 1, 2])
+def test_residual_causal_channel_rms_norm_silu(backend, dtype, shape, layout, have, gen):
+    x, g, b = _inputs(gen, shape, dtype, layout)
+    r, _, _ = _inputs(gen, shape, dtype, "strided" if layout != "strided" else "contiguous")
+    past = None if have is None else torch.randn(*shape[:2], have, *shape[3:], generator=gen).to(dtype)
+    s, window = residual_causal_channel_rms_norm_silu(x, r, g, b, past=past, past_frames=2, backend=backend)
+    assert s.shape == x.shape and window.shape == (shape[0], shape[1], 2 + shape[2], *shape[3:])
+    if layout == "channels_last" and backend != "reference":
+        assert s.is_contiguous(memory_format=torch.channels_last_3d)
+        assert window.is_contiguous(memory_format=torch.channels_last_3d)
+    exact = x.double() + r.double()
+    if backend == "triton" and dtype == torch.bfloat16:  # the interpreter rounds bf16 its own way: within one ulp
+        assert ((s.double() - exact).abs() <= torch.finfo(dtype).eps * exact.abs()).all()
+    else:
+        assert torch.equal(s, (x + r).to(dtype))
+    expected_past = torch.zeros_like(window[:, :, :2])
+    if past is not None:
+        expected_past[:, :, 2 - have:] = past
+    assert torch.equal(window[:, :, :2], expected_past)
+    want = reference.channel_rms_norm_silu(s.double(), g.double(), b.double())
+    ref_s, ref_window = reference.residual_causal_channel_rms_norm_silu(x, r, g, b, past=past, past_frames=2)
+    assert torch.equal(ref_window[:, :, :2], expected_past)
+    # past 1024 channels: `_factor`'s tile-by-tile sums, here with a few ulp of the luckier reference's error
+    assert_within_reference_error(window[:, :, 2:], reference.channel_rms_norm_silu(s, g, b), want, dtype,
+                                  factor=2.0 if shape[1] <= 1024 else 4.0)
+
+
+def test_residual_causal_variant_checks_and_opcheck(gen):
+    x, g, b = _inputs(gen, (2, 6, 3, 4, 5), torch.float32, "contiguous")
+    with pytest.raises(ValueError, match="residual must have"):
+        residual_causal_channel_rms_norm_silu(x, x[:, :, :1], g, b, past_frames=2)
+    with pytest.raises(TypeError, match="residual has dtype"):
+        residual_causal_channel_rms_norm_silu(x, x.double(), g, b, past_frames=2)
+    with pytest.raises(ValueError, match="past must be"):
+        residual_causal_channel_rms_norm_silu(x, x, g, b, past=x[:, :3], past_frames=2)
+    with pytest.raises(ValueError, match="past_frames"):
+        residual_causal_channel_rms_norm_silu(x, x, g, b, past_frames=-1)
+    for suffix in ("", "_triton"):
+        if suffix and "triton" not in BACKENDS:
+            continue
+        op = getattr(torch.ops.cosmos_kernels, "residual_causal_channel_rms_norm_silu" + suffix).default
+        torch.library.opcheck(op, (x, x.clone(), g, b, 1e-12, x[:, :, :1].clone(), 2))
+        torch.library.opcheck(op, (x.to(memory_format=torch.channels_last_3d), x.clone(), g, None, 1e-12, None, 2))

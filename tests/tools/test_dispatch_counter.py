@@ -66,6 +66,16 @@ def test_copy_does_not_read_its_destination():
     assert (record.cost.launches, record.cost.bytes_read, record.cost.bytes_written) == (1, 16 * 2, 16 * F32)
 
 
+def test_an_out_buffer_is_written_not_read():
+    a, b = torch.empty(8, 16, device=META), torch.empty(8, 16, device=META)
+    dest = torch.empty(8, 20, device=META)[:, :16]  # a strided view: written once, never read
+    with DispatchCounter() as counter:
+        torch.add(a, b, out=dest)
+    (record,) = counter.records
+    assert record.name == "aten.add"
+    assert (record.cost.bytes_read, record.cost.bytes_written) == (2 * 8 * 16 * F32, 8 * 16 * F32)
+
+
 def test_sdpa_is_one_fused_kernel_with_the_gpu_layout():
     b, h, lq, lk, d = 1, 2, 7, 5, 16
     q, k, v = (torch.empty(b, h, n, d, device=META) for n in (lq, lk, lk))
