@@ -21,7 +21,8 @@ faster. Channels-last inputs and the explicit causal `F.pad` do not change the c
 The fix: call `aten::mkldnn_convolution` directly for float32 CPU tensors and kernels wider than 1 in H or W (the
 operator the heuristic picks for larger inputs; its sums differ from the slow path's only in fp32 rounding), and pass
 the symmetric spatial padding to the convolution instead of writing a padded copy (only the causal time padding is
-written). Other devices, dtypes and kernels, and inputs that need gradients, call `F.conv3d`.
+written). Other devices, dtypes and kernels, inputs that need gradients, and code that `torch.compile` traces
+(Dynamo cannot trace the direct call; the compiled graph gets its own convolution) call `F.conv3d`.
 
 Layout: oneDNN reorders a contiguous (N, C, D, H, W) input and weight into its own blocked layout on every call, and
 the output back; with a channels-last-3d weight it runs channels-last throughout (input converted once, output
@@ -37,6 +38,8 @@ import torch.nn.functional as F
 
 
 def _onednn_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    if torch.compiler.is_compiling():  # Dynamo cannot trace the direct call; the compiler picks its own convolution
+        return False
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
