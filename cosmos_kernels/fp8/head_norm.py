@@ -81,16 +81,9 @@ def fp8_linear_head_norm(
     if _dispatch.needs_autograd(norm_weight):
         _dispatch.warn_autograd(OP)
         return reference.fp8_linear_head_norm(*args)
-    name = _dispatch.resolve_backend(OP, x.device, backend, supported=BACKENDS, cuda_order=("triton",))
-    why = heads.kernel_unsupported_reason(d) if name == "triton" else None
-    if why is not None:
-        if backend == "triton":
-            raise ValueError(f"{OP}: backend 'triton' cannot run these heads: {why}")
-        name = "reference"
-    if name == "reference":
+    if heads.choose_backend(OP, x.device, backend, d, BACKENDS) == "reference":
         return _reference_backend(*args)
-    ws = weight_scale.reshape(-1)
-    return _fp8_linear_head_norm_triton(x, x_scale, weight, ws if ws.is_contiguous() else ws.contiguous(),
+    return _fp8_linear_head_norm_triton(x, x_scale, weight, heads.channel_scales(weight_scale),
                                         heads.as_fp32(norm_weight), num_heads, eps, out_dtype)
 
 

@@ -1,5 +1,6 @@
 """What the FP8 GEMMs whose output is split in attention heads share: the argument checks (each error naming its
-argument), the head widths their Triton kernel (`qkv_triton.py`) computes, and their FLOP count.
+argument), the head widths their Triton kernel (`qkv_triton.py`) computes, the choice of backend, and their FLOP
+count.
 
 A weight of `sections * num_heads * head_dim` rows: `fp8_linear_qk_norm_rope` packs `[q; k; v]` (three sections),
 `fp8_linear_head_norm` one section of normed heads.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from cosmos_kernels import _checks
+from cosmos_kernels import _checks, _dispatch
 from cosmos_kernels.fp8.ops import OUT_DTYPES
 from cosmos_kernels.fp8.reference import E4M3
 
@@ -70,6 +71,25 @@ def kernel_unsupported_reason(head_dim: int) -> str | None:
     if head_dim > MAX_HEAD_DIM:
         return f"head_dim {head_dim} is above {MAX_HEAD_DIM}"
     return None
+
+
+def choose_backend(op: str, device: torch.device, backend: str | None, head_dim: int,
+                   supported: tuple[str, ...]) -> str:
+    """The backend that runs heads of `head_dim`: the resolved one, or "reference" where the Triton kernel cannot
+    compute them (an error when `backend="triton"` was asked for)."""
+    name = _dispatch.resolve_backend(op, device, backend, supported=supported, cuda_order=("triton",))
+    why = kernel_unsupported_reason(head_dim) if name == "triton" else None
+    if why is not None:
+        if backend == "triton":
+            raise ValueError(f"{op}: backend 'triton' cannot run these heads: {why}")
+        name = "reference"
+    return name
+
+
+def channel_scales(weight_scale: torch.Tensor) -> torch.Tensor:
+    """The weight's channel scales as the kernel reads them: one contiguous row of fp32 values."""
+    ws = weight_scale.reshape(-1)
+    return ws if ws.is_contiguous() else ws.contiguous()
 
 
 def gemm_flops(x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, *args: object, out: object = None,

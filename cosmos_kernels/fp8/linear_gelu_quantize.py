@@ -15,6 +15,7 @@ import torch
 from cosmos_kernels import _dispatch
 from cosmos_kernels._checks import check_same_device
 from cosmos_kernels.fp8 import reference
+from cosmos_kernels.fp8.ops import check_linear_operands
 from cosmos_kernels.fp8.reference import E4M3
 from cosmos_kernels.tools import dispatch_counter
 
@@ -51,25 +52,9 @@ dispatch_counter.register_cost(f"{_NS}::fp8_linear_gelu_quantize_triton", _gemm_
 
 def _check_operands(x: object, x_scale: object, weight: object, weight_scale: object, group: object) -> None:
     """Every check, in order; raises the first failure, naming the argument."""
-    for name, t, dtype in (("x", x, E4M3), ("x_scale", x_scale, torch.float32), ("weight", weight, E4M3),
-                           ("weight_scale", weight_scale, torch.float32)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{OP}: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype != dtype:
-            raise TypeError(f"{OP}: {name} must be {str(dtype)[6:]}, got {t.dtype}")
     if isinstance(group, bool) or not isinstance(group, int) or group < 1:
         raise ValueError(f"{OP}: group must be a positive int, got {group!r}")
-    if weight.dim() != 2:
-        raise ValueError(f"{OP}: weight must be (out_features, in_features), got shape {tuple(weight.shape)}")
-    n, k = weight.shape
-    if x.dim() < 1 or x.shape[-1] != k:
-        raise ValueError(f"{OP}: x has shape {tuple(x.shape)}, its last dimension must be weight's in_features {k}")
-    if tuple(x_scale.shape) != (*x.shape[:-1], 1):
-        raise ValueError(f"{OP}: x_scale must have shape {(*x.shape[:-1], 1)} (one scale per row of x), got "
-                         f"{tuple(x_scale.shape)}")
-    if weight_scale.numel() != n or weight_scale.dim() > 2:
-        raise ValueError(f"{OP}: weight_scale must hold one scale per output channel, shape ({n}, 1), ({n},) or "
-                         f"(1, {n}), got {tuple(weight_scale.shape)}")
+    check_linear_operands(OP, x, x_scale, weight, weight_scale)
     check_same_device(OP, x=x, x_scale=x_scale, weight=weight, weight_scale=weight_scale)
 
 

@@ -15,8 +15,6 @@ cuBLAS's FP8 GEMM does without fast accumulation. The quantization reuses the ro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
@@ -25,6 +23,7 @@ from cosmos_kernels import _alloc, _dispatch
 from cosmos_kernels._registry import TritonConfig, register_triton_kernel
 from cosmos_kernels.fp8.reference import E4M3
 from cosmos_kernels.fp8.triton import gelu_in_dtype, quantize_tile, row_scale
+from cosmos_kernels.gemm_tiles import GemmConfig, grouped_tile, load_cols_k, load_rows_k, operand_tiles, tile_indices
 
 GROUP = 128  # the quantization group: one output tile wide
 
@@ -35,31 +34,14 @@ def _fp8_linear_gelu_quantize_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * tiles_n
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = min(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_rows
-    pid_n = (pid % per_group) // group_rows
-
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rm, rn, rows, cols = tile_indices(pid_m, pid_n, M, N, BLOCK_M, BLOCK_N)  # rows, cols wrapped for the loads
     rk = tl.arange(0, BLOCK_K)
-    rows = (rm % M).to(tl.int64)  # wrapped: the loads need no mask along M and N
-    cols = (rn % N).to(tl.int64)
-    x_tile = x_ptr + rows[:, None] * sxm + rk[None, :] * sxk
-    w_tile = w_ptr + cols[None, :] * swn + rk[:, None] * swk
+    x_tile, w_tile = operand_tiles(x_ptr, w_ptr, rows, cols, rk, sxm, sxk, swn, swk)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(x_tile)
-            b = tl.load(w_tile)
-        else:
-            k_left = K - k0
-            a = tl.load(x_tile, mask=rk[None, :] < k_left, other=0.0)
-            b = tl.load(w_tile, mask=rk[:, None] < k_left, other=0.0)
+        a = load_rows_k(x_tile, rk, K - k0, EVEN_K)
+        b = load_cols_k(w_tile, rk, K - k0, EVEN_K)
         acc = tl.dot(a, b, acc, max_num_imprecise_acc=BLOCK_K)  # sums added to acc in full fp32 per K tile
         x_tile += BLOCK_K * sxk
         w_tile += BLOCK_K * swk
@@ -77,27 +59,17 @@ def _fp8_linear_gelu_quantize_kernel(
     tl.store(s_ptr + out_rows * G + pid_n, scale, mask=in_m)
 
 
-@dataclass(frozen=True)
-class GemmConfig:
-    block_m: int
-    block_k: int
-    group_m: int
-    num_warps: int
-    num_stages: int
-    block_n: int = GROUP  # always one quantization group
-
-
 # Tiles per problem size, for Hopper and the other FP8 cards (Ada, Blackwell): e4m3 operands are 1 byte, so a
 # 128 x 128 x 128 stage holds 32 KiB and three stages fit every FP8 card's shared memory (Ada: about 100 KiB).
-# Small K takes a 64-deep K tile (the e4m3 dot's K step is 32).
+# Small K takes a 64-deep K tile (the e4m3 dot's K step is 32). block_n is always GROUP: one quantization group.
 CONFIGS = {
-    "large": GemmConfig(128, 128, 8, 8, 3),
-    "large_small_k": GemmConfig(128, 64, 8, 8, 3),
-    "small": GemmConfig(64, 128, 8, 4, 3),  # too few large tiles to fill the card
-    "small_small_k": GemmConfig(64, 64, 8, 4, 3),
+    "large": GemmConfig(128, GROUP, 128, 8, 8, 3),
+    "large_small_k": GemmConfig(128, GROUP, 64, 8, 8, 3),
+    "small": GemmConfig(64, GROUP, 128, 8, 4, 3),  # too few large tiles to fill the card
+    "small_small_k": GemmConfig(64, GROUP, 64, 8, 4, 3),
 }
 # Under the interpreter one program costs the same whatever its tile: fewer, larger tiles run faster.
-INTERPRETER_CONFIG = GemmConfig(64, 64, 4, 4, 1)
+INTERPRETER_CONFIG = GemmConfig(64, GROUP, 64, 4, 4, 1)
 
 
 def gemm_config(device: torch.device, m: int, n: int, k: int) -> GemmConfig:

@@ -108,20 +108,15 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return reference.quantize_weight(weight)
 
 
-def _check_linear(x, x_scale, weight, weight_scale, bias, out_dtype) -> None:
-    op = "fp8_linear"
-    for name, t in (("x", x), ("weight", weight)):
+def check_linear_operands(op: str, x: object, x_scale: object, weight: object, weight_scale: object) -> None:
+    """The operands of a row-scaled FP8 GEMM, `x (..., K)` e4m3 with `x_scale (..., 1)` fp32 and `weight (N, K)` e4m3
+    with one fp32 scale per output channel; raises the first failure, naming the argument (devices not checked)."""
+    for name, t, dtype in (("x", x, E4M3), ("weight", weight, E4M3), ("x_scale", x_scale, torch.float32),
+                           ("weight_scale", weight_scale, torch.float32)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype != E4M3:
-            raise TypeError(f"{op}: {name} must be float8_e4m3fn, got {t.dtype}")
-    for name, t in (("x_scale", x_scale), ("weight_scale", weight_scale)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype != torch.float32:
-            raise TypeError(f"{op}: {name} must be float32, got {t.dtype}")
-    if out_dtype not in OUT_DTYPES:
-        raise TypeError(f"{op}: out_dtype must be bfloat16, float16 or float32, got {out_dtype}")
+        if t.dtype != dtype:
+            raise TypeError(f"{op}: {name} must be {str(dtype)[6:]}, got {t.dtype}")
     if weight.dim() != 2:
         raise ValueError(f"{op}: weight must be (out_features, in_features), got shape {tuple(weight.shape)}")
     n, k = weight.shape
@@ -133,6 +128,14 @@ def _check_linear(x, x_scale, weight, weight_scale, bias, out_dtype) -> None:
     if weight_scale.numel() != n or weight_scale.dim() > 2:
         raise ValueError(f"{op}: weight_scale must hold one scale per output channel, shape ({n},), ({n}, 1) or "
                          f"(1, {n}), got {tuple(weight_scale.shape)}")
+
+
+def _check_linear(x, x_scale, weight, weight_scale, bias, out_dtype) -> None:
+    op = "fp8_linear"
+    if out_dtype not in OUT_DTYPES:
+        raise TypeError(f"{op}: out_dtype must be bfloat16, float16 or float32, got {out_dtype}")
+    check_linear_operands(op, x, x_scale, weight, weight_scale)
+    n = weight.shape[0]
     if bias is not None:
         _checks.check_float_tensor(op, "bias", bias)
         if tuple(bias.shape) != (n,):

@@ -106,18 +106,11 @@ def fp8_linear_qk_norm_rope(
     if _dispatch.needs_autograd(q_norm_weight, k_norm_weight, cos, sin):
         _dispatch.warn_autograd(OP)
         return reference.fp8_linear_qk_norm_rope(*args)
-    name = _dispatch.resolve_backend(OP, x.device, backend, supported=BACKENDS, cuda_order=("triton",))
-    why = heads.kernel_unsupported_reason(d) if name == "triton" else None
-    if why is not None:
-        if backend == "triton":
-            raise ValueError(f"{OP}: backend 'triton' cannot run these heads: {why}")
-        name = "reference"
-    if name == "reference":
+    if heads.choose_backend(OP, x.device, backend, d, BACKENDS) == "reference":
         return _reference_backend(*args)
-    ws = weight_scale.reshape(-1)
     tables = (heads.as_fp32(t) for t in (q_norm_weight, k_norm_weight, cos, sin))
-    out = _fp8_linear_qk_norm_rope_triton(x, x_scale, weight, ws if ws.is_contiguous() else ws.contiguous(), *tables,
-                                          num_heads, eps, out_dtype)
+    out = _fp8_linear_qk_norm_rope_triton(x, x_scale, weight, heads.channel_scales(weight_scale), *tables, num_heads,
+                                          eps, out_dtype)
     return out.unbind(2)
 
 

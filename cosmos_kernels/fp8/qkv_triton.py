@@ -21,6 +21,7 @@ import triton.language as tl
 
 from cosmos_kernels import _alloc, _dispatch
 from cosmos_kernels._registry import TritonConfig, register_triton_kernel
+from cosmos_kernels.gemm_tiles import load_cols_k, load_rows_k
 
 
 @triton.jit
@@ -83,15 +84,9 @@ def _fp8_heads_kernel(
     acc1 = tl.zeros((BLOCK_M, BLOCK_H), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_M, BLOCK_H), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(x_tile)
-            b1 = tl.load(w1_tile)
-            b2 = tl.load(w2_tile)
-        else:
-            k_left = K - k0
-            a = tl.load(x_tile, mask=rk[None, :] < k_left, other=0.0)
-            b1 = tl.load(w1_tile, mask=rk[:, None] < k_left, other=0.0)
-            b2 = tl.load(w2_tile, mask=rk[:, None] < k_left, other=0.0)
+        a = load_rows_k(x_tile, rk, K - k0, EVEN_K)
+        b1 = load_cols_k(w1_tile, rk, K - k0, EVEN_K)
+        b2 = load_cols_k(w2_tile, rk, K - k0, EVEN_K)
         # Hopper's FP8 MMA accumulates in reduced precision: its partial sums join the fp32 accumulators after
         # every K tile (as cuBLAS's FP8 GEMM does without fast accumulation), not once at the end of the loop.
         acc1 = tl.dot(a, b1, acc1, max_num_imprecise_acc=BLOCK_K)

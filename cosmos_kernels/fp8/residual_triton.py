@@ -12,8 +12,6 @@ residual's dtype. Rows and columns past the edge are wrapped (`% M`, `% N`) on l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
@@ -21,6 +19,7 @@ import triton.language as tl
 from cosmos_kernels import _alloc, _dispatch
 from cosmos_kernels._registry import TritonConfig, register_triton_kernel
 from cosmos_kernels.fp8.triton import ROUNDING, quantize_tile, row_scale
+from cosmos_kernels.gemm_tiles import GemmConfig, grouped_tile, load_cols_k, load_rows_k, tile_indices
 
 GROUP = 128  # columns per scale of the group-scaled form
 ROW_SCALED, GROUP_SCALED, QUANTIZE = 0, 1, 2
@@ -42,20 +41,9 @@ def _fp8_linear_gated_residual_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     MODE: tl.constexpr, EVEN_K: tl.constexpr, ROUND: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * tiles_n
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = min(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_rows
-    pid_n = (pid % per_group) // group_rows
-
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rm, rn, rows, cols = tile_indices(pid_m, pid_n, M, N, BLOCK_M, BLOCK_N)  # rows, cols wrapped for the loads
     rk = tl.arange(0, BLOCK_K)
-    rows = (rm % M).to(tl.int64)  # wrapped: the loads need no mask along M and N
-    cols = (rn % N).to(tl.int64)
     x_rows = x_ptr + (rows // L) * sxb + (rows % L) * sxl  # x is a (B, L, K) view: row m is (m // L, m % L)
     x_tile = x_rows[:, None] + rk[None, :] * sxk
     w_tile = w_ptr + cols[None, :] * swn + rk[:, None] * swk
@@ -73,12 +61,8 @@ def _fp8_linear_gated_residual_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(x_tile)
-            b = tl.load(w_tile)
-        else:
-            a = tl.load(x_tile, mask=rk[None, :] < K - k0, other=0.0)
-            b = tl.load(w_tile, mask=rk[:, None] < K - k0, other=0.0)
+        a = load_rows_k(x_tile, rk, K - k0, EVEN_K)
+        b = load_cols_k(w_tile, rk, K - k0, EVEN_K)
         if MODE == 2:
             a = quantize_tile(a.to(tl.float32), a_scale[:, None])
         if MODE == 1:  # this K tile's group scale times its partial dot
@@ -100,16 +84,6 @@ def _fp8_linear_gated_residual_kernel(
         out = _round_to_bf16(out)
     out_tile = out_ptr + rm[:, None].to(tl.int64) * N + rn[None, :]
     tl.store(out_tile, out.to(out_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
-
-
-@dataclass(frozen=True)
-class GemmConfig:
-    block_m: int
-    block_n: int
-    block_k: int
-    group_m: int
-    num_warps: int
-    num_stages: int
 
 
 # Hopper's FP8 warp-group MMAs (QGMMA) take K in steps of 32: 128 x 128 x 128 tiles over 3 stages hold 96 KiB of

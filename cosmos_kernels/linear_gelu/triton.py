@@ -9,14 +9,13 @@ free of masks; only the store is masked. fp32 inputs multiply in IEEE fp32 (no T
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
 from cosmos_kernels import _alloc, _dispatch
 from cosmos_kernels._registry import TritonConfig, register_triton_kernel
+from cosmos_kernels.gemm_tiles import GemmConfig, grouped_tile, load_cols_k, load_rows_k, operand_tiles, tile_indices
 
 SQRT_HALF = tl.constexpr(0.7071067811865476)
 
@@ -27,31 +26,14 @@ def _linear_gelu_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * tiles_n
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = min(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_rows
-    pid_n = (pid % per_group) // group_rows
-
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rm, rn, rows, cols = tile_indices(pid_m, pid_n, M, N, BLOCK_M, BLOCK_N)  # rows, cols wrapped for the loads
     rk = tl.arange(0, BLOCK_K)
-    rows = (rm % M).to(tl.int64)  # wrapped: the loads need no mask along M and N
-    cols = (rn % N).to(tl.int64)
-    x_tile = x_ptr + rows[:, None] * sxm + rk[None, :] * sxk
-    w_tile = w_ptr + cols[None, :] * swn + rk[:, None] * swk
+    x_tile, w_tile = operand_tiles(x_ptr, w_ptr, rows, cols, rk, sxm, sxk, swn, swk)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(x_tile)
-            b = tl.load(w_tile)
-        else:
-            k_left = K - k0
-            a = tl.load(x_tile, mask=rk[None, :] < k_left, other=0.0)
-            b = tl.load(w_tile, mask=rk[:, None] < k_left, other=0.0)
+        a = load_rows_k(x_tile, rk, K - k0, EVEN_K)
+        b = load_cols_k(w_tile, rk, K - k0, EVEN_K)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
         x_tile += BLOCK_K * sxk
         w_tile += BLOCK_K * swk
@@ -59,16 +41,6 @@ def _linear_gelu_kernel(
     y = 0.5 * acc * (1.0 + tl.math.erf(acc * SQRT_HALF))
     out = out_ptr + rm[:, None].to(tl.int64) * N + rn[None, :]
     tl.store(out, y.to(out_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
-
-
-@dataclass(frozen=True)
-class GemmConfig:
-    block_m: int
-    block_n: int
-    block_k: int
-    group_m: int
-    num_warps: int
-    num_stages: int
 
 
 # Per architecture, for the model's shapes (M = tokens, N = 4 * width, K = width): tiles that fit the SM's

@@ -1,16 +1,13 @@
 """The FP8 network's cross-attention query with its heads normed in the GEMM's epilogue (`fp8_linear_head_norm`)
 against the composition it replaced (the FP8 GEMM rounded to bf16, then the attention's own q norm)."""
 
-import functools
-
 import pytest
 import torch
 
 import cosmos_kernels
 import cosmos_policy.model.fp8 as fp8_blocks
 from tests.model._dit_helpers import rel_error
-from tests.model.test_dit_fp8 import _setup
-from tests.numerics import cpu_backends
+from tests.model._fp8_fused_helpers import check_fused_against_unfused
 
 
 def _unfused(x, x_scale, weight, weight_scale, norm_weight, *, num_heads, eps, out_dtype):
@@ -38,24 +35,11 @@ def test_agrees_with_the_unfused_composition(seed, backend, monkeypatch):
     norm matters in the tiny network (with weights near 1 its cross-attention is about as flat with or without it).
     Measured: fused and unfused about 3 % apart, each about 7 % from the fp32 network; without the norm about 25-45 %
     away. "triton": the fused GEMM on its Triton kernel (the interpreter here), the rest on the automatic choice."""
-    if backend == "triton" and "triton" not in cpu_backends():
-        pytest.skip("Triton interpreter not available")
-    gen = torch.Generator().manual_seed(seed)
-    model, inputs = _setup(gen, torch.float32)
-    for block in model.blocks:
-        block.cross_attn.q_norm.weight.mul_(4.0)
-    want = model(**inputs)
-    model = model.bfloat16()
-    model.fp8 = True
-    fused_op = fp8_blocks.fp8_linear_head_norm
-    if backend == "triton":
-        monkeypatch.setattr(fp8_blocks, "fp8_linear_head_norm", functools.partial(fused_op, backend="triton"))
-    fused = model(**inputs)
-    calls = []
-    monkeypatch.setattr(fp8_blocks, "fp8_linear_head_norm", lambda *a, **k: calls.append(1) or _unfused(*a, **k))
-    unfused = model(**inputs)
-    assert len(calls) == model.config.num_blocks
-    assert rel_error(fused, unfused) < 0.06
-    assert rel_error(fused, want) < 1.1 * rel_error(unfused, want) + 0.005
+    def scale_query_norms(model):
+        for block in model.blocks:
+            block.cross_attn.q_norm.weight.mul_(4.0)
+
+    model, inputs, unfused = check_fused_against_unfused("fp8_linear_head_norm", _unfused, seed, backend, monkeypatch,
+                                                         prepare=scale_query_norms)
     monkeypatch.setattr(fp8_blocks, "fp8_linear_head_norm", _dropped)
     assert rel_error(model(**inputs), unfused) > 0.15  # the bound above would catch a dropped norm

@@ -1,16 +1,11 @@
 """The FP8 network's QKV projection with q / k normed and rotated in its epilogue (`fp8_linear_qk_norm_rope`)
 against the composition it replaced (the FP8 GEMM rounded to bf16, then the attention's own `qk_norm_rope`)."""
 
-import functools
-
 import pytest
 import torch
 
 import cosmos_kernels
-import cosmos_policy.model.fp8 as fp8_blocks
-from tests.model._dit_helpers import rel_error
-from tests.model.test_dit_fp8 import _setup
-from tests.numerics import cpu_backends
+from tests.model._fp8_fused_helpers import check_fused_against_unfused
 
 
 def _unfused(x, x_scale, weight, weight_scale, q_norm, k_norm, cos, sin, *, num_heads, eps, out_dtype):
@@ -30,20 +25,4 @@ def test_agrees_with_the_unfused_composition(seed, backend, monkeypatch):
     steps (measured: the two networks about 3 % apart, each about 5 % from the fp32 network, as FP8 is). A wrong
     norm or rotation gives errors of order 100 %. "triton": the fused GEMM on its Triton kernel (the interpreter
     here), the rest on the automatic choice."""
-    if backend == "triton" and "triton" not in cpu_backends():
-        pytest.skip("Triton interpreter not available")
-    gen = torch.Generator().manual_seed(seed)
-    model, inputs = _setup(gen, torch.float32)
-    want = model(**inputs)
-    model = model.bfloat16()
-    model.fp8 = True
-    fused_op = fp8_blocks.fp8_linear_qk_norm_rope
-    if backend == "triton":
-        monkeypatch.setattr(fp8_blocks, "fp8_linear_qk_norm_rope", functools.partial(fused_op, backend="triton"))
-    fused = model(**inputs)
-    calls = []
-    monkeypatch.setattr(fp8_blocks, "fp8_linear_qk_norm_rope", lambda *a, **k: calls.append(1) or _unfused(*a, **k))
-    unfused = model(**inputs)
-    assert len(calls) == model.config.num_blocks
-    assert rel_error(fused, unfused) < 0.06
-    assert rel_error(fused, want) < 1.1 * rel_error(unfused, want) + 0.005
+    check_fused_against_unfused("fp8_linear_qk_norm_rope", _unfused, seed, backend, monkeypatch)

@@ -8,10 +8,16 @@ import torch
 from cosmos_kernels import fp8, qk_norm_rope
 from cosmos_kernels.fp8 import reference
 from cosmos_kernels.tools.dispatch_counter import DispatchCounter
-from tests.numerics import cpu_backends
-from tests.ops.test_fp8_qkv import _assert_close, _CountScaledMm
+from tests.ops._fp8_heads_helpers import (
+    BACKENDS,
+    assert_close,
+    needs_triton,
+    opcheck_e4m3,
+    reported_tiles,
+    scaled_mm_calls,
+    strided_rows,
+)
 
-BACKENDS = [b for b in cpu_backends() if b in ("reference", "triton")]
 OP = torch.ops.cosmos_kernels.fp8_linear_head_norm_triton.default
 
 
@@ -58,7 +64,7 @@ def test_against_float64(backend, out_dtype, case, gen):
     args = _inputs(gen, *case)
     got = fp8.fp8_linear_head_norm(*args, num_heads=heads, out_dtype=out_dtype, backend=backend)
     assert got.is_contiguous()
-    _assert_close((got,), *_want64(args, heads), out_dtype)
+    assert_close((got,), *_want64(args, heads), out_dtype)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -69,29 +75,22 @@ def test_float16_output_and_eps(backend, gen):
     got = fp8.fp8_linear_head_norm(*args, num_heads=2, eps=1e-6, out_dtype=torch.float16, backend=backend)
     want = reference.fp8_linear_head_norm(*args, 2, eps=1e-6, out_dtype=torch.float64)
     assert not torch.allclose(want, reference.fp8_linear_head_norm(*args, 2, eps=0.0, out_dtype=torch.float64))
-    _assert_close((got,), (want,), _want64(args, 2)[1], torch.float16)
+    assert_close((got,), (want,), _want64(args, 2)[1], torch.float16)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_strided_rows_are_read_in_place(backend, gen):
     """x a slice of wider rows, and a batch-transposed view; x_scale a slice of wider rows too."""
     xq, xs, wq, ws, nw = _inputs(gen, 2, 21, 80, 3, 64)
-    wide = torch.zeros(2, 21, 100).to(torch.float8_e4m3fn)
-    wide[..., 7:87] = xq
-    wide_scale = torch.zeros(2, 21, 3)
-    wide_scale[..., 1:2] = xs
-    swapped = xq.transpose(0, 1).contiguous().transpose(0, 1)
-    for x, s in ((wide[..., 7:87], wide_scale[..., 1:2]), (swapped, xs)):
-        assert not x.is_contiguous() and torch.equal(x.float(), xq.float())
+    for x, s in strided_rows(xq, xs):
         got = fp8.fp8_linear_head_norm(x, s, wq, ws.reshape(-1), nw.double(), num_heads=3, backend=backend)
-        _assert_close((got,), *_want64((xq, xs, wq, ws, nw), 3), torch.bfloat16)
+        assert_close((got,), *_want64((xq, xs, wq, ws, nw), 3), torch.bfloat16)
 
 
+@needs_triton
 def test_is_the_q_section_of_the_qkv_kernel(gen):
     """One kernel: the heads equal, bit for bit, the q heads of `fp8_linear_qk_norm_rope` on `[weight; k; v]` with
     the same q norm, no k norm and no RoPE."""
-    if "triton" not in BACKENDS:
-        pytest.skip("needs Triton (its interpreter on the CPU)")
     from cosmos_kernels._registry import TRITON_KERNELS
 
     assert TRITON_KERNELS["fp8.fp8_linear_head_norm"].kernel is TRITON_KERNELS["fp8.fp8_linear_qk_norm_rope"].kernel
@@ -102,32 +101,26 @@ def test_is_the_q_section_of_the_qkv_kernel(gen):
     assert torch.equal(fp8.fp8_linear_head_norm(x, xs, w, ws, nw, num_heads=2, backend="triton"), q)
 
 
+@needs_triton
 def test_gpu_tiles_compute_across_edges(gen):
     """Each GPU tile configuration, run by the interpreter one row past its row tile, with and without a K tail."""
-    if "triton" not in BACKENDS:
-        pytest.skip("needs Triton (its interpreter on the CPU)")
     from cosmos_kernels.fp8 import qkv_triton as tk
 
     for cfg in tk.CONFIGS.values():
         for k in (cfg.block_k, cfg.block_k + 48):
             args = _inputs(gen, 1, cfg.block_m + 1, k, 2, 64)
             out = tk.fp8_linear_head_norm(*args[:4], args[4], 2, 1e-6, torch.bfloat16, config=cfg)
-            _assert_close((out,), *_want64(args, 2), torch.bfloat16)
+            assert_close((out,), *_want64(args, 2), torch.bfloat16)
 
 
 @pytest.mark.parametrize("capability", [(8, 9), (9, 0), (10, 0), (11, 0), (12, 0)])
 def test_gpu_tiles_are_in_the_compile_report(capability, monkeypatch):
     """Every tile a launch can pick, at the 2B's shapes and at a few rows, is registered for the compile report."""
     tk = pytest.importorskip("cosmos_kernels.fp8.qkv_triton")
-    from types import SimpleNamespace
-
     from cosmos_kernels._registry import TRITON_KERNELS
 
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: SimpleNamespace(
-        multi_processor_count=132))
+    reported = reported_tiles("fp8.fp8_linear_head_norm", capability, monkeypatch)
     entry = TRITON_KERNELS["fp8.fp8_linear_head_norm"]
-    reported = {(c.constexprs["BLOCK_M"], c.constexprs["BLOCK_K"], c.num_warps, c.num_stages) for c in entry.configs}
     assert all(c.constexprs["SECTIONS"] == 1 and not c.constexprs["ROPE"] for c in entry.configs)
     for m in (1764, 4 * 1764, 40):
         cfg = tk.qkv_config(torch.device("cuda"), m, 16, sections=1)
@@ -156,24 +149,14 @@ def test_agrees_with_the_unfused_pair_to_bf16_rounding(gen):
 
 def test_cpu_reference_backend_is_one_scaled_mm(gen):
     args = _inputs(gen, 1, 5, 80, 2, 64)
-    with _CountScaledMm() as count:
-        fp8.fp8_linear_head_norm(*args, num_heads=2)
-    assert count.calls == 1
+    assert scaled_mm_calls(lambda: fp8.fp8_linear_head_norm(*args, num_heads=2)) == 1
 
 
+@needs_triton
 def test_opcheck(gen):
-    if "triton" not in BACKENDS:
-        pytest.skip("Triton interpreter not available")
     cases = ((_inputs(gen, 2, 9, 80, 2, 64), 2, torch.bfloat16), (_inputs(gen, 1, 5, 48, 3, 32), 3, torch.float32))
-    # opcheck's schema test compares the inputs bit for bit before and after, which torch cannot do for e4m3
-    # tensors ("mul" is not implemented for them): the inputs are compared here as bytes instead.
-    utils = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_static", "test_aot_dispatch_dynamic")
     for (x, xs, w, ws, nw), heads, dtype in cases:
-        args = (x, xs, w, ws.reshape(-1), nw, heads, 1e-6, dtype)
-        before = [a.clone() for a in args if isinstance(a, torch.Tensor)]
-        torch.library.opcheck(OP, args, test_utils=utils)
-        after = [a for a in args if isinstance(a, torch.Tensor)]
-        assert all(torch.equal(b.view(torch.uint8), a.view(torch.uint8)) for b, a in zip(before, after))
+        opcheck_e4m3(OP, (x, xs, w, ws.reshape(-1), nw, heads, 1e-6, dtype))
 
 
 def test_one_launch_in_the_dispatch_counter():
@@ -199,13 +182,12 @@ def test_one_launch_in_the_dispatch_counter():
 
 # -- fallbacks, autograd and bad input ----------------------------------------------------------------------------
 
+@needs_triton
 def test_heads_the_kernel_cannot_run_fall_back_unless_triton_is_asked_for(gen, monkeypatch):
-    if "triton" not in BACKENDS:
-        pytest.skip("Triton interpreter not available")
     monkeypatch.setenv("COSMOS_KERNELS_BACKEND", "triton")  # the automatic choice would take the kernel
     for d in (16, 35):
         args = _inputs(gen, 1, 6, 48, 2, d)
-        _assert_close((fp8.fp8_linear_head_norm(*args, num_heads=2),), *_want64(args, 2), torch.bfloat16)
+        assert_close((fp8.fp8_linear_head_norm(*args, num_heads=2),), *_want64(args, 2), torch.bfloat16)
         with pytest.raises(ValueError, match=f"fp8_linear_head_norm: backend 'triton' .*head_dim {d}"):
             fp8.fp8_linear_head_norm(*args, num_heads=2, backend="triton")
 

@@ -4,16 +4,20 @@ strided rows, optional norms and tables, the GPU tiles; registration, fake, cost
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from cosmos_kernels import fp8, qk_norm_rope, rope_3d_tables
 from cosmos_kernels.fp8 import reference
 from cosmos_kernels.tools.dispatch_counter import DispatchCounter
-from tests.numerics import cpu_backends
+from tests.ops._fp8_heads_helpers import (
+    BACKENDS,
+    assert_close,
+    needs_triton,
+    opcheck_e4m3,
+    reported_tiles,
+    scaled_mm_calls,
+    strided_rows,
+)
 
-BACKENDS = [b for b in cpu_backends() if b in ("reference", "triton")]
-MANTISSA = {torch.float32: 23, torch.bfloat16: 7, torch.float16: 10}
-MIN_EXP = {torch.float32: -126, torch.bfloat16: -126, torch.float16: -14}
 OP = torch.ops.cosmos_kernels.fp8_linear_qk_norm_rope_triton.default
 
 
@@ -56,17 +60,6 @@ def _want64(args, heads):
     return want, bounds
 
 
-def _assert_close(got, want, bounds, out_dtype):
-    """Each output within one ulp of out_dtype (the one rounding, moved by the fp32 error) plus the fp32 bound."""
-    for name, g, w, e in zip("qkv", got, want, bounds):
-        assert g.dtype == out_dtype and g.shape == w.shape, (name, g.dtype, g.shape)
-        assert not torch.isnan(g).any(), f"{name}: an element was not written"
-        mag = (w.abs() + e).clamp_min(2.0 ** MIN_EXP[out_dtype])
-        ulp = torch.exp2(torch.floor(torch.log2(mag)) - MANTISSA[out_dtype])
-        excess = (g.double() - w).abs() - (ulp + e)
-        assert (excess <= 0).all(), f"{name}: off by {excess.max().item():.3e} beyond the bound"
-
-
 CASES = [  # (B, L, K, H, D, norms, rope): L not a multiple of any row tile, K not of any K tile
     (2, 37, 80, 2, 64, "both", True),
     (1, 45, 200, 3, 128, "both", True),
@@ -86,7 +79,7 @@ def test_against_float64(backend, out_dtype, case, gen):
     heads = shape[3]
     args = _inputs(gen, *shape, norms=norms, rope=rope)
     got = fp8.fp8_linear_qk_norm_rope(*args, num_heads=heads, out_dtype=out_dtype, backend=backend)
-    _assert_close(got, *_want64(args, heads), out_dtype)
+    assert_close(got, *_want64(args, heads), out_dtype)
     if backend == "triton":  # views of one (B, L, 3, H, D) buffer, as attention reads them
         q, k, v = got
         assert q.stride() == k.stride() == v.stride() and q.stride(-1) == 1
@@ -97,50 +90,35 @@ def test_against_float64(backend, out_dtype, case, gen):
 def test_float16_output(backend, gen):
     args = _inputs(gen, 2, 13, 80, 2, 64)
     got = fp8.fp8_linear_qk_norm_rope(*args, num_heads=2, out_dtype=torch.float16, backend=backend)
-    _assert_close(got, *_want64(args, 2), torch.float16)
+    assert_close(got, *_want64(args, 2), torch.float16)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_strided_rows_are_read_in_place(backend, gen):
     """x a slice of wider rows, and a batch-transposed view; x_scale a slice of wider rows too."""
     xq, xs, wq, ws, qw, kw, cos, sin = _inputs(gen, 2, 21, 80, 2, 64)
-    wide = torch.zeros(2, 21, 100).to(torch.float8_e4m3fn)
-    wide[..., 7:87] = xq
-    wide_scale = torch.zeros(2, 21, 3)
-    wide_scale[..., 1:2] = xs
-    swapped = xq.transpose(0, 1).contiguous().transpose(0, 1)
-    for x, s in ((wide[..., 7:87], wide_scale[..., 1:2]), (swapped, xs)):
-        assert not x.is_contiguous() and torch.equal(x.float(), xq.float())
+    for x, s in strided_rows(xq, xs):
         got = fp8.fp8_linear_qk_norm_rope(x, s, wq, ws, qw, kw, cos, sin, num_heads=2, backend=backend)
-        _assert_close(got, *_want64((xq, xs, wq, ws, qw, kw, cos, sin), 2), torch.bfloat16)
+        assert_close(got, *_want64((xq, xs, wq, ws, qw, kw, cos, sin), 2), torch.bfloat16)
 
 
+@needs_triton
 def test_gpu_tiles_compute_across_edges(gen):
     """Each GPU tile configuration, run by the interpreter one row past its row tile, with and without a K tail."""
-    if "triton" not in BACKENDS:
-        pytest.skip("needs Triton (its interpreter on the CPU)")
     from cosmos_kernels.fp8 import qkv_triton as tk
 
     for cfg in tk.CONFIGS.values():
         for k in (cfg.block_k, cfg.block_k + 48):
             args = _inputs(gen, 1, cfg.block_m + 1, k, 1, 64)
             out = tk.fp8_linear_qk_norm_rope(*args, 1, 1e-6, torch.bfloat16, config=cfg)
-            _assert_close(out.unbind(2), *_want64(args, 1), torch.bfloat16)
+            assert_close(out.unbind(2), *_want64(args, 1), torch.bfloat16)
 
 
 @pytest.mark.parametrize("capability", [(8, 9), (9, 0), (10, 0), (11, 0), (12, 0)])
 def test_gpu_tiles_are_in_the_compile_report(capability, monkeypatch):
     """Every tile a launch can pick, at the 2B's shapes and at a few rows, is registered for the compile report."""
     tk = pytest.importorskip("cosmos_kernels.fp8.qkv_triton")
-    from types import SimpleNamespace
-
-    from cosmos_kernels._registry import TRITON_KERNELS
-
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: SimpleNamespace(
-        multi_processor_count=132))
-    reported = {(c.constexprs["BLOCK_M"], c.constexprs["BLOCK_K"], c.num_warps, c.num_stages)
-                for c in TRITON_KERNELS["fp8.fp8_linear_qk_norm_rope"].configs}
+    reported = reported_tiles("fp8.fp8_linear_qk_norm_rope", capability, monkeypatch)
     for m in (1764, 2 * 1764, 40):
         cfg = tk.qkv_config(torch.device("cuda"), m, 16)
         assert (cfg.block_m, tk.block_k_for(2048, cfg), cfg.num_warps, cfg.num_stages) in reported
@@ -168,37 +146,17 @@ def test_agrees_with_the_unfused_pair_to_bf16_rounding(gen):
             assert ((g.float() - p.float()).abs() <= 3 * 2.0 ** -8 * head).all()
 
 
-class _CountScaledMm(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls += func.overloadpacket.__name__ == "_scaled_mm"
-        return func(*args, **(kwargs or {}))
-
-
 def test_cpu_reference_backend_is_one_scaled_mm(gen):
     args = _inputs(gen, 1, 5, 80, 2, 64)
-    with _CountScaledMm() as count:
-        fp8.fp8_linear_qk_norm_rope(*args, num_heads=2)
-    assert count.calls == 1
+    assert scaled_mm_calls(lambda: fp8.fp8_linear_qk_norm_rope(*args, num_heads=2)) == 1
 
 
+@needs_triton
 def test_opcheck(gen):
-    if "triton" not in BACKENDS:
-        pytest.skip("Triton interpreter not available")
     cases = ((_inputs(gen, 2, 9, 80, 2, 64), 2, torch.bfloat16),
              (_inputs(gen, 1, 5, 48, 3, 32, norms="none", rope=False), 3, torch.float32))
-    # opcheck's schema test compares the inputs bit for bit before and after, which torch cannot do for e4m3
-    # tensors ("mul" is not implemented for them): the inputs are compared here as bytes instead.
-    utils = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_static", "test_aot_dispatch_dynamic")
     for (x, xs, w, ws, *rest), heads, dtype in cases:
-        args = (x, xs, w, ws.reshape(-1), *rest, heads, 1e-6, dtype)
-        before = [a.clone() for a in args if isinstance(a, torch.Tensor)]
-        torch.library.opcheck(OP, args, test_utils=utils)
-        after = [a for a in args if isinstance(a, torch.Tensor)]
-        assert all(torch.equal(b.view(torch.uint8), a.view(torch.uint8)) for b, a in zip(before, after))
+        opcheck_e4m3(OP, (x, xs, w, ws.reshape(-1), *rest, heads, 1e-6, dtype))
 
 
 def test_one_launch_in_the_dispatch_counter():
@@ -225,14 +183,13 @@ def test_one_launch_in_the_dispatch_counter():
 
 # -- fallbacks, autograd and bad input ----------------------------------------------------------------------------
 
+@needs_triton
 def test_heads_the_kernel_cannot_run_fall_back_unless_triton_is_asked_for(gen, monkeypatch):
-    if "triton" not in BACKENDS:
-        pytest.skip("Triton interpreter not available")
     monkeypatch.setenv("COSMOS_KERNELS_BACKEND", "triton")  # the automatic choice would take the kernel
     for d, rope in ((16, True), (35, False)):
         args = _inputs(gen, 1, 6, 48, 2, d, rope=rope)
         got = fp8.fp8_linear_qk_norm_rope(*args, num_heads=2)
-        _assert_close(got, *_want64(args, 2), torch.bfloat16)
+        assert_close(got, *_want64(args, 2), torch.bfloat16)
         with pytest.raises(ValueError, match=f"fp8_linear_qk_norm_rope: backend 'triton' .*head_dim {d}"):
             fp8.fp8_linear_qk_norm_rope(*args, num_heads=2, backend="triton")
 
