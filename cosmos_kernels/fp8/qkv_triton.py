@@ -21,16 +21,8 @@ import triton.language as tl
 
 from cosmos_kernels import _alloc, _dispatch
 from cosmos_kernels._registry import TritonConfig, register_triton_kernel
+from cosmos_kernels.fp8.triton import round_to_bf16
 from cosmos_kernels.gemm_tiles import load_cols_k, load_rows_k
-
-
-@triton.jit
-def _round_to_bf16(y):
-    """fp32 rounded to the nearest bfloat16 (ties to even) on the bits, still fp32: the cast that follows is exact
-    on every backend (Triton's interpreter truncates a bfloat16 cast)."""
-    bits = y.to(tl.int32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
-    return bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -113,8 +105,8 @@ def _fp8_heads_kernel(
         elif head < 2 * H:
             y1, y2 = _rope_halves(y1, y2, cos_ptr, sin_ptr, tok, cols, D, HALF)
     if ROUND_BF16:
-        y1 = _round_to_bf16(y1)
-        y2 = _round_to_bf16(y2)
+        y1 = round_to_bf16(y1)
+        y2 = round_to_bf16(y2)
     out = out_ptr + rm[:, None].to(tl.int64) * (SECTIONS * H * D) + n1[None, :]
     mask = (rm[:, None] < M) & (dh[None, :] < HALF)
     tl.store(out, y1.to(out_ptr.dtype.element_ty), mask=mask)

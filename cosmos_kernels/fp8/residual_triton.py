@@ -18,20 +18,11 @@ import triton.language as tl
 
 from cosmos_kernels import _alloc, _dispatch
 from cosmos_kernels._registry import TritonConfig, register_triton_kernel
-from cosmos_kernels.fp8.triton import ROUNDING, quantize_tile, row_scale
+from cosmos_kernels.fp8.triton import ROUNDING, quantize_tile, round_to_bf16, row_scale
 from cosmos_kernels.gemm_tiles import GemmConfig, grouped_tile, load_cols_k, load_rows_k, tile_indices
 
 GROUP = 128  # columns per scale of the group-scaled form
 ROW_SCALED, GROUP_SCALED, QUANTIZE = 0, 1, 2
-
-
-@triton.jit
-def _round_to_bf16(y):
-    """fp32 `y` rounded to the nearest bfloat16 (ties to even) on its bits, still fp32: the final cast is exact on
-    every backend (Triton's interpreter truncates a bfloat16 cast)."""
-    bits = y.to(tl.int32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
-    return bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -81,7 +72,7 @@ def _fp8_linear_gated_residual_kernel(
     g = tl.load(g_ptr + (i0 * gs0 + i1 * gs1 + i2 * gs2)[:, None] + cols[None, :]).to(tl.float32)
     out = r + g * y
     if ROUND == 1:
-        out = _round_to_bf16(out)
+        out = round_to_bf16(out)
     out_tile = out_ptr + rm[:, None].to(tl.int64) * N + rn[None, :]
     tl.store(out_tile, out.to(out_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
 

@@ -49,6 +49,15 @@ def quantize_tile(y, scale):
 
 
 @triton.jit
+def round_to_bf16(y):
+    """fp32 `y` rounded to the nearest bfloat16 (ties to even) on its bits, still fp32: a bfloat16 cast that follows
+    is exact on every backend (Triton's interpreter truncates a bfloat16 cast)."""
+    bits = y.to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def gelu_in_dtype(x, ROUND: tl.constexpr):
     """Exact (erf) GELU of an fp32 tile, `x * 0.5 * (1 + erf(x / sqrt(2)))` as PyTorch evaluates it, rounded to
     the input's dtype (ROUND 1: bfloat16, 2: float16, 0: float32 stays) and returned in fp32: the value that
@@ -56,9 +65,7 @@ def gelu_in_dtype(x, ROUND: tl.constexpr):
     backend rounds alike (Triton's interpreter truncates a bfloat16 cast)."""
     y = x * 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
     if ROUND == 1:
-        bits = y.to(tl.int32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
-        y = bits.to(tl.float32, bitcast=True)
+        y = round_to_bf16(y)
     elif ROUND == 2:
         y = y.to(tl.float16).to(tl.float32)
     return y
