@@ -1,10 +1,13 @@
 """The Wan 2.1 VAE (diffusers' `AutoencoderKLWan`, 96 wide, random weights) on the CPU: patched with cosmos_kernels
 ("fused") vs diffusers' modules ("reference") vs `torch.compile` of diffusers' encoder / decoder ("compile").
 
-Workloads, encode and decode each:
-- "policy": what the policy encodes, at the demo's 64 x 64 frames: the first frame alone, then two chunks of four
-  frames through one feature cache (the encoder's own chunking, called as `PolicyVAE` calls it); decode: the three
-  latent frames back to nine frames.
+Workloads, encode and decode each (the query: encode only):
+- "query": what one LIBERO action query encodes, at the demo's 64 x 64 frames: `PolicyVAE.encode_prefix` of the two
+  camera images, each repeated over a chunk of four frames, behind the cached constant prefix (blank and proprio
+  frames), as the policy runs it after its first query.
+- "policy": the encoder's chunking at the demo's 64 x 64 frames: the first frame alone, then two chunks of four
+  random frames through one feature cache (called as `PolicyVAE` calls it); decode: the three latent frames back to
+  nine frames.
 - "video": a short Wan video through `encode` / `decode` as a video pipeline calls them (five 48 x 80 frames).
 
 Command line: all variants of both workloads in interleaved rounds (each round runs every variant once, the order
@@ -32,7 +35,7 @@ from cosmos_kernels.integrations.diffusers import apply_cosmos_kernels
 from cosmos_policy.testing import tiny_autoencoder
 
 BASE_DIM = 96
-SHAPES = {"policy": (1, 3, 9, 64, 64), "video": (1, 3, 5, 48, 80)}
+SHAPES = {"query": (1, 3, 2, 64, 64), "policy": (1, 3, 9, 64, 64), "video": (1, 3, 5, 48, 80)}
 VARIANT_NAMES = ("fused", "reference", "compile")
 
 
@@ -59,9 +62,21 @@ def _policy_encode(vae, frames: torch.Tensor) -> torch.Tensor:
     return torch.cat(outs, dim=2)
 
 
+def _query_encode(vae, images: list[torch.Tensor]) -> torch.Tensor:
+    return vae.encode_prefix(images)
+
+
 def calls(models: dict, workload: str, direction: str) -> dict:
     """{variant: zero-argument call} for one workload and direction, on inputs made once."""
     gen = torch.Generator().manual_seed(0)
+    if workload == "query":
+        from cosmos_policy.model.vae import PolicyVAE
+
+        b, c, n, h, w = SHAPES[workload]
+        images = [torch.randint(0, 256, (b, c, h, w), generator=gen, dtype=torch.uint8) for _ in range(n)]
+        vaes = {name: PolicyVAE(vae, backend="fused" if name == "fused" else "reference")
+                for name, vae in models.items()}
+        return {name: (lambda vae=vae: _query_encode(vae, images)) for name, vae in vaes.items()}
     frames = torch.rand(SHAPES[workload], generator=gen) * 2 - 1
     any_model = next(iter(models.values()))
     with torch.no_grad():
@@ -83,20 +98,37 @@ def calls(models: dict, workload: str, direction: str) -> dict:
     return out
 
 
+def convolution_gflop(fn) -> float:
+    """The convolutions' GFLOP in one call of `fn` (`torch.utils.flop_counter`). Count diffusers' call: the fused
+    one runs the same convolutions through a direct oneDNN call, which the counter does not see."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        fn()
+    return sum(v for k, v in counter.get_flop_counts().get("Global", {}).items() if "convolution" in str(k)) / 1e9
+
+
 def run(rounds: int = 5, variants: tuple[str, ...] = VARIANT_NAMES, workloads: tuple[str, ...] = tuple(SHAPES),
         directions: tuple[str, ...] = ("encode", "decode"), base_dim: int = BASE_DIM) -> dict:
     models = build(variants, base_dim)
     report = {"threads": torch.get_num_threads(), "base_dim": base_dim, "rounds": rounds, "results": {}}
     for workload in workloads:
         for direction in directions:
+            if workload == "query" and direction == "decode":
+                continue
             group = calls(models, workload, direction)
-            outs = {name: fn() for name, fn in group.items()}  # warm-up (compilation) and parity
+            outs = {name: fn() for name, fn in group.items()}  # warm-up (compilation, cached prefix) and parity
             want = outs["reference"] if "reference" in outs else next(iter(outs.values()))
+            conv_gflop = convolution_gflop(group["reference"]) if "reference" in group else float("nan")
             times = interleaved_rounds(group, min_rounds=rounds, max_rounds=rounds)
+            median_s = {k: statistics.median(v) for k, v in times.items()}
             entry = {"shape": list(SHAPES[workload]),
-                     "median_ms": {k: round(1e3 * statistics.median(v), 1) for k, v in times.items()},
+                     "median_ms": {k: round(1e3 * v, 1) for k, v in median_s.items()},
                      "relative_difference_vs_reference": {
-                         k: ((o - want).norm() / want.norm()).item() for k, o in outs.items()}}
+                         k: ((o - want).norm() / want.norm()).item() for k, o in outs.items()},
+                     "conv_gflop": round(conv_gflop, 2),
+                     "conv_gflop_per_s_at_median": {k: round(conv_gflop / v, 1) for k, v in median_s.items()}}
             if "fused" in times:
                 entry["median_ratio_over_fused"] = {
                     k: round(statistics.median(a / b for a, b in zip(v, times["fused"])), 3)
@@ -116,6 +148,8 @@ _models: dict = {}
 def test_vae(benchmark, workload, direction, variant):
     from bench.conftest import measure
 
+    if workload == "query" and direction == "decode":
+        pytest.skip("a query only encodes")
     if not _models:
         _models.update(build())
     fn = calls({variant: _models[variant]}, workload, direction)[variant]
