@@ -18,12 +18,17 @@ from cosmos_kernels.adaptive_norm import (  # noqa: E402
     layer_norm_modulate_fp8,
     rms_norm,
 )
-from cosmos_kernels.attention import attention, attention_fp8, qk_norm_rope, rope_3d_tables  # noqa: E402
+from cosmos_kernels.attention import (  # noqa: E402
+    attention,
+    attention_fp8,
+    fp8_linear_head_norm,
+    fp8_linear_qk_norm_rope,
+    qk_norm_rope,
+    rope_3d_tables,
+)
 from cosmos_kernels.causal_conv import causal_conv3d  # noqa: E402
 from cosmos_kernels.fp8 import (  # noqa: E402
     fp8_linear,
-    fp8_linear_head_norm,
-    fp8_linear_qk_norm_rope,
     gelu_quantize_rowwise,
     quantize_rowwise,
     quantize_weight,

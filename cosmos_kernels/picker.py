@@ -24,7 +24,10 @@ from pathlib import Path
 import torch
 
 from cosmos_kernels import _dispatch
-from cosmos_kernels.attention.flash import FLASH_MODULES
+
+# The flash-attn libraries (module, label) in the order the attention's flash backend tries them (attention/flash.py
+# imports this table); their versions are part of every choice's key, and cosmos-policy backends reports them.
+FLASH_MODULES = (("flash_attn_interface", "FA3"), ("flash_attn.cute", "FA4"), ("flash_attn", "FA2"))
 
 DETERMINISTIC_CHOICE = "sdpa"
 SAMPLES = 21  # odd: the median is one sample

@@ -19,8 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-# (module, label) in the order tried; cosmos-policy backends reports the same list.
-FLASH_MODULES = (("flash_attn_interface", "FA3"), ("flash_attn.cute", "FA4"), ("flash_attn", "FA2"))
+from cosmos_kernels.picker import FLASH_MODULES  # (module, label) in the order tried
 
 _func: Callable | None = None
 _checked = False

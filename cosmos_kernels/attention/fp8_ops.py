@@ -5,7 +5,7 @@ A separate function rather than a flag of `attention`: it returns a pair, not a 
 produce it. `cosmos_kernels::attention_fp8_triton` is the Triton flash-attention forward of `attention` with its
 e4m3 epilogue (the normalised fp32 row of each head quantized by the fp8 family's rule); QK^T and PV stay 16-bit
 (or fp32) dots. Backends: "triton" (automatic on CUDA once its probe has passed; on the CPU through the
-interpreter) and "reference" (automatic on the CPU, and for float64): `fp8.reference.attention_fp8`. SDPA and
+interpreter) and "reference" (automatic on the CPU, and for float64): `fp8_reference.attention_fp8`. SDPA and
 flash-attn cannot quantize their output, so `attention`'s timed backend choice applies to its 16-bit output only;
 this op follows `COSMOS_KERNELS_BACKEND` ("reference" or "triton"), not `COSMOS_KERNELS_ATTENTION`.
 """
@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from cosmos_kernels import _checks, _dispatch
-from cosmos_kernels.attention import ops
-from cosmos_kernels.fp8 import reference as fp8_reference
+from cosmos_kernels.attention import fp8_reference, ops
+from cosmos_kernels.fp8.reference import E4M3, dequantize
 from cosmos_kernels.tools import dispatch_counter
 
 _NS = "cosmos_kernels"
@@ -37,7 +37,7 @@ def _attention_fp8_triton(
 
 @_attention_fp8_triton.register_fake
 def _fake(q, k, v, q_weight, k_weight, cos, sin, scale, eps, last_key_repeats):
-    return (torch.empty(q.shape, dtype=fp8_reference.E4M3, device=q.device),
+    return (torch.empty(q.shape, dtype=E4M3, device=q.device),
             torch.empty((*q.shape[:-1], 1), dtype=torch.float32, device=q.device))
 
 
@@ -75,7 +75,7 @@ def attention_fp8(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`attention(q, k, v, ...)` quantized per (token, head): `(values, scales)`, contiguous e4m3 values
     `(B, Lq, heads, head_dim)` and fp32 scales `(B, Lq, heads, 1)`, `quantize_rowwise`'s rule applied to each head's
-    row of the fp32 attention output (not rounded to q's dtype first; `fp8.reference.attention_fp8`).
+    row of the fp32 attention output (not rounded to q's dtype first; `fp8_reference.attention_fp8`).
 
     Inputs and keywords as `attention`'s (q norm weight, last_key_repeats, head_dim a multiple of 16 up to 256,
     strided q / k / v read in place). The Triton kernel, like every flash-attention forward, rounds the
@@ -110,7 +110,7 @@ def _probe(device: torch.device) -> bool:
         want = fp8_reference.attention_fp8(q, kk, vv, **extra)
         on_device = {n: t.to(device) if isinstance(t, torch.Tensor) else t for n, t in extra.items()}
         got = attention_fp8(q.to(device), kk.to(device), vv.to(device), backend="triton", **on_device)
-        deq = [fp8_reference.dequantize(t[0].cpu(), t[1].cpu(), torch.float64) for t in (got, want)]
+        deq = [dequantize(t[0].cpu(), t[1].cpu(), torch.float64) for t in (got, want)]
         ok = ok and torch.allclose(deq[0], deq[1], rtol=0.07, atol=1e-2)
     return ok
 

@@ -30,14 +30,8 @@ from torch import nn
 
 import cosmos_kernels
 from cosmos_kernels.adaptive_norm import layer_norm_modulate_fp8
-from cosmos_kernels.attention import attention_fp8
-from cosmos_kernels.fp8 import (
-    fp8_linear_gated_residual,
-    fp8_linear_gelu_quantize,
-    fp8_linear_head_norm,
-    fp8_linear_qk_norm_rope,
-    quantize_weight,
-)
+from cosmos_kernels.attention import attention_fp8, fp8_linear_head_norm, fp8_linear_qk_norm_rope
+from cosmos_kernels.fp8 import fp8_linear_gated_residual, fp8_linear_gelu_quantize, quantize_weight
 from cosmos_kernels.fp8.residual import GROUP
 
 Quantized = tuple[torch.Tensor, torch.Tensor]  # e4m3 values, fp32 scales (one per row / output channel)

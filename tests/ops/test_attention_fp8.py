@@ -8,9 +8,9 @@ import torch
 
 import cosmos_kernels as ck
 from cosmos_kernels._registry import TRITON_KERNELS
-from cosmos_kernels.attention import reference
+from cosmos_kernels.attention import fp8_reference, reference
 from cosmos_kernels.fp8 import fp8_linear_gated_residual
-from cosmos_kernels.fp8 import reference as fp8_reference
+from cosmos_kernels.fp8 import reference as quantization
 from cosmos_kernels.tools.dispatch_counter import DispatchCounter
 from tests.numerics import assert_e4m3_rows, cpu_backends
 
@@ -116,7 +116,7 @@ def test_the_unrounded_output_is_quantized(backend, gen):
     q, k, v = _inputs(gen, 1, 29, 29, 2, 128, torch.float32)
     values, scales = ck.attention_fp8(q, k, v, backend=backend)
     want = fp8_reference.attention_fp8(q.double(), k.double(), v.double())
-    rounded = fp8_reference.quantize_rowwise(reference.attention(q, k, v).bfloat16())
+    rounded = quantization.quantize_rowwise(reference.attention(q, k, v).bfloat16())
     same = (values.float() == want[0].float()).float().mean().item()
     assert same >= 0.999 and (values.float() == rounded[0].float()).float().mean().item() < same - 0.005
     torch.testing.assert_close(scales.double(), want[1], rtol=2.0 ** -16, atol=0)
@@ -130,11 +130,11 @@ def test_heads_are_the_output_projections_scale_groups(backend, gen):
     b, t, s, h = 1, 3, 5, 2
     q, k, v = _inputs(gen, b, t * s, t * s, h, 128, torch.float32)
     values, scales = ck.attention_fp8(q, k, v, backend=backend)
-    weight, weight_scale = fp8_reference.quantize_weight(torch.randn(48, h * 128, generator=gen) / 16)
+    weight, weight_scale = quantization.quantize_weight(torch.randn(48, h * 128, generator=gen) / 16)
     residual, gate = torch.randn(b, t, s, 48, generator=gen), torch.randn(b, t, 1, 48, generator=gen)
     got = fp8_linear_gated_residual(values.flatten(2), scales.flatten(2), weight, weight_scale, residual, gate)
-    a = fp8_reference.dequantize(values, scales, torch.float64).flatten(2)
-    want = residual.double() + gate.double() * (a @ fp8_reference.dequantize(weight, weight_scale, torch.float64).T
+    a = quantization.dequantize(values, scales, torch.float64).flatten(2)
+    want = residual.double() + gate.double() * (a @ quantization.dequantize(weight, weight_scale, torch.float64).T
                                                 ).view(b, t, s, 48)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 

@@ -10,6 +10,7 @@ import torch
 
 import cosmos_kernels as ck
 from cosmos_kernels import _dispatch, fp8
+from cosmos_kernels.attention import fp8_reference
 from cosmos_kernels.attention import reference as attention_reference
 from cosmos_kernels.fp8 import reference
 
@@ -59,15 +60,15 @@ def test_qkv_and_head_norm_in_bf16(b, m, k, gen):
     w, ws = _weight(gen, 3 * heads * d, k)
     qn, kn = (torch.rand(d, generator=gen) + 0.5).cuda(), (torch.rand(d, generator=gen) + 0.5).cuda()
     cos, sin = (t.cuda() for t in attention_reference.rope_3d_tables(1, 1, m, d))
-    got = fp8.fp8_linear_qk_norm_rope(x, xs, w, ws, qn, kn, cos, sin, num_heads=heads, backend="triton")
-    want = reference.fp8_linear_qk_norm_rope(x.cpu(), xs.cpu().double(), w.cpu(), ws.cpu().double(), qn.cpu(),
-                                             kn.cpu(), cos.cpu(), sin.cpu(), heads, out_dtype=torch.float64)
+    got = ck.fp8_linear_qk_norm_rope(x, xs, w, ws, qn, kn, cos, sin, num_heads=heads, backend="triton")
+    want = fp8_reference.fp8_linear_qk_norm_rope(x.cpu(), xs.cpu().double(), w.cpu(), ws.cpu().double(), qn.cpu(),
+                                                 kn.cpu(), cos.cpu(), sin.cpu(), heads, out_dtype=torch.float64)
     for g, t in zip(got, want):
         assert g.dtype == torch.bfloat16 and _rel(g, t) < 4e-3  # one bf16 rounding
-    q = fp8.fp8_linear_head_norm(x, xs, w[: heads * d], ws[: heads * d], qn, num_heads=heads, backend="triton")
-    assert _rel(q, reference.fp8_linear_head_norm(x.cpu(), xs.cpu().double(), w[: heads * d].cpu(),
-                                                  ws[: heads * d].cpu().double(), qn.cpu(), heads,
-                                                  out_dtype=torch.float64)) < 4e-3
+    q = ck.fp8_linear_head_norm(x, xs, w[: heads * d], ws[: heads * d], qn, num_heads=heads, backend="triton")
+    assert _rel(q, fp8_reference.fp8_linear_head_norm(x.cpu(), xs.cpu().double(), w[: heads * d].cpu(),
+                                                      ws[: heads * d].cpu().double(), qn.cpu(), heads,
+                                                      out_dtype=torch.float64)) < 4e-3
 
 
 @pytest.mark.parametrize("b,m,k", SHAPES)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cosmos_kernels import fp8, qk_norm_rope
+from cosmos_kernels.attention import fp8_linear_head_norm, fp8_linear_qk_norm_rope, fp8_reference
 from cosmos_kernels.fp8 import reference
 from cosmos_kernels.tools.dispatch_counter import DispatchCounter
 from tests.ops._fp8_heads_helpers import (
@@ -39,7 +40,7 @@ def _want64(args, heads):
     bw = reference.dequantize(w, ws, torch.float64)
     pre = (a @ bw.T).unflatten(-1, (heads, -1))
     err = ((x.shape[-1] + 4) * 2.0 ** -24 * (a.abs() @ bw.abs().T)).unflatten(-1, (heads, -1))
-    want = reference.fp8_linear_head_norm(*args, heads, out_dtype=torch.float64)
+    want = fp8_reference.fp8_linear_head_norm(*args, heads, out_dtype=torch.float64)
     scale = torch.rsqrt(pre.pow(2).mean(-1, keepdim=True)) * nw.abs().max()
     bound = 4 * scale * err.amax(-1, keepdim=True) + 2.0 ** -19 * want.abs().amax(-1, keepdim=True)
     return (want,), (bound.expand_as(want),)
@@ -62,7 +63,7 @@ CASES = [  # (B, L, K, H, D): L not a multiple of any row tile, K not of any K t
 def test_against_float64(backend, out_dtype, case, gen):
     heads = case[3]
     args = _inputs(gen, *case)
-    got = fp8.fp8_linear_head_norm(*args, num_heads=heads, out_dtype=out_dtype, backend=backend)
+    got = fp8_linear_head_norm(*args, num_heads=heads, out_dtype=out_dtype, backend=backend)
     assert got.is_contiguous()
     assert_close((got,), *_want64(args, heads), out_dtype)
 
@@ -72,9 +73,9 @@ def test_float16_output_and_eps(backend, gen):
     """float16 out; an eps that matters (rows scaled down so that mean(y^2) is of eps's order)."""
     x, xs, w, ws, nw = _inputs(gen, 2, 13, 80, 2, 64)
     args = (x, xs * 1e-3, w, ws, nw)
-    got = fp8.fp8_linear_head_norm(*args, num_heads=2, eps=1e-6, out_dtype=torch.float16, backend=backend)
-    want = reference.fp8_linear_head_norm(*args, 2, eps=1e-6, out_dtype=torch.float64)
-    assert not torch.allclose(want, reference.fp8_linear_head_norm(*args, 2, eps=0.0, out_dtype=torch.float64))
+    got = fp8_linear_head_norm(*args, num_heads=2, eps=1e-6, out_dtype=torch.float16, backend=backend)
+    want = fp8_reference.fp8_linear_head_norm(*args, 2, eps=1e-6, out_dtype=torch.float64)
+    assert not torch.allclose(want, fp8_reference.fp8_linear_head_norm(*args, 2, eps=0.0, out_dtype=torch.float64))
     assert_close((got,), (want,), _want64(args, 2)[1], torch.float16)
 
 
@@ -83,7 +84,7 @@ def test_strided_rows_are_read_in_place(backend, gen):
     """x a slice of wider rows, and a batch-transposed view; x_scale a slice of wider rows too."""
     xq, xs, wq, ws, nw = _inputs(gen, 2, 21, 80, 3, 64)
     for x, s in strided_rows(xq, xs):
-        got = fp8.fp8_linear_head_norm(x, s, wq, ws.reshape(-1), nw.double(), num_heads=3, backend=backend)
+        got = fp8_linear_head_norm(x, s, wq, ws.reshape(-1), nw.double(), num_heads=3, backend=backend)
         assert_close((got,), *_want64((xq, xs, wq, ws, nw), 3), torch.bfloat16)
 
 
@@ -93,18 +94,19 @@ def test_is_the_q_section_of_the_qkv_kernel(gen):
     the same q norm, no k norm and no RoPE."""
     from cosmos_kernels._registry import TRITON_KERNELS
 
-    assert TRITON_KERNELS["fp8.fp8_linear_head_norm"].kernel is TRITON_KERNELS["fp8.fp8_linear_qk_norm_rope"].kernel
+    kernels = (TRITON_KERNELS[f"attention.{op}"].kernel for op in ("fp8_linear_head_norm", "fp8_linear_qk_norm_rope"))
+    assert len(set(kernels)) == 1
     x, xs, w, ws, nw = _inputs(gen, 2, 37, 80, 2, 64)
     _, _, wkv, wskv, _ = _inputs(gen, 1, 1, 80, 4, 64)
-    q, _, _ = fp8.fp8_linear_qk_norm_rope(x, xs, torch.cat([w, wkv]), torch.cat([ws, wskv]), nw, None, None, None,
-                                          num_heads=2, backend="triton")
-    assert torch.equal(fp8.fp8_linear_head_norm(x, xs, w, ws, nw, num_heads=2, backend="triton"), q)
+    q, _, _ = fp8_linear_qk_norm_rope(x, xs, torch.cat([w, wkv]), torch.cat([ws, wskv]), nw, None, None, None,
+                                      num_heads=2, backend="triton")
+    assert torch.equal(fp8_linear_head_norm(x, xs, w, ws, nw, num_heads=2, backend="triton"), q)
 
 
 @needs_triton
 def test_gpu_tiles_compute_across_edges(gen):
     """Each GPU tile configuration, run by the interpreter one row past its row tile, with and without a K tail."""
-    from cosmos_kernels.fp8 import qkv_triton as tk
+    from cosmos_kernels.attention import fp8_qkv_triton as tk
 
     for cfg in tk.CONFIGS.values():
         for k in (cfg.block_k, cfg.block_k + 48):
@@ -116,11 +118,11 @@ def test_gpu_tiles_compute_across_edges(gen):
 @pytest.mark.parametrize("capability", [(8, 9), (9, 0), (10, 0), (11, 0), (12, 0)])
 def test_gpu_tiles_are_in_the_compile_report(capability, monkeypatch):
     """Every tile a launch can pick, at the 2B's shapes and at a few rows, is registered for the compile report."""
-    tk = pytest.importorskip("cosmos_kernels.fp8.qkv_triton")
+    tk = pytest.importorskip("cosmos_kernels.attention.fp8_qkv_triton")
     from cosmos_kernels._registry import TRITON_KERNELS
 
-    reported = reported_tiles("fp8.fp8_linear_head_norm", capability, monkeypatch)
-    entry = TRITON_KERNELS["fp8.fp8_linear_head_norm"]
+    reported = reported_tiles("attention.fp8_linear_head_norm", capability, monkeypatch)
+    entry = TRITON_KERNELS["attention.fp8_linear_head_norm"]
     assert all(c.constexprs["SECTIONS"] == 1 and not c.constexprs["ROPE"] for c in entry.configs)
     for m in (1764, 4 * 1764, 40):
         cfg = tk.qkv_config(torch.device("cuda"), m, 16, sections=1)
@@ -130,7 +132,7 @@ def test_gpu_tiles_are_in_the_compile_report(capability, monkeypatch):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_rows(backend, gen):
     xq, xs, wq, ws, nw = _inputs(gen, 2, 3, 80, 2, 64)
-    assert fp8.fp8_linear_head_norm(xq[:, :0], xs[:, :0], wq, ws, nw, num_heads=2, backend=backend).shape == (
+    assert fp8_linear_head_norm(xq[:, :0], xs[:, :0], wq, ws, nw, num_heads=2, backend=backend).shape == (
         2, 0, 2, 64)
 
 
@@ -142,14 +144,14 @@ def test_agrees_with_the_unfused_pair_to_bf16_rounding(gen):
     y = fp8.fp8_linear(x, xs, w, ws).unflatten(-1, (3, 64))
     pair, _ = qk_norm_rope(y, y, nw, None)
     for backend in BACKENDS:
-        got = fp8.fp8_linear_head_norm(*args, num_heads=3, backend=backend)
+        got = fp8_linear_head_norm(*args, num_heads=3, backend=backend)
         head = pair.float().abs().amax(-1, keepdim=True)
         assert ((got.float() - pair.float()).abs() <= 3 * 2.0 ** -8 * head).all()
 
 
 def test_cpu_reference_backend_is_one_scaled_mm(gen):
     args = _inputs(gen, 1, 5, 80, 2, 64)
-    assert scaled_mm_calls(lambda: fp8.fp8_linear_head_norm(*args, num_heads=2)) == 1
+    assert scaled_mm_calls(lambda: fp8_linear_head_norm(*args, num_heads=2)) == 1
 
 
 @needs_triton
@@ -170,7 +172,7 @@ def test_one_launch_in_the_dispatch_counter():
     args = (torch.empty(b, seq, k, dtype=torch.float8_e4m3fn, **meta), torch.empty(b, seq, 1, **meta),
             torch.empty(n, k, dtype=torch.float8_e4m3fn, **meta), torch.empty(n, 1, **meta), torch.empty(d, **meta))
     with meta_as_cuda(), DispatchCounter() as counter:
-        q = fp8.fp8_linear_head_norm(*args, num_heads=heads)
+        q = fp8_linear_head_norm(*args, num_heads=heads)
     (record,) = [r for r in counter.records if r.cost.launches]
     assert record.name == "cosmos_kernels::fp8_linear_head_norm_triton" and record.cost.launches == 1
     m = b * seq
@@ -187,15 +189,15 @@ def test_heads_the_kernel_cannot_run_fall_back_unless_triton_is_asked_for(gen, m
     monkeypatch.setenv("COSMOS_KERNELS_BACKEND", "triton")  # the automatic choice would take the kernel
     for d in (16, 35):
         args = _inputs(gen, 1, 6, 48, 2, d)
-        assert_close((fp8.fp8_linear_head_norm(*args, num_heads=2),), *_want64(args, 2), torch.bfloat16)
+        assert_close((fp8_linear_head_norm(*args, num_heads=2),), *_want64(args, 2), torch.bfloat16)
         with pytest.raises(ValueError, match=f"fp8_linear_head_norm: backend 'triton' .*head_dim {d}"):
-            fp8.fp8_linear_head_norm(*args, num_heads=2, backend="triton")
+            fp8_linear_head_norm(*args, num_heads=2, backend="triton")
 
 
 def test_autograd_runs_the_reference(gen):
     xq, xs, wq, ws, nw = _inputs(gen, 1, 5, 48, 2, 32)
     with pytest.warns(RuntimeWarning, match="fp8_linear_head_norm: inputs require grad"):
-        q = fp8.fp8_linear_head_norm(xq, xs, wq, ws, nw.requires_grad_(), num_heads=2)
+        q = fp8_linear_head_norm(xq, xs, wq, ws, nw.requires_grad_(), num_heads=2)
     assert q.requires_grad
 
 
@@ -204,7 +206,7 @@ def _bad(gen, **change):
     args.update(change)
     num_heads = args.pop("num_heads", 2)
     out_dtype = args.pop("out_dtype", torch.bfloat16)
-    return fp8.fp8_linear_head_norm(*args.values(), num_heads=num_heads, out_dtype=out_dtype)
+    return fp8_linear_head_norm(*args.values(), num_heads=num_heads, out_dtype=out_dtype)
 
 
 def test_rejects_x_or_weight_of_another_dtype(gen):

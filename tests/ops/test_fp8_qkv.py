@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cosmos_kernels import fp8, qk_norm_rope, rope_3d_tables
+from cosmos_kernels.attention import fp8_linear_qk_norm_rope, fp8_reference
 from cosmos_kernels.fp8 import reference
 from cosmos_kernels.tools.dispatch_counter import DispatchCounter
 from tests.ops._fp8_heads_helpers import (
@@ -46,7 +47,7 @@ def _want64(args, heads):
     bw = reference.dequantize(w, ws, torch.float64)
     pre = (a @ bw.T).unflatten(-1, (3, heads, -1))
     err = ((x.shape[-1] + 4) * 2.0 ** -24 * (a.abs() @ bw.abs().T)).unflatten(-1, (3, heads, -1))
-    want = reference.fp8_linear_qk_norm_rope(*args, heads, out_dtype=torch.float64)
+    want = fp8_reference.fp8_linear_qk_norm_rope(*args, heads, out_dtype=torch.float64)
     bounds = []
     for i, (y, norm) in enumerate(zip(want, (qw, kw, None))):
         if i == 2 or (norm is None and cos is None):
@@ -78,7 +79,7 @@ def test_against_float64(backend, out_dtype, case, gen):
     *shape, norms, rope = case
     heads = shape[3]
     args = _inputs(gen, *shape, norms=norms, rope=rope)
-    got = fp8.fp8_linear_qk_norm_rope(*args, num_heads=heads, out_dtype=out_dtype, backend=backend)
+    got = fp8_linear_qk_norm_rope(*args, num_heads=heads, out_dtype=out_dtype, backend=backend)
     assert_close(got, *_want64(args, heads), out_dtype)
     if backend == "triton":  # views of one (B, L, 3, H, D) buffer, as attention reads them
         q, k, v = got
@@ -89,7 +90,7 @@ def test_against_float64(backend, out_dtype, case, gen):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_float16_output(backend, gen):
     args = _inputs(gen, 2, 13, 80, 2, 64)
-    got = fp8.fp8_linear_qk_norm_rope(*args, num_heads=2, out_dtype=torch.float16, backend=backend)
+    got = fp8_linear_qk_norm_rope(*args, num_heads=2, out_dtype=torch.float16, backend=backend)
     assert_close(got, *_want64(args, 2), torch.float16)
 
 
@@ -98,14 +99,14 @@ def test_strided_rows_are_read_in_place(backend, gen):
     """x a slice of wider rows, and a batch-transposed view; x_scale a slice of wider rows too."""
     xq, xs, wq, ws, qw, kw, cos, sin = _inputs(gen, 2, 21, 80, 2, 64)
     for x, s in strided_rows(xq, xs):
-        got = fp8.fp8_linear_qk_norm_rope(x, s, wq, ws, qw, kw, cos, sin, num_heads=2, backend=backend)
+        got = fp8_linear_qk_norm_rope(x, s, wq, ws, qw, kw, cos, sin, num_heads=2, backend=backend)
         assert_close(got, *_want64((xq, xs, wq, ws, qw, kw, cos, sin), 2), torch.bfloat16)
 
 
 @needs_triton
 def test_gpu_tiles_compute_across_edges(gen):
     """Each GPU tile configuration, run by the interpreter one row past its row tile, with and without a K tail."""
-    from cosmos_kernels.fp8 import qkv_triton as tk
+    from cosmos_kernels.attention import fp8_qkv_triton as tk
 
     for cfg in tk.CONFIGS.values():
         for k in (cfg.block_k, cfg.block_k + 48):
@@ -117,8 +118,8 @@ def test_gpu_tiles_compute_across_edges(gen):
 @pytest.mark.parametrize("capability", [(8, 9), (9, 0), (10, 0), (11, 0), (12, 0)])
 def test_gpu_tiles_are_in_the_compile_report(capability, monkeypatch):
     """Every tile a launch can pick, at the 2B's shapes and at a few rows, is registered for the compile report."""
-    tk = pytest.importorskip("cosmos_kernels.fp8.qkv_triton")
-    reported = reported_tiles("fp8.fp8_linear_qk_norm_rope", capability, monkeypatch)
+    tk = pytest.importorskip("cosmos_kernels.attention.fp8_qkv_triton")
+    reported = reported_tiles("attention.fp8_linear_qk_norm_rope", capability, monkeypatch)
     for m in (1764, 2 * 1764, 40):
         cfg = tk.qkv_config(torch.device("cuda"), m, 16)
         assert (cfg.block_m, tk.block_k_for(2048, cfg), cfg.num_warps, cfg.num_stages) in reported
@@ -127,8 +128,8 @@ def test_gpu_tiles_are_in_the_compile_report(capability, monkeypatch):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_rows(backend, gen):
     xq, xs, wq, ws, qw, kw, _, _ = _inputs(gen, 2, 3, 80, 2, 64, rope=False)
-    q, k, v = fp8.fp8_linear_qk_norm_rope(xq[:, :0], xs[:, :0], wq, ws, qw, kw, None, None, num_heads=2,
-                                          backend=backend)
+    q, k, v = fp8_linear_qk_norm_rope(xq[:, :0], xs[:, :0], wq, ws, qw, kw, None, None, num_heads=2,
+                                      backend=backend)
     assert q.shape == k.shape == v.shape == (2, 0, 2, 64)
 
 
@@ -140,7 +141,7 @@ def test_agrees_with_the_unfused_pair_to_bf16_rounding(gen):
     y = fp8.fp8_linear(x, xs, w, ws).unflatten(-1, (3, 2, 64))
     pair = (*qk_norm_rope(y[:, :, 0], y[:, :, 1], qw, kw, cos, sin), y[:, :, 2])
     for backend in BACKENDS:
-        got = fp8.fp8_linear_qk_norm_rope(*args, num_heads=2, backend=backend)
+        got = fp8_linear_qk_norm_rope(*args, num_heads=2, backend=backend)
         for g, p in zip(got, pair):
             head = p.float().abs().amax(-1, keepdim=True)
             assert ((g.float() - p.float()).abs() <= 3 * 2.0 ** -8 * head).all()
@@ -148,7 +149,7 @@ def test_agrees_with_the_unfused_pair_to_bf16_rounding(gen):
 
 def test_cpu_reference_backend_is_one_scaled_mm(gen):
     args = _inputs(gen, 1, 5, 80, 2, 64)
-    assert scaled_mm_calls(lambda: fp8.fp8_linear_qk_norm_rope(*args, num_heads=2)) == 1
+    assert scaled_mm_calls(lambda: fp8_linear_qk_norm_rope(*args, num_heads=2)) == 1
 
 
 @needs_triton
@@ -171,7 +172,7 @@ def test_one_launch_in_the_dispatch_counter():
             torch.empty(n, k, dtype=torch.float8_e4m3fn, **meta), torch.empty(n, 1, **meta),
             torch.empty(d, **meta), torch.empty(d, **meta), torch.empty(seq, d, **meta), torch.empty(seq, d, **meta))
     with meta_as_cuda(), DispatchCounter() as counter:
-        q, k_, v = fp8.fp8_linear_qk_norm_rope(*args, num_heads=heads)
+        q, k_, v = fp8_linear_qk_norm_rope(*args, num_heads=heads)
     (record,) = [r for r in counter.records if r.cost.launches]
     assert record.name == "cosmos_kernels::fp8_linear_qk_norm_rope_triton" and record.cost.launches == 1
     assert record.cost.flops == 2 * b * seq * n * k
@@ -188,16 +189,16 @@ def test_heads_the_kernel_cannot_run_fall_back_unless_triton_is_asked_for(gen, m
     monkeypatch.setenv("COSMOS_KERNELS_BACKEND", "triton")  # the automatic choice would take the kernel
     for d, rope in ((16, True), (35, False)):
         args = _inputs(gen, 1, 6, 48, 2, d, rope=rope)
-        got = fp8.fp8_linear_qk_norm_rope(*args, num_heads=2)
+        got = fp8_linear_qk_norm_rope(*args, num_heads=2)
         assert_close(got, *_want64(args, 2), torch.bfloat16)
         with pytest.raises(ValueError, match=f"fp8_linear_qk_norm_rope: backend 'triton' .*head_dim {d}"):
-            fp8.fp8_linear_qk_norm_rope(*args, num_heads=2, backend="triton")
+            fp8_linear_qk_norm_rope(*args, num_heads=2, backend="triton")
 
 
 def test_autograd_runs_the_reference(gen):
     xq, xs, wq, ws, qw, kw, cos, sin = _inputs(gen, 1, 5, 48, 2, 32)
     with pytest.warns(RuntimeWarning, match="fp8_linear_qk_norm_rope: inputs require grad"):
-        q, _, _ = fp8.fp8_linear_qk_norm_rope(xq, xs, wq, ws, qw.requires_grad_(), kw, cos, sin, num_heads=2)
+        q, _, _ = fp8_linear_qk_norm_rope(xq, xs, wq, ws, qw.requires_grad_(), kw, cos, sin, num_heads=2)
     assert q.requires_grad
 
 
@@ -206,7 +207,7 @@ def _bad(gen, **change):
                     _inputs(gen, 1, 6, 48, 2, 32)))
     args.update(change)
     num_heads = args.pop("num_heads", 2)
-    return fp8.fp8_linear_qk_norm_rope(*args.values(), num_heads=num_heads)
+    return fp8_linear_qk_norm_rope(*args.values(), num_heads=num_heads)
 
 
 def test_rejects_x_of_another_dtype(gen):

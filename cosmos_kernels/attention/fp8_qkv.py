@@ -1,7 +1,7 @@
 """Public `fp8_linear_qk_norm_rope`: the packed QKV projection as one FP8 GEMM whose epilogue applies the per-head
 RMSNorm and RoPE to q and k (the separate `qk_norm_rope` pass over q and k disappears).
 
-Registers `cosmos_kernels::fp8_linear_qk_norm_rope_triton` (the kernel of `qkv_triton.py`; it returns the packed
+Registers `cosmos_kernels::fp8_linear_qk_norm_rope_triton` (the kernel of `fp8_qkv_triton.py`; it returns the packed
 `(B, L, 3, H, D)` buffer, of which q, k and v are views). Backends: "triton" (automatic on CUDA once its probe has
 passed; on the CPU through the interpreter) and "reference" (automatic on the CPU: `fp8_linear` in fp32, one
 `torch._scaled_mm`, then `qk_norm_rope` in fp32 and one rounding; elsewhere the plain reference). Heads the kernel
@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 
 from cosmos_kernels import _checks, _dispatch
+from cosmos_kernels.attention import fp8_heads as heads
+from cosmos_kernels.attention import fp8_reference
 from cosmos_kernels.attention.reference import qk_norm_rope
-from cosmos_kernels.fp8 import heads, reference
 from cosmos_kernels.fp8.ops import fp8_linear
 from cosmos_kernels.tools import dispatch_counter
 
@@ -29,7 +30,7 @@ def _fp8_linear_qk_norm_rope_triton(
     q_norm_weight: torch.Tensor | None, k_norm_weight: torch.Tensor | None, cos: torch.Tensor | None,
     sin: torch.Tensor | None, num_heads: int, eps: float, out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    from cosmos_kernels.fp8 import qkv_triton as kernels  # Triton is optional
+    from cosmos_kernels.attention import fp8_qkv_triton as kernels  # Triton is optional
 
     return kernels.fp8_linear_qk_norm_rope(x, x_scale, weight, weight_scale, q_norm_weight, k_norm_weight, cos, sin,
                                            num_heads, eps, out_dtype)
@@ -75,8 +76,8 @@ def _reference_backend(x, x_scale, weight, weight_scale, qw, kw, cos, sin, num_h
     """On the CPU: one `torch._scaled_mm` (`fp8_linear` in fp32), then the norm and RoPE in fp32, one rounding.
     Elsewhere (CUDA's row-scaled GEMM returns bf16 only) the plain reference."""
     if x.device.type != "cpu":
-        return reference.fp8_linear_qk_norm_rope(x, x_scale, weight, weight_scale, qw, kw, cos, sin, num_heads, eps,
-                                                 out_dtype)
+        return fp8_reference.fp8_linear_qk_norm_rope(x, x_scale, weight, weight_scale, qw, kw, cos, sin, num_heads,
+                                                     eps, out_dtype)
     y = fp8_linear(x, x_scale.contiguous(), weight, weight_scale, out_dtype=torch.float32)  # the GEMM's scales
     q, k, v = y.unflatten(-1, (3, num_heads, -1)).unbind(2)
     q, k = qk_norm_rope(q, k, qw, kw, cos, sin, eps)  # fp32 in, fp32 out: no rounding yet
@@ -97,7 +98,7 @@ def fp8_linear_qk_norm_rope(
     them); `weight (3 * num_heads * D, K)` e4m3, packed `[q; k; v]`, with `weight_scale` one fp32 scale per row
     (`quantize_weight`); `q_norm_weight`, `k_norm_weight` `(D,)` or None (that side is not normed); `cos`, `sin`
     `(L, D)` rotate-half tables (`rope_3d_tables`) or both None (no RoPE). Computed in fp32 from the GEMM to the
-    rotated values, rounded once (`reference.fp8_linear_qk_norm_rope` is the specification). With the "triton"
+    rotated values, rounded once (`fp8_reference.fp8_linear_qk_norm_rope` is the specification). With the "triton"
     backend q, k and v are views of one new `(B, L, 3, num_heads, D)` tensor (last dim contiguous).
     """
     d = _check(x, x_scale, weight, weight_scale, q_norm_weight, k_norm_weight, cos, sin, num_heads, out_dtype)
@@ -105,7 +106,7 @@ def fp8_linear_qk_norm_rope(
     args = (x, x_scale, weight, weight_scale, q_norm_weight, k_norm_weight, cos, sin, num_heads, eps, out_dtype)
     if _dispatch.needs_autograd(q_norm_weight, k_norm_weight, cos, sin):
         _dispatch.warn_autograd(OP)
-        return reference.fp8_linear_qk_norm_rope(*args)
+        return fp8_reference.fp8_linear_qk_norm_rope(*args)
     if heads.choose_backend(OP, x.device, backend, d, BACKENDS) == "reference":
         return _reference_backend(*args)
     tables = (heads.as_fp32(t) for t in (q_norm_weight, k_norm_weight, cos, sin))
@@ -126,7 +127,7 @@ def _probe(device: torch.device) -> bool:
     cos, sin = rope_3d_tables(1, 37, 1, 64, device=torch.device("cpu"))
     args = (x, xs, w, ws, qw, kw, cos, sin)
     got = fp8_linear_qk_norm_rope(*(t.to(device) for t in args), num_heads=2, backend="triton")
-    want = reference.fp8_linear_qk_norm_rope(*args, 2, out_dtype=torch.float64)
+    want = fp8_reference.fp8_linear_qk_norm_rope(*args, 2, out_dtype=torch.float64)
     return all(torch.allclose(g.double().cpu(), r, atol=3e-2, rtol=2e-2) for g, r in zip(got, want))
 
 

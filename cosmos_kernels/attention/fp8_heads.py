@@ -1,5 +1,5 @@
 """What the FP8 GEMMs whose output is split in attention heads share: the argument checks (each error naming its
-argument), the head widths their Triton kernel (`qkv_triton.py`) computes, the choice of backend, and their FLOP
+argument), the head widths their Triton kernel (`fp8_qkv_triton.py`) computes, the choice of backend, and their FLOP
 count.
 
 A weight of `sections * num_heads * head_dim` rows: `fp8_linear_qk_norm_rope` packs `[q; k; v]` (three sections),
@@ -14,7 +14,7 @@ from cosmos_kernels import _checks, _dispatch
 from cosmos_kernels.fp8.ops import OUT_DTYPES
 from cosmos_kernels.fp8.reference import E4M3
 
-MIN_HALF, MAX_HEAD_DIM = 16, 256  # the kernel's limits (qkv_triton.py, which needs Triton to import)
+MIN_HALF, MAX_HEAD_DIM = 16, 256  # the kernel's limits (fp8_qkv_triton.py, which needs Triton to import)
 
 
 def check_tensor(op: str, name: str, t: object, dtype: torch.dtype, ndim: int) -> None:

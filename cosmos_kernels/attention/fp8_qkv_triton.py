@@ -213,7 +213,7 @@ def _register_for_compile_report() -> None:
                  "ssb": "i32", "ssl": "constexpr", "swn": "i32", "swk": "constexpr"}
     signature.update({name: "constexpr" for name in ("D", "HALF", "BLOCK_H", "BLOCK_M", "BLOCK_K", "EVEN_K",
                                                     "SECTIONS", "NORM_Q", "NORM_K", "ROPE", "ROUND_BF16")})
-    for name, sections in (("fp8.fp8_linear_qk_norm_rope", 3), ("fp8.fp8_linear_head_norm", 1)):
+    for name, sections in (("attention.fp8_linear_qk_norm_rope", 3), ("attention.fp8_linear_head_norm", 1)):
         configs = []
         for arch, cfg in CONFIGS.items():
             for dt in ("bf16", "fp32"):

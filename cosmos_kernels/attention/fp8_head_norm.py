@@ -1,7 +1,7 @@
 """Public `fp8_linear_head_norm`: a projection whose every attention head is RMS-normed (the cross-attention's query),
 as one FP8 GEMM with the per-head RMSNorm in its epilogue (the separate norm pass over the query disappears).
 
-Registers `cosmos_kernels::fp8_linear_head_norm_triton`: the kernel of `fp8_linear_qk_norm_rope` (`qkv_triton.py`)
+Registers `cosmos_kernels::fp8_linear_head_norm_triton`: the kernel of `fp8_linear_qk_norm_rope` (`fp8_qkv_triton.py`)
 with one section of heads, each normed, and no RoPE. Backends: "triton" (automatic on CUDA once its probe has
 passed; on the CPU through the interpreter) and "reference" (automatic on the CPU: `fp8_linear` in fp32, one
 `torch._scaled_mm`, then the norm in fp32 and one rounding; elsewhere the plain reference). Heads the kernel cannot
@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 
 from cosmos_kernels import _checks, _dispatch
-from cosmos_kernels.fp8 import heads, reference
+from cosmos_kernels.attention import fp8_heads as heads
+from cosmos_kernels.attention import fp8_reference
 from cosmos_kernels.fp8.ops import fp8_linear
 from cosmos_kernels.tools import dispatch_counter
 
@@ -27,7 +28,7 @@ def _fp8_linear_head_norm_triton(
     x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
     norm_weight: torch.Tensor, num_heads: int, eps: float, out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    from cosmos_kernels.fp8 import qkv_triton as kernels  # Triton is optional
+    from cosmos_kernels.attention import fp8_qkv_triton as kernels  # Triton is optional
 
     return kernels.fp8_linear_head_norm(x, x_scale, weight, weight_scale, norm_weight, num_heads, eps, out_dtype)
 
@@ -57,9 +58,10 @@ def _reference_backend(x, x_scale, weight, weight_scale, norm_weight, num_heads,
     """On the CPU: one `torch._scaled_mm` (`fp8_linear` in fp32), then the norm in fp32, one rounding. Elsewhere
     (CUDA's row-scaled GEMM returns bf16 only) the plain reference."""
     if x.device.type != "cpu":
-        return reference.fp8_linear_head_norm(x, x_scale, weight, weight_scale, norm_weight, num_heads, eps, out_dtype)
+        return fp8_reference.fp8_linear_head_norm(x, x_scale, weight, weight_scale, norm_weight, num_heads, eps,
+                                                  out_dtype)
     y = fp8_linear(x, x_scale.contiguous(), weight, weight_scale, out_dtype=torch.float32)  # the GEMM's scales
-    return reference.head_rms_norm(y.unflatten(-1, (num_heads, -1)), norm_weight, eps).to(out_dtype)
+    return fp8_reference.head_rms_norm(y.unflatten(-1, (num_heads, -1)), norm_weight, eps).to(out_dtype)
 
 
 def fp8_linear_head_norm(
@@ -73,14 +75,14 @@ def fp8_linear_head_norm(
     `x (B, L, K)` e4m3 rows (any strides) with `x_scale (B, L, 1)` fp32 (the adaptive norms' FP8 variants produce
     them); `weight (num_heads * D, K)` e4m3 with `weight_scale` one fp32 scale per row (`quantize_weight`);
     `norm_weight (D,)` the norm's weight, shared by every head. Computed in fp32 from the GEMM to the normed values,
-    rounded once (`reference.fp8_linear_head_norm` is the specification). The result is a new contiguous tensor.
+    rounded once (`fp8_reference.fp8_linear_head_norm` is the specification). The result is a new contiguous tensor.
     """
     d = _check(x, x_scale, weight, weight_scale, norm_weight, num_heads, out_dtype)
     eps = float(eps)
     args = (x, x_scale, weight, weight_scale, norm_weight, num_heads, eps, out_dtype)
     if _dispatch.needs_autograd(norm_weight):
         _dispatch.warn_autograd(OP)
-        return reference.fp8_linear_head_norm(*args)
+        return fp8_reference.fp8_linear_head_norm(*args)
     if heads.choose_backend(OP, x.device, backend, d, BACKENDS) == "reference":
         return _reference_backend(*args)
     return _fp8_linear_head_norm_triton(x, x_scale, weight, heads.channel_scales(weight_scale),
@@ -97,7 +99,7 @@ def _probe(device: torch.device) -> bool:
     nw = 1 + 0.1 * torch.randn(64, generator=gen)
     args = (x, xs, w, ws, nw)
     got = fp8_linear_head_norm(*(t.to(device) for t in args), num_heads=3, backend="triton")
-    want = reference.fp8_linear_head_norm(*args, 3, out_dtype=torch.float64)
+    want = fp8_reference.fp8_linear_head_norm(*args, 3, out_dtype=torch.float64)
     return torch.allclose(got.double().cpu(), want, atol=3e-2, rtol=2e-2)
 
 
