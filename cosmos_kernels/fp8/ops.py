@@ -108,6 +108,20 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return reference.quantize_weight(weight)
 
 
+def check_weight_shapes(op: str, x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> tuple[int, int]:
+    """`weight (N, K)` with one scale per output channel and `x (..., K)`; returns `(N, K)`. Raises the first
+    failure, naming the argument (dtypes checked by the caller)."""
+    if weight.dim() != 2:
+        raise ValueError(f"{op}: weight must be (out_features, in_features), got shape {tuple(weight.shape)}")
+    n, k = weight.shape
+    if x.dim() < 1 or x.shape[-1] != k:
+        raise ValueError(f"{op}: x has shape {tuple(x.shape)}, its last dimension must be weight's in_features {k}")
+    if weight_scale.numel() != n or weight_scale.dim() > 2:
+        raise ValueError(f"{op}: weight_scale must hold one scale per output channel, shape ({n},), ({n}, 1) or "
+                         f"(1, {n}), got {tuple(weight_scale.shape)}")
+    return n, k
+
+
 def check_linear_operands(op: str, x: object, x_scale: object, weight: object, weight_scale: object) -> None:
     """The operands of a row-scaled FP8 GEMM, `x (..., K)` e4m3 with `x_scale (..., 1)` fp32 and `weight (N, K)` e4m3
     with one fp32 scale per output channel; raises the first failure, naming the argument (devices not checked)."""
@@ -117,17 +131,10 @@ def check_linear_operands(op: str, x: object, x_scale: object, weight: object, w
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dtype != dtype:
             raise TypeError(f"{op}: {name} must be {str(dtype)[6:]}, got {t.dtype}")
-    if weight.dim() != 2:
-        raise ValueError(f"{op}: weight must be (out_features, in_features), got shape {tuple(weight.shape)}")
-    n, k = weight.shape
-    if x.dim() < 1 or x.shape[-1] != k:
-        raise ValueError(f"{op}: x has shape {tuple(x.shape)}, its last dimension must be weight's in_features {k}")
+    check_weight_shapes(op, x, weight, weight_scale)
     if tuple(x_scale.shape) != (*x.shape[:-1], 1):
         raise ValueError(f"{op}: x_scale must have shape {(*x.shape[:-1], 1)} (one scale per row of x), got "
                          f"{tuple(x_scale.shape)}")
-    if weight_scale.numel() != n or weight_scale.dim() > 2:
-        raise ValueError(f"{op}: weight_scale must hold one scale per output channel, shape ({n},), ({n}, 1) or "
-                         f"(1, {n}), got {tuple(weight_scale.shape)}")
 
 
 def _check_linear(x, x_scale, weight, weight_scale, bias, out_dtype) -> None:

@@ -17,7 +17,7 @@ import torch
 from cosmos_kernels import _checks, _dispatch
 from cosmos_kernels._layout import as_row_grid
 from cosmos_kernels.fp8 import reference
-from cosmos_kernels.fp8.ops import fp8_linear, quantize_rowwise
+from cosmos_kernels.fp8.ops import check_weight_shapes, fp8_linear, quantize_rowwise
 from cosmos_kernels.fp8.reference import E4M3
 from cosmos_kernels.tools import dispatch_counter
 
@@ -79,8 +79,6 @@ def _check(x, x_scale, weight, weight_scale, residual, gate) -> None:
     elif x_scale is None:
         raise ValueError(f"{OP}: x is float8_e4m3fn, so x_scale (its fp32 scales, (..., 1) or "
                          f"(..., ceil(K / {GROUP}))) is required")
-    if x.dim() < 1:
-        raise ValueError(f"{OP}: x must have at least 1 dimension, got shape {tuple(x.shape)}")
     for name, t in (("weight", weight),) + ((("x_scale", x_scale),) if x_scale is not None else ()) + (
             ("weight_scale", weight_scale),):
         if not isinstance(t, torch.Tensor):
@@ -88,19 +86,12 @@ def _check(x, x_scale, weight, weight_scale, residual, gate) -> None:
         want = E4M3 if name == "weight" else torch.float32
         if t.dtype != want:
             raise TypeError(f"{OP}: {name} must be {str(want).removeprefix('torch.')}, got {t.dtype}")
-    if weight.dim() != 2:
-        raise ValueError(f"{OP}: weight must be (out_features, in_features), got shape {tuple(weight.shape)}")
-    n, k = weight.shape
-    if x.shape[-1] != k:
-        raise ValueError(f"{OP}: x has shape {tuple(x.shape)}, its last dimension must be weight's in_features {k}")
+    n, k = check_weight_shapes(OP, x, weight, weight_scale)
     groups = math.ceil(k / GROUP)
     if x_scale is not None and tuple(x_scale.shape) not in ((*x.shape[:-1], 1), (*x.shape[:-1], groups)):
         raise ValueError(f"{OP}: x_scale must have shape {(*x.shape[:-1], 1)} (one scale per row) or "
                          f"{(*x.shape[:-1], groups)} (one per row and group of {GROUP} columns), got "
                          f"{tuple(x_scale.shape)}")
-    if weight_scale.numel() != n or weight_scale.dim() > 2:
-        raise ValueError(f"{OP}: weight_scale must hold one scale per output channel, shape ({n},), ({n}, 1) or "
-                         f"(1, {n}), got {tuple(weight_scale.shape)}")
     _checks.check_float_tensor(OP, "residual", residual)
     _checks.check_last_dim(OP, "residual", residual, n, "weight's out_features")
     _checks.check_broadcast_operands(OP, "residual", residual, gate=gate)
