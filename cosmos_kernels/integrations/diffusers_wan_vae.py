@@ -196,9 +196,7 @@ class FusedWanEncoder3d(wv.WanEncoder3d):
     def forward(self, x, feat_cache=None, feat_idx=[0]):  # noqa: B006 (diffusers' signature)
         if feat_cache is not None:
             idx = feat_idx[0]
-            cache_x = x[:, :, -wv.CACHE_T:, :, :].clone()
-            if cache_x.shape[2] < 2 and feat_cache[idx] is not None:
-                cache_x = torch.cat([feat_cache[idx][:, :, -1, :, :].unsqueeze(2).to(cache_x.device), cache_x], dim=2)
+            cache_x = _cache_frames(x, feat_cache, idx)
             x = self.conv_in(x, feat_cache[idx])
             feat_cache[idx] = cache_x
             feat_idx[0] += 1
